@@ -1,0 +1,399 @@
+//! Mutual TLS from a cluster CA: generating the CA, issuing member and client
+//! certificates, keeping them as PEM files, and building the rustls configs
+//! the QUIC endpoint uses.
+//!
+//! Every member and client holds [`Credentials`]: the CA certificate, its own
+//! certificate signed by the CA, and its private key. Both sides of every
+//! connection present a certificate and verify the other's against the CA
+//! alone, so a certificate from any other CA is refused. The verified peer's
+//! name is the certificate's common name ([`PeerIdentity`]); a member's
+//! certificate is named [`member_name`]`(id)`, which is what entitles it to
+//! send raft messages.
+//!
+//! This module knows nothing of QUIC streams or raft; it deals in
+//! certificates and rustls configs only.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::error::MemberId;
+use crate::{Error, Result};
+
+/// The ALPN protocol every Flotilla QUIC connection negotiates; a peer that
+/// speaks anything else is refused during the handshake.
+pub const ALPN_PROTOCOL: &[u8] = b"flotilla/1";
+
+/// The CA's common name. Fixed, so that a CA loaded from its key and
+/// certificate files can sign again without parsing the certificate: the
+/// issuer name of every certificate it signs must equal its subject.
+const CA_COMMON_NAME: &str = "Flotilla cluster CA";
+
+/// Certificates named `member-<id>` belong to members (see [`member_name`]).
+const MEMBER_NAME_PREFIX: &str = "member-";
+
+const CA_CERT_FILE: &str = "ca.pem";
+const CA_KEY_FILE: &str = "ca.key";
+
+fn tls_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Transport(format!("{what}: {e}"))
+}
+
+/// The cluster's certificate authority: signs every member's and client's
+/// certificate. Only the process that issues certificates needs it.
+pub struct ClusterCa {
+    cert_pem: String,
+    key: KeyPair,
+}
+
+impl std::fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCa").finish_non_exhaustive()
+    }
+}
+
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, CA_COMMON_NAME);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+impl ClusterCa {
+    /// Generates a new CA with a fresh key.
+    pub fn generate() -> Result<Self> {
+        let key = KeyPair::generate().map_err(|e| tls_error("generating CA key", e))?;
+        let cert = ca_params()
+            .self_signed(&key)
+            .map_err(|e| tls_error("self-signing CA", e))?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            key,
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Issues a certificate for `name` (its common name, which peers see as
+    /// [`PeerIdentity::name`]) valid for the given subject alternative names:
+    /// IP addresses and DNS names the holder is reached at, e.g.
+    /// `["127.0.0.1", "localhost"]`. It is valid for both server and client
+    /// use, since members are both.
+    pub fn issue(&self, name: &str, subject_alt_names: &[String]) -> Result<Credentials> {
+        let mut params = CertificateParams::new(subject_alt_names.to_vec())
+            .map_err(|e| tls_error("certificate names", e))?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().map_err(|e| tls_error("generating key", e))?;
+        let issuer = Issuer::new(ca_params(), &self.key);
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(|e| tls_error("signing certificate", e))?;
+        Ok(Credentials {
+            ca_cert_pem: self.cert_pem.clone(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Writes `ca.pem` and `ca.key` into `dir` (created if needed; the key
+    /// file is readable by its owner only).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        create_dir(dir)?;
+        write_file(&dir.join(CA_CERT_FILE), &self.cert_pem, false)?;
+        write_file(&dir.join(CA_KEY_FILE), &self.key.serialize_pem(), true)
+    }
+
+    /// Reads a CA written by [`ClusterCa::save`].
+    pub fn load(dir: &Path) -> Result<Self> {
+        let cert_pem = read_file(&dir.join(CA_CERT_FILE))?;
+        let key_pem = read_file(&dir.join(CA_KEY_FILE))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| tls_error("CA key", e))?;
+        Ok(Self { cert_pem, key })
+    }
+}
+
+/// What one member or client presents and trusts: the CA certificate, its
+/// own certificate and its private key, all PEM.
+#[derive(Clone)]
+pub struct Credentials {
+    pub ca_cert_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// Writes `ca.pem`, `<stem>.pem` and `<stem>.key` into `dir`.
+    pub fn save(&self, dir: &Path, stem: &str) -> Result<()> {
+        create_dir(dir)?;
+        write_file(&dir.join(CA_CERT_FILE), &self.ca_cert_pem, false)?;
+        write_file(&dir.join(format!("{stem}.pem")), &self.cert_pem, false)?;
+        write_file(&dir.join(format!("{stem}.key")), &self.key_pem, true)
+    }
+
+    /// Reads credentials written by [`Credentials::save`].
+    pub fn load(dir: &Path, stem: &str) -> Result<Self> {
+        Ok(Self {
+            ca_cert_pem: read_file(&dir.join(CA_CERT_FILE))?,
+            cert_pem: read_file(&dir.join(format!("{stem}.pem")))?,
+            key_pem: read_file(&dir.join(format!("{stem}.key")))?,
+        })
+    }
+
+    /// A rustls server config that presents this certificate and requires a
+    /// client certificate signed by the CA.
+    pub fn server_config(&self) -> Result<rustls::ServerConfig> {
+        let provider = crypto_provider();
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider.clone())
+                .build()
+                .map_err(|e| tls_error("client verifier", e))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| tls_error("server TLS versions", e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain()?, self.private_key()?)
+            .map_err(|e| tls_error("server certificate", e))?;
+        config.alpn_protocols = vec![ALPN_PROTOCOL.to_vec()];
+        Ok(config)
+    }
+
+    /// A rustls client config that trusts only the CA and presents this
+    /// certificate.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig> {
+        let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| tls_error("client TLS versions", e))?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(self.chain()?, self.private_key()?)
+            .map_err(|e| tls_error("client certificate", e))?;
+        config.alpn_protocols = vec![ALPN_PROTOCOL.to_vec()];
+        Ok(config)
+    }
+
+    fn roots(&self) -> Result<RootCertStore> {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca_cert_pem.as_bytes()) {
+            let cert = cert.map_err(|e| tls_error("CA certificate PEM", e))?;
+            roots
+                .add(cert)
+                .map_err(|e| tls_error("CA certificate", e))?;
+        }
+        if roots.is_empty() {
+            return Err(Error::Transport("no CA certificate in credentials".into()));
+        }
+        Ok(roots)
+    }
+
+    fn chain(&self) -> Result<Vec<CertificateDer<'static>>> {
+        CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| tls_error("certificate PEM", e))
+    }
+
+    fn private_key(&self) -> Result<PrivateKeyDer<'static>> {
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| tls_error("private key PEM", e))
+    }
+}
+
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Who is on the other end of a connection, as its CA-verified certificate
+/// says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The common name of the peer's certificate (the `name` it was issued
+    /// for).
+    pub name: String,
+}
+
+impl PeerIdentity {
+    /// The identity of a connection's verified peer. Fails if the peer
+    /// presented no certificate, which mutual TLS never lets through.
+    pub fn of(connection: &quinn::Connection) -> Result<Self> {
+        let certs = connection
+            .peer_identity()
+            .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .ok_or_else(|| Error::Transport("peer presented no certificate".into()))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Error::Transport("peer presented an empty chain".into()))?;
+        let name = der::common_name(leaf.as_ref())
+            .ok_or_else(|| Error::Transport("peer certificate has no common name".into()))?;
+        Ok(Self { name })
+    }
+
+    /// The member id, if this is a member's certificate (named by
+    /// [`member_name`]). Only members may send raft messages, and only as
+    /// themselves.
+    pub fn member_id(&self) -> Option<MemberId> {
+        self.name
+            .strip_prefix(MEMBER_NAME_PREFIX)?
+            .parse()
+            .ok()
+            .filter(|&id| id != 0)
+    }
+}
+
+/// The certificate name of member `id`: issue a member's certificate with
+/// `ca.issue(&member_name(id), …)`. Any other name (a client's) is refused
+/// on raft streams.
+pub fn member_name(id: MemberId) -> String {
+    format!("{MEMBER_NAME_PREFIX}{id}")
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))
+}
+
+fn read_file(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
+}
+
+fn write_file(path: &Path, contents: &str, private: bool) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::File::options();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    options
+        .open(path)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// Just enough DER to read a certificate's subject common name. rustls has
+/// already verified the certificate; this only reads a field out of it.
+mod der {
+    const SEQUENCE: u8 = 0x30;
+    const SET: u8 = 0x31;
+    const OID: u8 = 0x06;
+    const EXPLICIT_VERSION: u8 = 0xa0;
+    /// 2.5.4.3, id-at-commonName.
+    const COMMON_NAME_OID: &[u8] = &[0x55, 0x04, 0x03];
+
+    /// Splits one TLV off the front of `bytes`: (tag, contents, rest).
+    fn next(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = bytes.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (length, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let count = usize::from(first & 0x7f);
+            if count == 0 || count > 4 || rest.len() < count {
+                return None;
+            }
+            let length = rest[..count]
+                .iter()
+                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+            (length, &rest[count..])
+        };
+        if rest.len() < length {
+            return None;
+        }
+        Some((tag, &rest[..length], &rest[length..]))
+    }
+
+    fn expect(bytes: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+        let (found, contents, rest) = next(bytes)?;
+        (found == tag).then_some((contents, rest))
+    }
+
+    pub(super) fn common_name(certificate: &[u8]) -> Option<String> {
+        let (certificate, _) = expect(certificate, SEQUENCE)?;
+        let (tbs, _) = expect(certificate, SEQUENCE)?;
+        let mut fields = tbs;
+        if fields.first() == Some(&EXPLICIT_VERSION) {
+            fields = next(fields)?.2;
+        }
+        // serial, signature algorithm, issuer, validity, then subject.
+        for _ in 0..4 {
+            fields = next(fields)?.2;
+        }
+        let (mut subject, _) = expect(fields, SEQUENCE)?;
+        while !subject.is_empty() {
+            let (set, rest) = expect(subject, SET)?;
+            subject = rest;
+            let (attribute, _) = expect(set, SEQUENCE)?;
+            let (oid, value) = expect(attribute, OID)?;
+            if oid == COMMON_NAME_OID {
+                let (_string_tag, text, _) = next(value)?;
+                return String::from_utf8(text.to_vec()).ok();
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_name_is_read_from_an_issued_certificate() {
+        let ca = ClusterCa::generate().expect("ca");
+        let credentials = ca
+            .issue("member-7", &["127.0.0.1".into(), "localhost".into()])
+            .expect("issue");
+        let chain = credentials.chain().expect("chain");
+        assert_eq!(
+            der::common_name(chain[0].as_ref()).as_deref(),
+            Some("member-7")
+        );
+    }
+
+    #[test]
+    fn ca_and_credentials_survive_save_and_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = ClusterCa::generate().expect("ca");
+        ca.save(dir.path()).expect("save ca");
+        let loaded = ClusterCa::load(dir.path()).expect("load ca");
+        assert_eq!(loaded.cert_pem(), ca.cert_pem());
+        // A loaded CA still signs certificates its own certificate verifies.
+        let credentials = loaded
+            .issue("member-1", &["localhost".into()])
+            .expect("issue");
+        credentials.save(dir.path(), "member").expect("save");
+        let again = Credentials::load(dir.path(), "member").expect("load");
+        assert_eq!(again.cert_pem, credentials.cert_pem);
+        again.server_config().expect("server config");
+        again.client_config().expect("client config");
+    }
+}

@@ -1,0 +1,27 @@
+//! `flotilla bench …`: benchmarks that run Flotilla and a real peer side by
+//! side in one run and record the ratio in `BENCHMARKS.md`.
+//!
+//! Benchmarks are not tests: they take minutes, and their numbers depend on
+//! the machine, which every report names.
+
+mod etcd;
+mod load;
+mod report;
+mod store;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Three raft-store members against three etcd 3.4 members, both
+    /// fsyncing, on loopback: puts at 1/16/64/256 clients and linearizable
+    /// reads at 64 clients.
+    Store(store::StoreBenchArgs),
+}
+
+pub async fn run(command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Store(args) => store::run(args).await,
+    }
+}

@@ -1,0 +1,132 @@
+//! The `flotilla` binary: command-line parsing and process wiring only. Each
+//! subcommand hands its flags to the crate that does the work.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use flotilla_raft_store::member::{Member, MemberConfig, PeerSpec};
+
+#[cfg(feature = "bench")]
+mod bench;
+
+/// Flotilla: a WebAssembly-native orchestrator that speaks the Kubernetes API.
+#[derive(Parser, Debug)]
+#[command(name = "flotilla", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one standalone raft-store member (for benchmarks and fault tests).
+    ///
+    /// Example, a three-member store on one machine:
+    ///
+    ///   flotilla store --id 1 --data-dir /tmp/s1 --listen 127.0.0.1:7001 \
+    ///       --peer 1=127.0.0.1:7001 --peer 2=127.0.0.1:7002 --peer 3=127.0.0.1:7003 \
+    ///       --tls-dir /tmp/ca
+    Store(StoreArgs),
+    /// Run a benchmark of Flotilla beside a real peer and record it in BENCHMARKS.md.
+    #[cfg(feature = "bench")]
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Args, Debug)]
+struct StoreArgs {
+    /// This member's id: a non-zero integer, unique in the cluster.
+    #[arg(long)]
+    id: u64,
+    /// Where the raft log, snapshots and certificates are kept.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The UDP address members and clients reach this member at (QUIC).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// A member of the initial cluster, as ID=HOST:PORT. Repeat for each
+    /// member, this one included. Ignored once the data directory holds a log.
+    #[arg(long = "peer", value_name = "ID=HOST:PORT", value_parser = parse_peer)]
+    peers: Vec<PeerSpec>,
+    /// Start empty and wait to be added to a running cluster (see
+    /// `member add`) instead of bootstrapping a new one.
+    #[arg(long)]
+    join: bool,
+    /// A directory with the cluster CA (`ca.pem`, `ca-key.pem`). Every member
+    /// of one cluster must use the same CA. It is created when missing, so
+    /// start one member first, or copy its CA to the others' machines.
+    #[arg(long)]
+    tls_dir: PathBuf,
+    /// Raft tick interval in milliseconds (elections time out after 10 ticks).
+    #[arg(long, default_value_t = 100)]
+    tick_ms: u64,
+}
+
+fn parse_peer(text: &str) -> Result<PeerSpec, String> {
+    let (id, address) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not ID=HOST:PORT"))?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| format!("member id `{id}` is not a positive integer"))?;
+    if id == 0 {
+        return Err("member id 0 is reserved; ids start at 1".into());
+    }
+    let address: SocketAddr = address
+        .parse()
+        .map_err(|error| format!("`{address}` is not HOST:PORT: {error}"))?;
+    Ok(PeerSpec { id, address })
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(cli.command))
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Store(args) => run_store(args).await,
+        #[cfg(feature = "bench")]
+        Command::Bench(command) => bench::run(command).await,
+    }
+}
+
+async fn run_store(args: StoreArgs) -> Result<()> {
+    flotilla_raft_store::member::ensure_cluster_ca(&args.tls_dir)
+        .with_context(|| format!("preparing the cluster CA in {}", args.tls_dir.display()))?;
+    let config = MemberConfig {
+        id: args.id,
+        data_dir: args.data_dir,
+        listen: args.listen,
+        initial_members: args.peers,
+        join: args.join,
+        tls_dir: args.tls_dir,
+        tick_interval: std::time::Duration::from_millis(args.tick_ms),
+        ..MemberConfig::default()
+    };
+    let member = Member::start(config)
+        .await
+        .context("starting the store member")?;
+    tracing::info!(address = %member.address(), "store member running; Ctrl-C stops it");
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    member.shutdown().await;
+    Ok(())
+}
