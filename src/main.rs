@@ -29,6 +29,17 @@ enum Command {
     ///       --peer 1=127.0.0.1:7001 --peer 2=127.0.0.1:7002 --peer 3=127.0.0.1:7003 \
     ///       --tls-dir /tmp/ca
     Store(StoreArgs),
+    /// Run one control-plane member: the replicated store and the
+    /// Kubernetes API on top of it. Writes a kubeconfig for kubectl into the
+    /// data directory.
+    ///
+    /// Example, a one-member cluster on this machine:
+    ///
+    ///   flotilla server --data-dir /tmp/flotilla
+    ///   kubectl --kubeconfig /tmp/flotilla/kubeconfig get namespaces
+    Server(ServerArgs),
+    /// Print a kubeconfig that points kubectl at a Flotilla API server.
+    Kubeconfig(KubeconfigArgs),
     /// Run a benchmark of Flotilla beside a real peer and record it in BENCHMARKS.md.
     #[cfg(feature = "bench")]
     #[command(subcommand)]
@@ -62,6 +73,36 @@ struct StoreArgs {
     /// Raft tick interval in milliseconds (elections time out after 10 ticks).
     #[arg(long, default_value_t = 100)]
     tick_ms: u64,
+}
+
+#[derive(Args, Debug)]
+struct ServerArgs {
+    /// Where the store's log, the cluster CA and the kubeconfig are kept.
+    #[arg(long, default_value = "flotilla-data")]
+    data_dir: PathBuf,
+    /// The TCP address of the Kubernetes API (plain HTTP: loopback only).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    api_listen: SocketAddr,
+    /// This member's store id (see `flotilla store`).
+    #[arg(long, default_value_t = 1)]
+    id: u64,
+    /// The UDP address of this member's store endpoint (QUIC).
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    store_listen: SocketAddr,
+    /// A store member of the initial cluster, as ID=HOST:PORT; repeat for
+    /// each. Without any, this server is a cluster of one.
+    #[arg(long = "peer", value_name = "ID=HOST:PORT", value_parser = parse_peer)]
+    peers: Vec<PeerSpec>,
+    /// Raft tick interval in milliseconds (elections time out after 10 ticks).
+    #[arg(long, default_value_t = 100)]
+    tick_ms: u64,
+}
+
+#[derive(Args, Debug)]
+struct KubeconfigArgs {
+    /// The API server's URL.
+    #[arg(long, default_value = "http://127.0.0.1:6443")]
+    server: String,
 }
 
 fn parse_peer(text: &str) -> Result<PeerSpec, String> {
@@ -102,6 +143,11 @@ fn init_tracing() {
 async fn run(command: Command) -> Result<()> {
     match command {
         Command::Store(args) => run_store(args).await,
+        Command::Server(args) => run_server(args).await,
+        Command::Kubeconfig(args) => {
+            print!("{}", flotilla_control::kubeconfig(&args.server));
+            Ok(())
+        }
         #[cfg(feature = "bench")]
         Command::Bench(command) => bench::run(command).await,
     }
@@ -128,5 +174,48 @@ async fn run_store(args: StoreArgs) -> Result<()> {
         .await
         .context("waiting for Ctrl-C")?;
     member.shutdown().await;
+    Ok(())
+}
+
+async fn run_server(args: ServerArgs) -> Result<()> {
+    let tls_dir = args.data_dir.join("ca");
+    flotilla_raft_store::member::ensure_cluster_ca(&tls_dir)
+        .with_context(|| format!("preparing the cluster CA in {}", tls_dir.display()))?;
+    let peers = if args.peers.is_empty() {
+        vec![PeerSpec {
+            id: args.id,
+            address: args.store_listen,
+        }]
+    } else {
+        args.peers
+    };
+    let store = MemberConfig {
+        id: args.id,
+        data_dir: args.data_dir.join("store"),
+        listen: args.store_listen,
+        initial_members: peers,
+        tls_dir,
+        tick_interval: std::time::Duration::from_millis(args.tick_ms),
+        ..MemberConfig::default()
+    };
+    let server = flotilla_control::Server::start(flotilla_control::ServerConfig {
+        store,
+        api_listen: args.api_listen,
+    })
+    .await
+    .context("starting the server")?;
+    let kubeconfig = args.data_dir.join("kubeconfig");
+    let url = format!("http://{}", server.api_address());
+    std::fs::write(&kubeconfig, flotilla_control::kubeconfig(&url))
+        .with_context(|| format!("writing {}", kubeconfig.display()))?;
+    tracing::info!(
+        api = %url,
+        kubeconfig = %kubeconfig.display(),
+        "server running; Ctrl-C stops it"
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    server.shutdown().await;
     Ok(())
 }

@@ -1,9 +1,18 @@
 //! `flotilla-control` is Flotilla's control plane: the Kubernetes API server
-//! (axum) on top of `flotilla-raft-store`, the scheduler, the controllers and
-//! the module registry.
+//! (axum) on top of `flotilla-raft-store`. The scheduler, the controllers
+//! and the module registry will live here too.
+//!
+//! Objects are the `k8s-openapi` types, handled as JSON and checked against
+//! their types; they are stored under `/registry/<resource>/<namespace>/<name>`
+//! and their `resourceVersion` is the store's revision.
 //!
 //! **Architecture invariant:** the control plane knows nothing of wasmtime.
-//! It decides where pods run; the node agent decides how.
-//!
-//! Not built yet: this crate is a placeholder in the workspace so that the
-//! layout is fixed from the first commit.
+//! It decides where pods run; the node agent decides how. It reaches the
+//! store only through `storage`.
+
+pub mod api;
+pub mod resources;
+pub mod server;
+pub mod storage;
+
+pub use server::{Server, ServerConfig, ServerError, kubeconfig};

@@ -1,0 +1,186 @@
+//! Defaults Kubernetes fills in for fields users leave out, so that
+//! `kubectl get -o yaml` shows what a Kubernetes cluster would show and
+//! controllers can rely on the fields being set.
+
+use serde_json::{Value, json};
+
+use crate::resources::ResourceInfo;
+
+/// Fills `object`'s unset fields. Runs on create and update, before
+/// validation, so validation sees the object as it will be stored.
+pub fn apply(info: &ResourceInfo, object: &mut Value) {
+    match info.kind {
+        "Pod" => pod_spec(&mut object["spec"]),
+        "Deployment" => {
+            let spec = &mut object["spec"];
+            default(spec, "replicas", json!(1));
+            default(spec, "revisionHistoryLimit", json!(10));
+            default(spec, "progressDeadlineSeconds", json!(600));
+            default(
+                spec,
+                "strategy",
+                json!({"type": "RollingUpdate",
+                       "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+            );
+            pod_template(&mut spec["template"]);
+        }
+        "ReplicaSet" => {
+            default(&mut object["spec"], "replicas", json!(1));
+            pod_template(&mut object["spec"]["template"]);
+        }
+        "StatefulSet" => {
+            let spec = &mut object["spec"];
+            default(spec, "replicas", json!(1));
+            default(spec, "podManagementPolicy", json!("OrderedReady"));
+            default(spec, "revisionHistoryLimit", json!(10));
+            default(
+                spec,
+                "updateStrategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+            );
+            pod_template(&mut spec["template"]);
+        }
+        "DaemonSet" => {
+            let spec = &mut object["spec"];
+            default(spec, "revisionHistoryLimit", json!(10));
+            default(
+                spec,
+                "updateStrategy",
+                json!({"type": "RollingUpdate",
+                       "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}),
+            );
+            pod_template(&mut spec["template"]);
+        }
+        "Job" => {
+            let spec = &mut object["spec"];
+            default(spec, "backoffLimit", json!(6));
+            default(spec, "completions", json!(1));
+            default(spec, "parallelism", json!(1));
+            default(spec, "completionMode", json!("NonIndexed"));
+            default(spec, "suspend", json!(false));
+            default(
+                &mut spec["template"]["spec"],
+                "restartPolicy",
+                json!("Never"),
+            );
+            pod_template(&mut spec["template"]);
+        }
+        "CronJob" => {
+            let spec = &mut object["spec"];
+            default(spec, "concurrencyPolicy", json!("Allow"));
+            default(spec, "suspend", json!(false));
+            default(spec, "successfulJobsHistoryLimit", json!(3));
+            default(spec, "failedJobsHistoryLimit", json!(1));
+        }
+        "Service" => service(&mut object["spec"]),
+        "Secret" => default(object, "type", json!("Opaque")),
+        "Namespace" => {
+            default(&mut object["spec"], "finalizers", json!(["kubernetes"]));
+        }
+        _ => {}
+    }
+}
+
+/// Sets `object[field]` when it is missing or null. `object` becomes a map
+/// if it was null, which is how an absent `spec` gets its defaults.
+fn default(object: &mut Value, field: &str, value: Value) {
+    if object.is_null() {
+        *object = json!({});
+    }
+    if let Some(map) = object.as_object_mut() {
+        let slot = map.entry(field).or_insert(Value::Null);
+        if slot.is_null() {
+            *slot = value;
+        }
+    }
+}
+
+fn pod_template(template: &mut Value) {
+    if template.is_object() {
+        pod_spec(&mut template["spec"]);
+    }
+}
+
+fn pod_spec(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    default(spec, "restartPolicy", json!("Always"));
+    default(spec, "terminationGracePeriodSeconds", json!(30));
+    default(spec, "dnsPolicy", json!("ClusterFirst"));
+    default(spec, "schedulerName", json!("default-scheduler"));
+    default(spec, "securityContext", json!({}));
+    default(spec, "enableServiceLinks", json!(true));
+    for list in ["initContainers", "containers"] {
+        if let Some(containers) = spec[list].as_array_mut() {
+            for container in containers {
+                default(container, "imagePullPolicy", json!("IfNotPresent"));
+                default(
+                    container,
+                    "terminationMessagePath",
+                    json!("/dev/termination-log"),
+                );
+                default(container, "terminationMessagePolicy", json!("File"));
+                default(container, "resources", json!({}));
+                if let Some(ports) = container["ports"].as_array_mut() {
+                    for port in ports {
+                        default(port, "protocol", json!("TCP"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn service(spec: &mut Value) {
+    default(spec, "type", json!("ClusterIP"));
+    default(spec, "sessionAffinity", json!("None"));
+    default(spec, "internalTrafficPolicy", json!("Cluster"));
+    if let Some(ports) = spec["ports"].as_array_mut() {
+        for port in ports {
+            default(port, "protocol", json!("TCP"));
+            let number = port["port"].clone();
+            default(port, "targetPort", number);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::Registry;
+
+    #[test]
+    fn a_deployment_gets_kubernetes_defaults_without_losing_what_was_set() {
+        let registry = Registry::kubernetes();
+        let deployments = registry.find("apps", "v1", "deployments").unwrap();
+        let mut object = json!({
+            "spec": {"replicas": 3, "template": {"spec": {"containers": [
+                {"name": "c", "image": "x:1", "ports": [{"containerPort": 80}]}
+            ]}}}
+        });
+        apply(deployments, &mut object);
+        assert_eq!(object["spec"]["replicas"], 3);
+        assert_eq!(
+            object["spec"]["strategy"]["rollingUpdate"]["maxSurge"],
+            "25%"
+        );
+        let container = &object["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(container["ports"][0]["protocol"], "TCP");
+        assert_eq!(
+            object["spec"]["template"]["spec"]["restartPolicy"],
+            "Always"
+        );
+    }
+
+    #[test]
+    fn a_service_port_targets_itself_by_default() {
+        let registry = Registry::kubernetes();
+        let services = registry.find("", "v1", "services").unwrap();
+        let mut object = json!({"spec": {"ports": [{"port": 80}]}});
+        apply(services, &mut object);
+        assert_eq!(object["spec"]["ports"][0]["targetPort"], 80);
+        assert_eq!(object["spec"]["type"], "ClusterIP");
+    }
+}

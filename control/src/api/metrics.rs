@@ -1,0 +1,121 @@
+//! Prometheus metrics of the API server: requests by verb, resource and
+//! code, and a latency histogram per verb and resource, in the text format
+//! `/metrics` serves.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Histogram bucket upper bounds, in seconds (as the API server's
+/// `apiserver_request_duration_seconds`, trimmed).
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    total: u64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    requests: BTreeMap<(&'static str, &'static str, u16), u64>,
+    latency: BTreeMap<(&'static str, &'static str), Histogram>,
+}
+
+impl Metrics {
+    pub fn observe(
+        &self,
+        verb: &'static str,
+        resource: &'static str,
+        code: u16,
+        elapsed: Duration,
+    ) {
+        // A poisoned lock only means a panic mid-update of counters.
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        *inner.requests.entry((verb, resource, code)).or_default() += 1;
+        // A watch's duration is its lifetime, not a latency.
+        if verb == "watch" {
+            return;
+        }
+        let seconds = elapsed.as_secs_f64();
+        let histogram = inner.latency.entry((verb, resource)).or_default();
+        if histogram.counts.is_empty() {
+            histogram.counts = vec![0; BUCKETS.len()];
+        }
+        for (bound, count) in BUCKETS.iter().zip(histogram.counts.iter_mut()) {
+            if seconds <= *bound {
+                *count += 1;
+            }
+        }
+        histogram.sum += seconds;
+        histogram.total += 1;
+    }
+
+    pub fn render(&self) -> String {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::new();
+        out.push_str("# HELP flotilla_apiserver_requests_total API requests by verb, resource and HTTP code.\n");
+        out.push_str("# TYPE flotilla_apiserver_requests_total counter\n");
+        for ((verb, resource, code), count) in &inner.requests {
+            let _ = writeln!(
+                out,
+                "flotilla_apiserver_requests_total{{verb=\"{verb}\",resource=\"{resource}\",code=\"{code}\"}} {count}"
+            );
+        }
+        out.push_str("# HELP flotilla_apiserver_request_duration_seconds API request latency by verb and resource.\n");
+        out.push_str("# TYPE flotilla_apiserver_request_duration_seconds histogram\n");
+        for ((verb, resource), histogram) in &inner.latency {
+            let labels = format!("verb=\"{verb}\",resource=\"{resource}\"");
+            for (bound, count) in BUCKETS.iter().zip(&histogram.counts) {
+                let _ = writeln!(
+                    out,
+                    "flotilla_apiserver_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "flotilla_apiserver_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                histogram.total
+            );
+            let _ = writeln!(
+                out,
+                "flotilla_apiserver_request_duration_seconds_sum{{{labels}}} {}",
+                histogram.sum
+            );
+            let _ = writeln!(
+                out,
+                "flotilla_apiserver_request_duration_seconds_count{{{labels}}} {}",
+                histogram.total
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_buckets_render_in_prometheus_text() {
+        let metrics = Metrics::default();
+        metrics.observe("get", "pods", 200, Duration::from_micros(700));
+        metrics.observe("get", "pods", 404, Duration::from_millis(30));
+        let text = metrics.render();
+        assert!(text.contains(
+            "flotilla_apiserver_requests_total{verb=\"get\",resource=\"pods\",code=\"404\"} 1"
+        ));
+        assert!(text.contains("le=\"0.001\"} 1"));
+        assert!(text.contains("le=\"0.05\"} 2"));
+        assert!(text.contains("_count{verb=\"get\",resource=\"pods\"} 2"));
+    }
+}

@@ -1,0 +1,335 @@
+//! The Kubernetes API over HTTP (axum): one handler parses the path into a
+//! route and hands it to the verb's module.
+//!
+//! - `path`: Kubernetes' URL grammar.
+//! - `discovery`: `/version`, `/api`, `/apis`, resource lists.
+//! - `objects`: get, create, update, patch, delete on one object.
+//! - `list`, `watch`: collections, paging, streams.
+//! - `patch`, `defaults`, `validation`, `selector`, `table`: the pieces.
+//! - `status`: errors as `Status` objects.
+//! - `metrics`: Prometheus counters and latency histograms.
+
+pub mod clock;
+pub mod defaults;
+pub mod discovery;
+pub mod list;
+pub mod metrics;
+pub mod namespaces;
+pub mod objects;
+pub mod openapi;
+pub mod patch;
+pub mod path;
+pub mod request;
+pub mod selector;
+pub mod status;
+pub mod table;
+pub mod validation;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use self::path::{Route, Target};
+use self::request::{Params, REQUEST_BODY_MAX, decode_body, wants_table};
+use self::status::ApiError;
+use crate::resources::{Registry, registry};
+use crate::storage::Storage;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct ApiState {
+    pub storage: Storage,
+    pub registry: &'static Registry,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+impl ApiState {
+    pub fn new(storage: Storage) -> Self {
+        ApiState {
+            storage,
+            registry: registry(),
+            metrics: Arc::new(metrics::Metrics::default()),
+        }
+    }
+}
+
+/// A successful answer: a status, a JSON body, and warnings for the
+/// client to print (`Warning: 299` headers, as kubectl shows them).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub warnings: Vec<String>,
+}
+
+impl Reply {
+    pub fn ok(body: Value) -> Self {
+        Reply {
+            status: StatusCode::OK,
+            body,
+            warnings: Vec::new(),
+        }
+    }
+
+    pub fn created(body: Value) -> Self {
+        Reply {
+            status: StatusCode::CREATED,
+            ..Reply::ok(body)
+        }
+    }
+
+    pub fn accepted(body: Value) -> Self {
+        Reply {
+            status: StatusCode::ACCEPTED,
+            ..Reply::ok(body)
+        }
+    }
+
+    pub fn with_warnings(mut self, warnings: Vec<String>) -> Self {
+        self.warnings = warnings;
+        self
+    }
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body)).into_response();
+        for warning in self.warnings {
+            let text = format!("299 - {:?}", warning.replace('"', "'"));
+            if let Ok(value) = HeaderValue::from_str(&text) {
+                response.headers_mut().append("warning", value);
+            }
+        }
+        response
+    }
+}
+
+/// The API server's routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+async fn handle(
+    State(state): State<ApiState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let span = tracing::info_span!("api", %method, path = uri.path());
+    let _entered = span.enter();
+    let (verb, resource, response) = route(&state, &method, &uri, &headers, body).await;
+    let response = response.unwrap_or_else(|error| {
+        tracing::debug!(%error, "request failed");
+        error.into_response()
+    });
+    state.metrics.observe(
+        verb,
+        resource,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    tracing::debug!(
+        status = response.status().as_u16(),
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "served"
+    );
+    response
+}
+
+/// The request's verb and resource (for metrics) and its answer.
+async fn route(
+    state: &ApiState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> (&'static str, &'static str, Result<Response, ApiError>) {
+    let json = |value: Value| Ok(axum::Json(value).into_response());
+    let path = uri.path();
+    match path {
+        "/version" | "/version/" => return ("get", "version", json(discovery::version())),
+        "/healthz" | "/readyz" | "/livez" => return ("get", "health", Ok("ok".into_response())),
+        "/metrics" => return ("get", "metrics", Ok(state.metrics.render().into_response())),
+        "/openapi/v2" => return ("get", "openapi", json(openapi::v2())),
+        "/openapi/v3" => return ("get", "openapi", json(openapi::v3_index(state.registry))),
+        _ => {}
+    }
+    if let Some(group_version) = path.strip_prefix("/openapi/v3/") {
+        return (
+            "get",
+            "openapi",
+            openapi::v3_document(state.registry, group_version)
+                .map(|document| axum::Json(document).into_response())
+                .ok_or_else(|| ApiError::no_route(path)),
+        );
+    }
+    let parsed = match path::parse(state.registry, path) {
+        Ok(route) => route,
+        Err(_) => return ("unknown", "", Err(ApiError::no_route(path))),
+    };
+    let target = match parsed {
+        Route::CoreVersions => return ("get", "discovery", json(discovery::core_versions())),
+        Route::Groups => return ("get", "discovery", json(discovery::groups(state.registry))),
+        Route::Group(group) => {
+            let document =
+                discovery::group(state.registry, &group).ok_or_else(|| ApiError::no_route(path));
+            return (
+                "get",
+                "discovery",
+                document.map(|d| axum::Json(d).into_response()),
+            );
+        }
+        Route::Resources { group, version } => {
+            let document = discovery::resources(state.registry, &group, &version)
+                .ok_or_else(|| ApiError::no_route(path));
+            return (
+                "get",
+                "discovery",
+                document.map(|d| axum::Json(d).into_response()),
+            );
+        }
+        Route::Object(target) => target,
+    };
+    let resource = target.info.plural;
+    let params = match Query::<BTreeMap<String, String>>::try_from_uri(uri) {
+        Ok(Query(params)) => Params(params),
+        Err(error) => {
+            return (
+                "unknown",
+                resource,
+                Err(ApiError::bad_request(format!("malformed query: {error}"))),
+            );
+        }
+    };
+    let (verb, outcome) = verb(state, method, headers, &target, &params, body).await;
+    (verb, resource, outcome)
+}
+
+async fn verb(
+    state: &ApiState,
+    method: &Method,
+    headers: &HeaderMap,
+    target: &Target<'static>,
+    params: &Params,
+    body: Body,
+) -> (&'static str, Result<Response, ApiError>) {
+    let collection = target.name.is_none();
+    let read_body = || async {
+        axum::body::to_bytes(body, REQUEST_BODY_MAX)
+            .await
+            .map_err(|_| ApiError::too_large(REQUEST_BODY_MAX))
+    };
+    let reply = |reply: Result<Reply, ApiError>| reply.map(IntoResponse::into_response);
+    match *method {
+        Method::GET if collection => match params.flag("watch") {
+            Ok(true) => ("watch", watch::watch(state, target, params).await),
+            Ok(false) => ("list", list_or_table(state, target, params, headers).await),
+            Err(error) => ("list", Err(error)),
+        },
+        Method::GET => ("get", get_or_table(state, target, params, headers).await),
+        Method::POST => {
+            let outcome = async {
+                let bytes = read_body().await?;
+                let object = decode_body(headers, &bytes)?;
+                objects::create(state, target, params, object).await
+            };
+            ("create", reply(outcome.await))
+        }
+        Method::PUT if !collection => {
+            let outcome = async {
+                let bytes = read_body().await?;
+                let object = decode_body(headers, &bytes)?;
+                objects::update(state, target, params, object).await
+            };
+            ("update", reply(outcome.await))
+        }
+        Method::PATCH if !collection => {
+            let outcome = async {
+                let bytes = read_body().await?;
+                let media = request::content_type(headers);
+                objects::patch(state, target, params, &media, &bytes).await
+            };
+            ("patch", reply(outcome.await))
+        }
+        Method::DELETE => {
+            let outcome = async {
+                let bytes = read_body().await?;
+                // DeleteOptions may come as a body; an empty one is fine.
+                let options = if bytes.iter().all(u8::is_ascii_whitespace) {
+                    json!({})
+                } else {
+                    decode_body(headers, &bytes)?
+                };
+                if collection {
+                    list::delete_collection(state, target, params, &options).await
+                } else {
+                    objects::delete(state, target, params, &options).await
+                }
+            };
+            let verb = if collection {
+                "deletecollection"
+            } else {
+                "delete"
+            };
+            (verb, reply(outcome.await))
+        }
+        _ => (
+            "unknown",
+            Err(ApiError::method_not_allowed(format!(
+                "{method} is not supported on {}",
+                if collection {
+                    "a collection"
+                } else {
+                    "an object"
+                }
+            ))),
+        ),
+    }
+}
+
+async fn list_or_table(
+    state: &ApiState,
+    target: &Target<'static>,
+    params: &Params,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let document = list::list(state, target, params).await?;
+    if wants_table(headers) {
+        let items = document["items"].as_array().cloned().unwrap_or_default();
+        let include = params.get("includeObject").unwrap_or("Metadata");
+        let table = table::table(target.info, &items, document["metadata"].clone(), include);
+        return Ok(axum::Json(table).into_response());
+    }
+    Ok(axum::Json(document).into_response())
+}
+
+async fn get_or_table(
+    state: &ApiState,
+    target: &Target<'static>,
+    params: &Params,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let reply = objects::get(state, target).await?;
+    if wants_table(headers) && target.subresource.is_none() {
+        let include = params.get("includeObject").unwrap_or("Metadata");
+        let metadata = json!({"resourceVersion": reply.body["metadata"]["resourceVersion"]});
+        let table = table::table(
+            target.info,
+            std::slice::from_ref(&reply.body),
+            metadata,
+            include,
+        );
+        return Ok(axum::Json(table).into_response());
+    }
+    Ok(reply.into_response())
+}

@@ -1,0 +1,249 @@
+//! Errors as Kubernetes reports them: a `Status` object with the HTTP code,
+//! a machine-readable reason, a message for people and, where a field is at
+//! fault, its path. kubectl prints `message`; controllers branch on `reason`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::resources::ResourceInfo;
+use crate::storage::StorageError;
+
+/// One invalid field of an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// `metadata.name`, `spec.containers[0].image`.
+    pub field: String,
+    /// Kubernetes' cause type: `FieldValueInvalid`, `FieldValueRequired`, …
+    pub cause: &'static str,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            cause: "FieldValueInvalid",
+            message: message.into(),
+        }
+    }
+
+    pub fn required(field: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            cause: "FieldValueRequired",
+            message: "Required value".into(),
+        }
+    }
+
+    pub fn unknown(field: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            cause: "FieldValueInvalid",
+            message: "unknown field".into(),
+        }
+    }
+}
+
+/// An error answer. Built by the helpers below so that codes and reasons
+/// match Kubernetes'.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: StatusCode,
+    pub reason: &'static str,
+    pub message: String,
+    details: Value,
+}
+
+impl ApiError {
+    fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: Value::Null,
+        }
+    }
+
+    fn with_details(mut self, info: &ResourceInfo, name: &str) -> Self {
+        self.details = json!({"name": name, "group": info.group, "kind": info.plural});
+        self
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+
+    pub fn not_found(info: &ResourceInfo, name: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{} \"{name}\" not found", info.qualified_plural()),
+        )
+        .with_details(info, name)
+    }
+
+    /// A path that names no resource the server knows.
+    pub fn no_route(path: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
+    }
+
+    pub fn already_exists(info: &ResourceInfo, name: &str) -> Self {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", info.qualified_plural()),
+        )
+        .with_details(info, name)
+    }
+
+    pub fn conflict(info: &ResourceInfo, name: &str) -> Self {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; \
+                 please apply your changes to the latest version and try again",
+                info.qualified_plural()
+            ),
+        )
+        .with_details(info, name)
+    }
+
+    /// A conflict that is not about resourceVersion (a bound pod, a UID
+    /// precondition).
+    pub fn conflict_message(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::CONFLICT, "Conflict", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, "Forbidden", message)
+    }
+
+    /// A well-formed request that cannot be carried out (a JSON patch
+    /// whose path does not exist).
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message)
+    }
+
+    pub fn gone(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::GONE, "Expired", message)
+    }
+
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", message)
+    }
+
+    pub fn unsupported_media_type(content_type: &str) -> Self {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!("the body of the request was in an unknown format ({content_type})"),
+        )
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            format!("the request body is larger than the {limit}-byte limit"),
+        )
+    }
+
+    /// The object fails validation: 422 with every bad field listed.
+    pub fn invalid(info: &ResourceInfo, name: &str, errors: Vec<FieldError>) -> Self {
+        let summary = errors
+            .iter()
+            .map(|error| format!("{}: {}", error.field, error.message))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let causes: Vec<Value> = errors
+            .iter()
+            .map(|error| json!({"reason": error.cause, "message": error.message, "field": error.field}))
+            .collect();
+        ApiError {
+            code: StatusCode::UNPROCESSABLE_ENTITY,
+            reason: "Invalid",
+            message: format!("{} \"{name}\" is invalid: {summary}", info.kind),
+            details: json!({"name": name, "group": info.group, "kind": info.kind, "causes": causes}),
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            message,
+        )
+    }
+
+    /// A storage failure while working on `name` of `info`.
+    pub fn from_storage(error: StorageError, info: &ResourceInfo, name: &str) -> Self {
+        match error {
+            StorageError::NotFound => ApiError::not_found(info, name),
+            StorageError::AlreadyExists => ApiError::already_exists(info, name),
+            StorageError::Conflict { .. } => ApiError::conflict(info, name),
+            StorageError::Compacted {
+                requested,
+                compacted,
+            } => ApiError::gone(format!(
+                "too old resource version: {requested} ({compacted})"
+            )),
+            StorageError::Store(store) => match store {
+                flotilla_raft_store::Error::NotLeader { .. }
+                | flotilla_raft_store::Error::NoQuorum { .. }
+                | flotilla_raft_store::Error::Timeout { .. }
+                | flotilla_raft_store::Error::Stopped => ApiError::unavailable(store.to_string()),
+                flotilla_raft_store::Error::TooLarge { .. } => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestEntityTooLarge",
+                    store.to_string(),
+                ),
+                other => ApiError::internal(other.to_string()),
+            },
+        }
+    }
+
+    /// The `Status` object.
+    pub fn to_status(&self) -> Value {
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code.as_u16(),
+        });
+        if !self.details.is_null() {
+            status["details"] = self.details.clone();
+        }
+        status
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.code.as_u16(),
+            self.reason,
+            self.message
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.code, axum::Json(self.to_status())).into_response()
+    }
+}

@@ -1,0 +1,282 @@
+//! Objects in raft-store: the API server's only way to read and write state.
+//!
+//! Keys are `/registry/<resource>/<namespace>/<name>` (cluster-scoped
+//! objects leave the namespace out); values are the object's JSON. An
+//! object's `resourceVersion` is the store revision that last wrote it, so
+//! every write is a transaction that compares `mod_revision`, which is how
+//! optimistic concurrency reaches the store unchanged.
+//!
+//! This module knows keys, bytes and revisions. It does not know what the
+//! bytes mean: that is the API layer's business.
+
+use std::sync::Arc;
+
+use flotilla_raft_store::Error as StoreError;
+use flotilla_raft_store::kv::proto::{
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest, TxnResponse, WatchCreateRequest, compare, request_op, response_op,
+};
+use flotilla_raft_store::kv::{KvStore, Watcher, prefix_end};
+use flotilla_raft_store::server::Service;
+
+/// What the API layer can get wrong or run into. Each maps to one HTTP
+/// status with Kubernetes' reason.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("not found")]
+    NotFound,
+    #[error("already exists")]
+    AlreadyExists,
+    /// The object changed since the caller read it.
+    #[error("the object has been modified (now at revision {current})")]
+    Conflict { current: i64 },
+    /// The revision asked for is older than the store keeps.
+    #[error("revision {requested} has been compacted; the oldest available is {compacted}")]
+    Compacted { requested: i64, compacted: i64 },
+    #[error("the store failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// One stored object: its JSON and the revision that last wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+}
+
+/// A page of a list.
+#[derive(Debug)]
+pub struct Page {
+    pub items: Vec<Stored>,
+    /// The revision the whole page was read at.
+    pub revision: i64,
+    /// Matching keys after this page, when it was cut by a limit.
+    pub remaining: i64,
+}
+
+/// raft-store as the API server uses it: in-process, through the member's
+/// service, so every read is linearizable (ReadIndex) and every write a
+/// raft proposal.
+#[derive(Clone)]
+pub struct Storage {
+    service: Arc<Service>,
+    kv: Arc<KvStore>,
+}
+
+impl Storage {
+    pub fn new(service: Arc<Service>, kv: Arc<KvStore>) -> Self {
+        Storage { service, kv }
+    }
+
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Stored>> {
+        let response = self
+            .service
+            .range(RangeRequest {
+                key: key.to_vec(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(response.kvs.into_iter().next().map(|kv| Stored {
+            key: kv.key,
+            value: kv.value,
+            mod_revision: kv.mod_revision,
+        }))
+    }
+
+    /// Keys under `prefix` from `start` (inclusive; the prefix itself when
+    /// empty), at most `limit` of them (0: all), at `revision` (0: now).
+    pub async fn list(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        limit: i64,
+        revision: i64,
+    ) -> Result<Page> {
+        let key = if start.is_empty() {
+            prefix.to_vec()
+        } else {
+            start.to_vec()
+        };
+        let response = self
+            .service
+            .range(RangeRequest {
+                key,
+                range_end: prefix_end(prefix),
+                limit,
+                revision,
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| self.compacted(error, revision))?;
+        let revision = match revision {
+            0 => response.header.as_ref().map_or(0, |header| header.revision),
+            asked => asked,
+        };
+        let returned = response.kvs.len() as i64;
+        Ok(Page {
+            items: response
+                .kvs
+                .into_iter()
+                .map(|kv| Stored {
+                    key: kv.key,
+                    value: kv.value,
+                    mod_revision: kv.mod_revision,
+                })
+                .collect(),
+            revision,
+            remaining: (response.count - returned).max(0),
+        })
+    }
+
+    /// Writes `value` at `key` only if nothing is there; returns the new
+    /// revision.
+    pub async fn create(&self, key: &[u8], value: Vec<u8>) -> Result<i64> {
+        let response = self
+            .txn(
+                compare_mod_revision(key, 0),
+                put(key, value),
+                StorageError::AlreadyExists,
+            )
+            .await?;
+        Ok(revision_of(&response))
+    }
+
+    /// Replaces the object at `key` if it is still at `expected` (its
+    /// mod_revision); returns the new revision.
+    pub async fn update(&self, key: &[u8], value: Vec<u8>, expected: i64) -> Result<i64> {
+        self.guarded(key, expected, put(key, value)).await
+    }
+
+    /// Deletes the object at `key` if it is still at `expected`; returns
+    /// the deleting revision.
+    pub async fn delete(&self, key: &[u8], expected: i64) -> Result<i64> {
+        let delete = RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: key.to_vec(),
+                    ..Default::default()
+                },
+            )),
+        };
+        self.guarded(key, expected, delete).await
+    }
+
+    /// Runs `op` if `key` is still at `expected`; otherwise tells a
+    /// conflict (the key moved on) from a deletion (it is gone).
+    async fn guarded(&self, key: &[u8], expected: i64, op: RequestOp) -> Result<i64> {
+        let response = self
+            .service
+            .txn(TxnRequest {
+                compare: vec![compare_mod_revision(key, expected)],
+                success: vec![op],
+                failure: vec![range(key)],
+            })
+            .await?;
+        if response.succeeded {
+            return Ok(revision_of(&response));
+        }
+        match current_of(&response) {
+            Some(current) => Err(StorageError::Conflict { current }),
+            None => Err(StorageError::NotFound),
+        }
+    }
+
+    /// Changes under `prefix` after `after` (a revision the caller has
+    /// seen; 0 means from now).
+    pub fn watch(&self, prefix: &[u8], after: i64) -> Result<Watcher> {
+        let start_revision = if after == 0 { 0 } else { after + 1 };
+        self.kv
+            .watch(&WatchCreateRequest {
+                key: prefix.to_vec(),
+                range_end: prefix_end(prefix),
+                start_revision,
+                prev_kv: true,
+                progress_notify: true,
+                ..Default::default()
+            })
+            .map_err(|error| self.compacted(error, start_revision))
+    }
+
+    /// The store's newest revision as this member has applied it.
+    pub fn current_revision(&self) -> i64 {
+        self.kv.current_revision()
+    }
+
+    async fn txn(
+        &self,
+        compare: Compare,
+        success: RequestOp,
+        failed: StorageError,
+    ) -> Result<TxnResponse> {
+        let response = self
+            .service
+            .txn(TxnRequest {
+                compare: vec![compare],
+                success: vec![success],
+                failure: Vec::new(),
+            })
+            .await?;
+        if response.succeeded {
+            Ok(response)
+        } else {
+            Err(failed)
+        }
+    }
+
+    fn compacted(&self, error: StoreError, requested: i64) -> StorageError {
+        match error {
+            StoreError::Compacted { .. } => StorageError::Compacted {
+                requested,
+                compacted: self.kv.compact_revision(),
+            },
+            other => StorageError::Store(other),
+        }
+    }
+}
+
+fn compare_mod_revision(key: &[u8], revision: i64) -> Compare {
+    Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Mod as i32,
+        key: key.to_vec(),
+        target_union: Some(compare::TargetUnion::ModRevision(revision)),
+        range_end: Vec::new(),
+    }
+}
+
+fn put(key: &[u8], value: Vec<u8>) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: key.to_vec(),
+            value,
+            ..Default::default()
+        })),
+    }
+}
+
+fn range(key: &[u8]) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: key.to_vec(),
+            keys_only: true,
+            ..Default::default()
+        })),
+    }
+}
+
+fn revision_of(response: &TxnResponse) -> i64 {
+    response.header.as_ref().map_or(0, |header| header.revision)
+}
+
+/// The mod_revision a failed compare found, from the failure branch's range.
+fn current_of(response: &TxnResponse) -> Option<i64> {
+    response.responses.iter().find_map(|op| match &op.response {
+        Some(response_op::Response::ResponseRange(range)) => {
+            range.kvs.first().map(|kv| kv.mod_revision)
+        }
+        _ => None,
+    })
+}

