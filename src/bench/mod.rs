@@ -6,6 +6,9 @@
 
 mod etcd;
 mod load;
+mod node;
+mod node_http;
+mod node_pods;
 mod report;
 mod store;
 
@@ -18,10 +21,16 @@ pub enum BenchCommand {
     /// fsyncing, on loopback: puts at 1/16/64/256 clients and linearizable
     /// reads at 64 clients.
     Store(store::StoreBenchArgs),
+    /// The node runtime serving examples/hello-http against `wasmtime
+    /// serve` (both under `hey` at 1 and 50 connections), pod start times
+    /// (cold, from the artifact cache, warm) and density (resident memory
+    /// and start time at 100, 1,000 and 10,000 pods).
+    Node(node::NodeBenchArgs),
 }
 
 pub async fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Store(args) => store::run(args).await,
+        BenchCommand::Node(args) => node::run(args).await,
     }
 }
