@@ -80,9 +80,17 @@ struct ServerArgs {
     /// Where the store's log, the cluster CA and the kubeconfig are kept.
     #[arg(long, default_value = "flotilla-data")]
     data_dir: PathBuf,
-    /// The TCP address of the Kubernetes API (plain HTTP: loopback only).
+    /// The TCP address of the Kubernetes API.
     #[arg(long, default_value = "127.0.0.1:6443")]
     api_listen: SocketAddr,
+    /// Another address or DNS name clients reach the API at, for its
+    /// certificate (loopback is always included). Repeat for each.
+    #[arg(long = "api-san", value_name = "HOST")]
+    api_sans: Vec<String>,
+    /// Serve the API over plain HTTP without client certificates. Allowed
+    /// only on a loopback address.
+    #[arg(long)]
+    plain_http: bool,
     /// This member's store id (see `flotilla store`).
     #[arg(long, default_value_t = 1)]
     id: u64,
@@ -179,7 +187,7 @@ async fn run_store(args: StoreArgs) -> Result<()> {
 
 async fn run_server(args: ServerArgs) -> Result<()> {
     let tls_dir = args.data_dir.join("ca");
-    flotilla_raft_store::member::ensure_cluster_ca(&tls_dir)
+    let ca = flotilla_raft_store::member::ensure_cluster_ca(&tls_dir)
         .with_context(|| format!("preparing the cluster CA in {}", tls_dir.display()))?;
     let peers = if args.peers.is_empty() {
         vec![PeerSpec {
@@ -198,15 +206,46 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         tick_interval: std::time::Duration::from_millis(args.tick_ms),
         ..MemberConfig::default()
     };
+    let (api_tls, admin) = if args.plain_http {
+        (None, None)
+    } else {
+        let mut hosts = args.api_sans.clone();
+        if !args.api_listen.ip().is_unspecified() {
+            hosts.push(args.api_listen.ip().to_string());
+        }
+        let server = flotilla_control::tls::server_credentials(&ca, &hosts)
+            .context("issuing the API server's certificate")?;
+        let admin = flotilla_control::tls::admin_credentials(&ca)
+            .context("issuing the admin client certificate")?;
+        (Some(server), Some(admin))
+    };
     let server = flotilla_control::Server::start(flotilla_control::ServerConfig {
         store,
         api_listen: args.api_listen,
+        compaction_interval: flotilla_control::server::COMPACTION_INTERVAL_DEFAULT,
+        api_tls,
     })
     .await
     .context("starting the server")?;
     let kubeconfig = args.data_dir.join("kubeconfig");
-    let url = format!("http://{}", server.api_address());
-    std::fs::write(&kubeconfig, flotilla_control::kubeconfig(&url))
+    let address = server.api_address();
+    let (url, config) = match &admin {
+        Some(admin) => {
+            let url = format!("https://{address}");
+            // For curl and other clients: ca.pem, admin.pem, admin.key.
+            admin
+                .save(&args.data_dir.join("admin"), "admin")
+                .context("writing the admin certificate")?;
+            let config = flotilla_control::tls::kubeconfig(&url, admin);
+            (url, config)
+        }
+        None => {
+            let url = format!("http://{address}");
+            let config = flotilla_control::kubeconfig(&url);
+            (url, config)
+        }
+    };
+    std::fs::write(&kubeconfig, config)
         .with_context(|| format!("writing {}", kubeconfig.display()))?;
     tracing::info!(
         api = %url,

@@ -14,5 +14,6 @@ pub mod api;
 pub mod resources;
 pub mod server;
 pub mod storage;
+pub mod tls;
 
 pub use server::{Server, ServerConfig, ServerError, kubeconfig};

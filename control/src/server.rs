@@ -5,13 +5,17 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use flotilla_raft_store::member::{Member, MemberConfig};
+use flotilla_raft_store::transport::Credentials;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::api::{self, ApiState};
 use crate::storage::Storage;
 
+/// Kubernetes' default compaction interval.
+pub const COMPACTION_INTERVAL_DEFAULT: Duration = Duration::from_secs(300);
 /// Attempts to create the system namespaces while the store elects its
 /// first leader.
 const BOOTSTRAP_ATTEMPTS_MAX: u32 = 100;
@@ -20,10 +24,12 @@ const BOOTSTRAP_PAUSE: Duration = Duration::from_millis(100);
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(
-        "the API listens on plain HTTP, which is only allowed on loopback; \
-         {0} is not a loopback address"
+        "plain HTTP is only allowed on loopback and {0} is not a loopback \
+         address; serve the API over HTTPS (give it TLS credentials)"
     )]
     NotLoopback(SocketAddr),
+    #[error("the API's TLS setup failed: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen for the API on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -38,8 +44,16 @@ pub enum ServerError {
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub store: MemberConfig,
-    /// Where the Kubernetes API listens (HTTP; loopback only).
+    /// Where the Kubernetes API listens.
     pub api_listen: SocketAddr,
+    /// How often history is compacted, keeping one interval of it: the
+    /// store keeps every revision of the last interval or two, so watches
+    /// and paged lists can resume within that window (Kubernetes: 5 min).
+    pub compaction_interval: Duration,
+    /// The API's certificate (see `tls::server_credentials`): HTTPS with
+    /// client certificates. Without it the API speaks plain HTTP, which is
+    /// refused anywhere but on loopback.
+    pub api_tls: Option<Credentials>,
 }
 
 /// A running server. [`Server::shutdown`] stops it.
@@ -48,11 +62,12 @@ pub struct Server {
     api_address: SocketAddr,
     stop: oneshot::Sender<()>,
     serving: JoinHandle<()>,
+    compactor: JoinHandle<()>,
 }
 
 impl Server {
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
-        if !config.api_listen.ip().is_loopback() {
+        if config.api_tls.is_none() && !config.api_listen.ip().is_loopback() {
             return Err(ServerError::NotLoopback(config.api_listen));
         }
         let listener = TcpListener::bind(config.api_listen)
@@ -69,25 +84,38 @@ impl Server {
         let state = ApiState::new(Storage::new(member.service().clone(), member.kv().clone()));
         bootstrap(&state).await?;
 
+        let compactor = tokio::spawn(compact_periodically(
+            state.storage.clone(),
+            config.compaction_interval,
+        ));
         let (stop, stopped) = oneshot::channel::<()>();
         let router = api::router(state);
-        let serving = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            if let Err(error) = axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(%error, "the API server stopped");
-            }
-        });
+        let serving = match config.api_tls {
+            Some(credentials) => tokio::spawn(async move {
+                if let Err(error) = crate::tls::serve(listener, &credentials, router, stopped).await
+                {
+                    tracing::error!(%error, "the API server stopped");
+                }
+            }),
+            None => tokio::spawn(async move {
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                if let Err(error) = axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    tracing::error!(%error, "the API server stopped");
+                }
+            }),
+        };
         tracing::info!(%api_address, "Kubernetes API serving");
         Ok(Server {
             member,
             api_address,
             stop,
             serving,
+            compactor,
         })
     }
 
@@ -104,7 +132,26 @@ impl Server {
         // Open watches keep graceful shutdown waiting; they end with the task.
         self.serving.abort();
         let _ = self.serving.await;
+        self.compactor.abort();
+        let _ = self.compactor.await;
         self.member.shutdown().await;
+    }
+}
+
+/// Kubernetes' compaction: at each tick, compact to the revision seen at
+/// the tick before, so a full interval of history is always kept.
+async fn compact_periodically(storage: Storage, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let mut previous = storage.current_revision();
+    loop {
+        ticker.tick().await;
+        let span = tracing::debug_span!("compaction", revision = previous);
+        if let Err(error) = storage.compact(previous).instrument(span).await {
+            tracing::warn!(%error, "compaction failed; retrying at the next interval");
+        }
+        previous = storage.current_revision();
     }
 }
 
@@ -123,25 +170,33 @@ async fn bootstrap(state: &ApiState) -> Result<(), ServerError> {
     }
 }
 
-/// A kubeconfig that points kubectl at `server` (an `http://` URL).
+/// A kubeconfig that points kubectl at `server` (an `http://` URL; see
+/// `tls::kubeconfig` for HTTPS).
 pub fn kubeconfig(server: &str) -> String {
+    kubeconfig_document(server, "", " {}")
+}
+
+/// The kubeconfig document: one cluster, one user, one context.
+/// `cluster_extra` and `user` are YAML continuing the `cluster:` and `user:`
+/// lines.
+pub(crate) fn kubeconfig_document(server: &str, cluster_extra: &str, user: &str) -> String {
     format!(
         "apiVersion: v1
 kind: Config
 clusters:
 - name: flotilla
   cluster:
-    server: {server}
+    server: {server}{cluster_extra}
 contexts:
 - name: flotilla
   context:
     cluster: flotilla
-    user: flotilla
+    user: admin
     namespace: default
 current-context: flotilla
 users:
-- name: flotilla
-  user: {{}}
+- name: admin
+  user:{user}
 "
     )
 }

@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 use flotilla_raft_store::Error as StoreError;
 use flotilla_raft_store::kv::proto::{
-    Compare, CompareResult, CompareTarget, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
-    TxnRequest, TxnResponse, WatchCreateRequest, compare, request_op, response_op,
+    CompactionRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest, PutRequest,
+    RangeRequest, RequestOp, TxnRequest, TxnResponse, WatchCreateRequest, compare, request_op,
+    response_op,
 };
 use flotilla_raft_store::kv::{KvStore, Watcher, prefix_end};
 use flotilla_raft_store::server::Service;
@@ -198,6 +199,27 @@ impl Storage {
                 ..Default::default()
             })
             .map_err(|error| self.compacted(error, start_revision))
+    }
+
+    /// Forgets history before `revision`: reads and watches below it get
+    /// `Compacted`. Compacting to a revision already compacted is a no-op.
+    pub async fn compact(&self, revision: i64) -> Result<()> {
+        if revision <= self.kv.compact_revision() {
+            return Ok(());
+        }
+        match self
+            .service
+            .compact(CompactionRequest {
+                revision,
+                physical: true,
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Another server compacted further meanwhile.
+            Err(StoreError::Compacted { .. }) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// The store's newest revision as this member has applied it.

@@ -212,7 +212,7 @@ fn config_map(name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_update_conflicts_and_watch_sees_changes() {
     let server = TestServer::start().await;
-    server.ok_with_input(&["apply", "-f", "-"], Some(&config_map("settings")));
+    server.ok(&["create", "configmap", "settings", "--from-literal=mode=a"]);
     let stale = server.ok(&["get", "cm", "settings", "-o", "json"]);
     server.ok(&["patch", "cm", "settings", "-p", r#"{"data":{"mode":"b"}}"#]);
     let error = server.fails(&["replace", "-f", "-"], Some(&stale));
@@ -269,5 +269,108 @@ async fn a_stale_update_conflicts_and_watch_sees_changes() {
     let _ = watch.wait();
     // Each exactly once, in order.
     assert_eq!(seen, ["configmap/watched-1", "configmap/watched-2"]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_client_certificates() {
+    let server = TestServer::start_https().await;
+    let namespaces = server.ok(&["get", "namespaces", "-o", "name"]);
+    assert!(namespaces.contains("namespace/default"), "{namespaces}");
+
+    // The same server, trusted, but without a client certificate: refused.
+    let kubeconfig = std::fs::read_to_string(&server.kubeconfig).unwrap();
+    let anonymous: String = kubeconfig
+        .lines()
+        .filter(|line| {
+            !line.contains("client-certificate-data") && !line.contains("client-key-data")
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    // A user with no credentials makes kubectl prompt; a token it has is
+    // no certificate.
+    let anonymous = anonymous.replace("  user:\n", "  user:\n    token: not-a-certificate\n");
+    let path = server.dir.path().join("anonymous-kubeconfig");
+    std::fs::write(&path, anonymous).unwrap();
+    let output = std::process::Command::new(support::kubectl())
+        .arg("--kubeconfig")
+        .arg(&path)
+        .args(["get", "namespaces", "--request-timeout=10s"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("You must be logged in"), "{error}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_commands_send_protobuf_and_it_is_understood() {
+    let server = TestServer::start().await;
+    server.ok(&["create", "namespace", "tools"]);
+    server.ok(&[
+        "create",
+        "configmap",
+        "settings",
+        "-n",
+        "tools",
+        "--from-literal=mode=a",
+    ]);
+    server.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "token",
+        "-n",
+        "tools",
+        "--from-literal=key=s3cret",
+    ]);
+    server.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "-n",
+        "tools",
+        "--image=hello-http:0.1.0",
+        "--replicas=2",
+        "--port=8080",
+    ]);
+    server.ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "web",
+        "-n",
+        "tools",
+        "--tcp=80:8080",
+    ]);
+    server.ok(&["create", "job", "once", "-n", "tools", "--image=job:0.1.0"]);
+    server.ok(&[
+        "run",
+        "solo",
+        "-n",
+        "tools",
+        "--image=hello-http:0.1.0",
+        "--env=A=1",
+    ]);
+
+    let get =
+        |args: &[&str]| -> serde_json::Value { serde_json::from_str(&server.ok(args)).unwrap() };
+    let config_map = get(&["get", "cm", "settings", "-n", "tools", "-o", "json"]);
+    assert_eq!(config_map["data"]["mode"], "a");
+    let secret = get(&["get", "secret", "token", "-n", "tools", "-o", "json"]);
+    assert_eq!(secret["data"]["key"], "czNjcmV0");
+    let deployment = get(&["get", "deploy", "web", "-n", "tools", "-o", "json"]);
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "hello-http:0.1.0");
+    assert_eq!(container["ports"][0]["containerPort"], 8080);
+    let service = get(&["get", "svc", "web", "-n", "tools", "-o", "json"]);
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], 8080);
+    let job = get(&["get", "job", "once", "-n", "tools", "-o", "json"]);
+    assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "Never");
+    let pod = get(&["get", "pod", "solo", "-n", "tools", "-o", "json"]);
+    assert_eq!(pod["spec"]["containers"][0]["env"][0]["value"], "1");
+    assert_eq!(pod["status"]["phase"], "Pending");
     server.stop().await;
 }

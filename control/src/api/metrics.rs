@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Histogram bucket upper bounds, in seconds (as the API server's
@@ -23,6 +24,16 @@ struct Histogram {
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    watches_open: AtomicI64,
+}
+
+/// Counts one open watch while it lives.
+pub struct WatchGuard(Arc<Metrics>);
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.0.watches_open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -32,6 +43,11 @@ struct Inner {
 }
 
 impl Metrics {
+    pub fn watch_opened(self: &Arc<Self>) -> WatchGuard {
+        self.watches_open.fetch_add(1, Ordering::Relaxed);
+        WatchGuard(self.clone())
+    }
+
     pub fn observe(
         &self,
         verb: &'static str,
@@ -63,6 +79,13 @@ impl Metrics {
     pub fn render(&self) -> String {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
+        out.push_str("# HELP flotilla_apiserver_watches Open watch streams.\n");
+        out.push_str("# TYPE flotilla_apiserver_watches gauge\n");
+        let _ = writeln!(
+            out,
+            "flotilla_apiserver_watches {}",
+            self.watches_open.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP flotilla_apiserver_requests_total API requests by verb, resource and HTTP code.\n");
         out.push_str("# TYPE flotilla_apiserver_requests_total counter\n");
         for ((verb, resource, code), count) in &inner.requests {
@@ -107,7 +130,10 @@ mod tests {
 
     #[test]
     fn counts_and_buckets_render_in_prometheus_text() {
-        let metrics = Metrics::default();
+        let metrics = Arc::new(Metrics::default());
+        let watch = metrics.watch_opened();
+        assert!(metrics.render().contains("flotilla_apiserver_watches 1"));
+        drop(watch);
         metrics.observe("get", "pods", 200, Duration::from_micros(700));
         metrics.observe("get", "pods", 404, Duration::from_millis(30));
         let text = metrics.render();

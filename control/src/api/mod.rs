@@ -6,6 +6,7 @@
 //! - `objects`: get, create, update, patch, delete on one object.
 //! - `list`, `watch`: collections, paging, streams.
 //! - `patch`, `defaults`, `validation`, `selector`, `table`: the pieces.
+//! - `protobuf`: bodies in Kubernetes' protobuf encoding.
 //! - `status`: errors as `Status` objects.
 //! - `metrics`: Prometheus counters and latency histograms.
 
@@ -19,6 +20,7 @@ pub mod objects;
 pub mod openapi;
 pub mod patch;
 pub mod path;
+pub mod protobuf;
 pub mod request;
 pub mod selector;
 pub mod status;
@@ -30,18 +32,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use self::path::{Route, Target};
 use self::request::{Params, REQUEST_BODY_MAX, decode_body, wants_table};
 use self::status::ApiError;
 use crate::resources::{Registry, registry};
 use crate::storage::Storage;
+use crate::tls::Peer;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -119,15 +124,25 @@ pub fn router(state: ApiState) -> Router {
 
 async fn handle(
     State(state): State<ApiState>,
+    peer: Option<Extension<Peer>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let span = tracing::info_span!("api", %method, path = uri.path());
+    let user = peer.as_ref().and_then(|Extension(peer)| peer.user.clone());
+    let span = tracing::info_span!("api", %method, path = uri.path(), user = user.as_deref().unwrap_or(""));
+    let (verb, resource, response) =
+        match authenticate(peer.as_ref().map(|Extension(peer)| peer), uri.path()) {
+            Ok(()) => {
+                route(&state, &method, &uri, &headers, body)
+                    .instrument(span.clone())
+                    .await
+            }
+            Err(error) => ("unknown", "", Err(error)),
+        };
     let _entered = span.enter();
-    let (verb, resource, response) = route(&state, &method, &uri, &headers, body).await;
     let response = response.unwrap_or_else(|error| {
         tracing::debug!(%error, "request failed");
         error.into_response()
@@ -144,6 +159,19 @@ async fn handle(
         "served"
     );
     response
+}
+
+/// Paths anyone may read, as Kubernetes' `system:public-info-viewer`.
+const PUBLIC_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version", "/version/"];
+
+/// Requests over TLS need a client certificate from the cluster CA, except
+/// for the public paths. Plain HTTP is only served on loopback, where the
+/// machine's users are trusted, as with `flotilla up`.
+fn authenticate(peer: Option<&Peer>, path: &str) -> Result<(), ApiError> {
+    match peer {
+        Some(Peer { user: None }) if !PUBLIC_PATHS.contains(&path) => Err(ApiError::unauthorized()),
+        _ => Ok(()),
+    }
 }
 
 /// The request's verb and resource (for metrics) and its answer.

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
+use tracing::Instrument;
 
 use super::ApiState;
 use super::objects::key;
@@ -55,9 +56,8 @@ pub async fn bootstrap(state: &ApiState) -> Result<(), StorageError> {
 
 /// Deletes what is in `namespace`, then the namespace, in the background.
 pub fn spawn_cleanup(state: ApiState, namespace: String) {
-    tokio::spawn(async move {
-        let span = tracing::info_span!("namespace_cleanup", %namespace);
-        let _entered = span.enter();
+    let span = tracing::info_span!("namespace_cleanup", %namespace);
+    let cleanup = async move {
         let mut pause = CLEANUP_PAUSE_INITIAL;
         for _ in 0..CLEANUP_PASSES_MAX {
             match cleanup_pass(&state, &namespace).await {
@@ -69,7 +69,8 @@ pub fn spawn_cleanup(state: ApiState, namespace: String) {
             pause = (pause * 2).min(CLEANUP_PAUSE_MAX);
         }
         tracing::warn!("namespace still has content held by finalizers; it stays Terminating");
-    });
+    };
+    tokio::spawn(cleanup.instrument(span));
 }
 
 /// One pass; true when the namespace is gone.

@@ -115,6 +115,7 @@ pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> 
             .map_err(|error| {
                 ApiError::bad_request(format!("the YAML body is malformed: {error}"))
             })?,
+        super::protobuf::MEDIA_TYPE => super::protobuf::decode(body)?,
         _ if media.ends_with("json") => serde_json::from_slice(body).map_err(|error| {
             ApiError::bad_request(format!("the JSON body is malformed: {error}"))
         })?,

@@ -120,6 +120,10 @@ impl ApiError {
         ApiError::new(StatusCode::CONFLICT, "Conflict", message)
     }
 
+    pub fn unauthorized() -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
+    }
+
     pub fn forbidden(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::FORBIDDEN, "Forbidden", message)
     }
@@ -202,6 +206,11 @@ impl ApiError {
                 | flotilla_raft_store::Error::NoQuorum { .. }
                 | flotilla_raft_store::Error::Timeout { .. }
                 | flotilla_raft_store::Error::Stopped => ApiError::unavailable(store.to_string()),
+                flotilla_raft_store::Error::FutureRevision { requested, current } => ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "Timeout",
+                    format!("Too large resource version: {requested}, current: {current}"),
+                ),
                 flotilla_raft_store::Error::TooLarge { .. } => ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "RequestEntityTooLarge",

@@ -92,6 +92,7 @@ pub async fn watch(
     };
     tracing::debug!(resource = info.plural, after, "watch started");
     let stream = WatchStream {
+        _open: state.metrics.watch_opened(),
         info,
         options,
         allow_bookmarks,
@@ -117,6 +118,7 @@ pub async fn watch(
 }
 
 struct WatchStream {
+    _open: super::metrics::WatchGuard,
     info: &'static ResourceInfo,
     options: ListOptions,
     allow_bookmarks: bool,

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use flotilla_control::{Server, ServerConfig};
+use flotilla_control::{Server, ServerConfig, tls};
 use flotilla_raft_store::member::{MemberConfig, PeerSpec, ensure_cluster_ca};
 
 /// The kubectl the tests speak to the server with.
@@ -19,13 +19,25 @@ pub struct TestServer {
     pub server: Option<Server>,
     pub dir: tempfile::TempDir,
     pub kubeconfig: PathBuf,
+    config: ServerConfig,
 }
 
 impl TestServer {
+    /// A server speaking plain HTTP on loopback.
     pub async fn start() -> TestServer {
+        TestServer::start_with(false).await
+    }
+
+    /// A server speaking HTTPS with client certificates, and a kubeconfig
+    /// holding the admin certificate.
+    pub async fn start_https() -> TestServer {
+        TestServer::start_with(true).await
+    }
+
+    async fn start_with(https: bool) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let tls_dir = dir.path().join("ca");
-        ensure_cluster_ca(&tls_dir).unwrap();
+        let ca = ensure_cluster_ca(&tls_dir).unwrap();
         // Port 0 is not allowed for raft peers: find a free UDP port first.
         let store_address = std::net::UdpSocket::bind("127.0.0.1:0")
             .unwrap()
@@ -45,23 +57,37 @@ impl TestServer {
             watch_progress_interval: Duration::from_millis(200),
             ..MemberConfig::default()
         };
-        let server = Server::start(ServerConfig {
+        let mut config = ServerConfig {
             store,
             api_listen: "127.0.0.1:0".parse().unwrap(),
-        })
-        .await
-        .unwrap();
+            compaction_interval: flotilla_control::server::COMPACTION_INTERVAL_DEFAULT,
+            api_tls: https.then(|| tls::server_credentials(&ca, &[]).unwrap()),
+        };
+        let server = Server::start(config.clone()).await.unwrap();
+        // A restart comes back on the same port, as a real server would.
+        config.api_listen = server.api_address();
         let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            flotilla_control::kubeconfig(&format!("http://{}", server.api_address())),
-        )
-        .unwrap();
+        let contents = if https {
+            let admin = tls::admin_credentials(&ca).unwrap();
+            tls::kubeconfig(&format!("https://{}", server.api_address()), &admin)
+        } else {
+            flotilla_control::kubeconfig(&format!("http://{}", server.api_address()))
+        };
+        std::fs::write(&kubeconfig, contents).unwrap();
         TestServer {
             server: Some(server),
             dir,
             kubeconfig,
+            config,
         }
+    }
+
+    /// Stops the server and starts it again on the same data and ports.
+    pub async fn restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+        self.server = Some(Server::start(self.config.clone()).await.unwrap());
     }
 
     pub fn url(&self) -> String {

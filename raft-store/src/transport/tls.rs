@@ -230,6 +230,12 @@ fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The common name of a DER certificate (who it was issued to), for
+/// servers that authenticate their clients by certificate.
+pub fn certificate_common_name(certificate: &[u8]) -> Option<String> {
+    der::common_name(certificate)
+}
+
 /// Who is on the other end of a connection, as its CA-verified certificate
 /// says.
 #[derive(Debug, Clone, PartialEq, Eq)]

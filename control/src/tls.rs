@@ -1,0 +1,184 @@
+//! HTTPS for the Kubernetes API, with certificates from the cluster CA.
+//!
+//! The server presents a certificate the CA issued for the addresses it is
+//! reached at. A client authenticates with a certificate from the same CA,
+//! as with Kubernetes' client certificates; the API answers 401 to requests
+//! without one (`api::authenticate`). The kubeconfig `flotilla server`
+//! writes carries an `admin` certificate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use flotilla_raft_store::transport::{ClusterCa, Credentials, certificate_common_name};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, oneshot};
+use tokio_rustls::TlsAcceptor;
+
+/// The common name of the API server's certificate.
+pub const SERVER_NAME: &str = "flotilla-apiserver";
+/// The common name of the certificate `flotilla server`'s kubeconfig holds.
+pub const ADMIN_NAME: &str = "admin";
+/// Open connections at once; more wait in the kernel's accept queue.
+const CONNECTIONS_MAX: usize = 4096;
+/// A client that has not finished its handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("issuing a certificate: {0}")]
+    Issue(#[from] flotilla_raft_store::Error),
+    #[error("the TLS configuration is invalid: {0}")]
+    Config(String),
+}
+
+/// The server's certificate, valid for `hosts` (IP addresses or DNS names)
+/// and for loopback.
+pub fn server_credentials(ca: &ClusterCa, hosts: &[String]) -> Result<Credentials, TlsError> {
+    let mut names: Vec<String> = ["127.0.0.1", "::1", "localhost"]
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    for host in hosts {
+        if !names.contains(host) {
+            names.push(host.clone());
+        }
+    }
+    Ok(ca.issue(SERVER_NAME, &names)?)
+}
+
+/// A client certificate for the cluster's administrator.
+pub fn admin_credentials(ca: &ClusterCa) -> Result<Credentials, TlsError> {
+    Ok(ca.issue(ADMIN_NAME, &[])?)
+}
+
+/// A kubeconfig for `server` (an `https://` URL) that trusts the cluster CA
+/// and presents `client`'s certificate.
+pub fn kubeconfig(server: &str, client: &Credentials) -> String {
+    let data = |pem: &str| STANDARD.encode(pem.as_bytes());
+    crate::server::kubeconfig_document(
+        server,
+        &format!(
+            "\n    certificate-authority-data: {}",
+            data(&client.ca_cert_pem)
+        ),
+        &format!(
+            "\n    client-certificate-data: {}\n    client-key-data: {}",
+            data(&client.cert_pem),
+            data(&client.key_pem)
+        ),
+    )
+}
+
+/// Who a request came from over TLS: the common name of its verified
+/// client certificate, or `None` when it sent none. Requests over plain
+/// HTTP (loopback only) carry no `Peer` at all.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub user: Option<String>,
+}
+
+/// The rustls configuration: the server's certificate, and client
+/// certificates from the cluster CA verified when sent. A client without
+/// one still connects, so that it gets a readable 401 from the API rather
+/// than a failed handshake.
+fn server_config(credentials: &Credentials) -> Result<rustls::ServerConfig, TlsError> {
+    let invalid =
+        |what: &str, error: &dyn std::fmt::Display| TlsError::Config(format!("{what}: {error}"));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(credentials.ca_cert_pem.as_bytes()) {
+        let cert = cert.map_err(|e| invalid("the CA certificate", &e))?;
+        roots
+            .add(cert)
+            .map_err(|e| invalid("the CA certificate", &e))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| invalid("the client verifier", &e))?;
+    let chain = CertificateDer::pem_slice_iter(credentials.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("the server certificate", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(credentials.key_pem.as_bytes())
+        .map_err(|e| invalid("the server key", &e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("TLS versions", &e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| invalid("the server certificate", &e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The common name of a verified client certificate.
+fn user_of(connection: &rustls::ServerConnection) -> Option<String> {
+    let certificate = connection.peer_certificates()?.first()?;
+    certificate_common_name(certificate.as_ref())
+}
+
+/// Serves `router` over TLS on `listener` until `stop` fires.
+pub async fn serve(
+    listener: TcpListener,
+    credentials: &Credentials,
+    router: Router,
+    mut stop: oneshot::Receiver<()>,
+) -> Result<(), TlsError> {
+    let acceptor = TlsAcceptor::from(Arc::new(server_config(credentials)?));
+    let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    loop {
+        let permit = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return Ok(()),
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting an API connection failed");
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let peer_info = Peer {
+                user: user_of(tls.get_ref().1),
+            };
+            let service = TowerToHyperService::new(router.layer(axum::Extension(peer_info)));
+            let builder = auto::Builder::new(TokioExecutor::new());
+            if let Err(error) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%peer, %error, "API connection ended with an error");
+            }
+        });
+    }
+}
