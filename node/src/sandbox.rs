@@ -80,6 +80,9 @@ pub struct GuestLimits {
     memory_bytes: u64,
     cpu_limit_millis: Option<u64>,
     epoch_tick: Duration,
+    /// When the guest last started running: at instantiation, or when it
+    /// came back from a throttling pause.
+    resumed_at: Instant,
     deadline: Option<Instant>,
     hit: Option<LimitHit>,
 }
@@ -91,6 +94,7 @@ impl GuestLimits {
             memory_bytes: 0,
             cpu_limit_millis: spec.cpu_limit_millis,
             epoch_tick: spec.epoch_tick,
+            resumed_at: Instant::now(),
             deadline,
             hit: None,
         }
@@ -104,31 +108,41 @@ impl GuestLimits {
     /// Called each epoch tick the guest spends running. Past the deadline it
     /// traps; otherwise it yields to the executor so one guest never holds a
     /// worker thread, sleeping long enough to keep the guest within its CPU
-    /// limit (running one tick per `1000 / millicores` ticks, as CFS quotas do).
+    /// limit (as CFS quotas do, in proportion to the time it ran).
     fn on_epoch_tick(&mut self) -> wasmtime::Result<UpdateDeadline> {
+        let now = Instant::now();
         if let Some(deadline) = self.deadline
-            && Instant::now() >= deadline
+            && now >= deadline
         {
             self.hit = Some(LimitHit::Deadline);
             return Err(wasmtime::Error::msg("deadline exceeded"));
         }
-        match self.throttle_pause() {
-            Some(pause) => Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(tokio::time::sleep(pause)),
-            )),
-            None => Ok(UpdateDeadline::Yield(1)),
+        // The ticker is global, so a tick can land just after the guest
+        // started: charge the time it ran, not a whole tick. Nor more than
+        // a tick: longer means it was waiting (on I/O) part of the time.
+        let ran = now
+            .saturating_duration_since(self.resumed_at)
+            .min(self.epoch_tick);
+        match self.throttle_pause(ran) {
+            Some(pause) => {
+                self.resumed_at = now + pause;
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::time::sleep(pause)),
+                ))
+            }
+            None => {
+                self.resumed_at = now;
+                Ok(UpdateDeadline::Yield(1))
+            }
         }
     }
 
-    /// How long to pause after a tick of running to stay within the CPU
+    /// How long to pause after running for `ran` to stay within the CPU
     /// limit; none at a limit of one core or more (a guest uses one thread).
-    fn throttle_pause(&self) -> Option<Duration> {
+    fn throttle_pause(&self, ran: Duration) -> Option<Duration> {
         let millis = self.cpu_limit_millis.filter(|millis| *millis < 1000)?;
-        Some(
-            self.epoch_tick
-                .mul_f64((1000 - millis) as f64 / millis as f64),
-        )
+        Some(ran.mul_f64((1000 - millis) as f64 / millis as f64))
     }
 }
 
@@ -344,23 +358,47 @@ mod tests {
             memory_bytes: 0,
             cpu_limit_millis,
             epoch_tick: Duration::from_millis(10),
+            resumed_at: Instant::now(),
             deadline: None,
             hit: None,
         }
     }
 
     #[test]
-    fn cpu_limits_pause_in_proportion() {
+    fn cpu_limits_pause_in_proportion_to_the_time_run() {
+        let tick = Duration::from_millis(10);
         assert_eq!(
-            limits(Some(250), None).throttle_pause(),
+            limits(Some(250), None).throttle_pause(tick),
             Some(Duration::from_millis(30))
         );
         assert_eq!(
-            limits(Some(500), None).throttle_pause(),
+            limits(Some(500), None).throttle_pause(tick),
             Some(Duration::from_millis(10))
         );
-        assert_eq!(limits(Some(1000), None).throttle_pause(), None);
-        assert_eq!(limits(None, None).throttle_pause(), None);
+        // A guest that ran a fraction of a tick pauses a fraction as long.
+        assert_eq!(
+            limits(Some(500), None).throttle_pause(Duration::from_micros(300)),
+            Some(Duration::from_micros(300))
+        );
+        assert_eq!(limits(Some(1000), None).throttle_pause(tick), None);
+        assert_eq!(limits(None, None).throttle_pause(tick), None);
+    }
+
+    #[tokio::test]
+    async fn a_tick_right_after_the_start_charges_only_the_time_run() {
+        let mut limits = limits(Some(500), None);
+        let before = Instant::now();
+        limits.resumed_at = before;
+        assert!(limits.on_epoch_tick().is_ok());
+        let after = Instant::now();
+        // At 500 millicores it pauses as long as it ran, at most
+        // `after - before`, not a whole 10 ms tick; its next run is counted
+        // from the end of that pause.
+        assert!(
+            limits.resumed_at <= after + (after - before),
+            "paused until {:?} after the tick",
+            limits.resumed_at - after
+        );
     }
 
     #[test]
