@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
 use super::objects::{self, decode, prefix};
-use super::request::Params;
+use super::request::{Params, resource_version};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
 use super::{ApiState, Reply};
@@ -42,16 +42,7 @@ impl ListOptions {
             })?;
         let limit = params.integer("limit")?.unwrap_or(0).max(0);
         let resume = params.get("continue").map(decode_continue).transpose()?;
-        let requested = params
-            .get("resourceVersion")
-            .map(|text| {
-                text.parse::<i64>().map_err(|_| {
-                    ApiError::bad_request(format!(
-                        "resourceVersion {text:?} is not a resource version"
-                    ))
-                })
-            })
-            .transpose()?;
+        let requested = resource_version(params.get("resourceVersion"), "resourceVersion")?;
         if resume.is_some() && requested.is_some_and(|rv| rv != 0) {
             return Err(ApiError::bad_request(
                 "specifying resource version is not allowed when using continue",

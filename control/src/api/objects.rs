@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::clock::now;
 use super::patch;
-use super::request::{FieldValidation, Params};
+use super::request::{FieldValidation, Params, resource_version};
 use super::status::{ApiError, FieldError};
 use super::{ApiState, Reply, defaults, validation};
 use crate::api::path::Target;
@@ -439,15 +439,11 @@ fn with_name(mut body: Value, name: &str) -> Value {
 }
 
 /// The `resourceVersion` a body was computed from, if it names one.
-fn resource_version_of(body: &Value) -> Result<Option<i64>, ApiError> {
-    match body["metadata"]["resourceVersion"].as_str() {
-        None | Some("") => Ok(None),
-        Some(text) => text.parse().map(Some).map_err(|_| {
-            ApiError::bad_request(format!(
-                "metadata.resourceVersion {text:?} is not a resource version"
-            ))
-        }),
-    }
+pub fn resource_version_of(body: &Value) -> Result<Option<i64>, ApiError> {
+    resource_version(
+        body["metadata"]["resourceVersion"].as_str(),
+        "metadata.resourceVersion",
+    )
 }
 
 /// What an update may not change, taken from the stored object: identity,

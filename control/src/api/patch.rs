@@ -43,19 +43,11 @@ impl Patch {
     /// The `resourceVersion` a merge patch pins, which makes it
     /// conditional as in Kubernetes.
     pub fn resource_version(&self) -> Result<Option<i64>, ApiError> {
-        let version = match self {
+        match self {
             Patch::Merge(value) | Patch::Strategic(value) => {
-                value["metadata"]["resourceVersion"].as_str()
+                super::objects::resource_version_of(value)
             }
-            Patch::Json(_) => None,
-        };
-        match version {
-            None | Some("") => Ok(None),
-            Some(text) => text.parse().map(Some).map_err(|_| {
-                ApiError::bad_request(format!(
-                    "metadata.resourceVersion {text:?} is not a resource version"
-                ))
-            }),
+            Patch::Json(_) => Ok(None),
         }
     }
 

@@ -72,6 +72,17 @@ impl Params {
     }
 }
 
+/// A resourceVersion as a store revision; `None` when absent or empty.
+/// `field` names where it came from, for the error.
+pub fn resource_version(text: Option<&str>, field: &str) -> Result<Option<i64>, ApiError> {
+    match text {
+        None | Some("") => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|_| {
+            ApiError::bad_request(format!("{field} {text:?} is not a resource version"))
+        }),
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FieldValidation {
     Ignore,

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use super::ApiState;
 use super::list::{ListOptions, collect};
 use super::objects::{decode, prefix};
-use super::request::Params;
+use super::request::{Params, resource_version};
 use super::status::ApiError;
 use crate::api::path::Target;
 use crate::resources::ResourceInfo;
@@ -50,14 +50,7 @@ pub async fn watch(
         .map_or(WATCH_TIMEOUT_DEFAULT, |secs| {
             Duration::from_secs(secs as u64)
         });
-    let requested = match params.get("resourceVersion") {
-        None => None,
-        Some(text) => Some(text.parse::<i64>().map_err(|_| {
-            ApiError::bad_request(format!(
-                "resourceVersion {text:?} is not a resource version"
-            ))
-        })?),
-    };
+    let requested = resource_version(params.get("resourceVersion"), "resourceVersion")?;
 
     let mut queued = VecDeque::new();
     // No version, "0", or sendInitialEvents: start with the current state.
