@@ -14,12 +14,17 @@ use k8s_openapi::api::{
     networking::v1 as networking, rbac::v1 as rbac,
 };
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope, Resource as K8sResource};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// Decodes a body into the resource's type and re-encodes it.
 type Normalize = fn(Value) -> Result<Value, serde_json::Error>;
+
+/// Adds the resource's JSON Schema (and those it refers to) to a
+/// generator's definitions and returns a reference to it.
+type SchemaOf = fn(&mut SchemaGenerator) -> Schema;
 
 /// One served resource, as discovery describes it.
 #[derive(Debug)]
@@ -37,6 +42,7 @@ pub struct ResourceInfo {
     /// Subresources besides the object itself, e.g. `status`, `scale`.
     pub subresources: &'static [&'static str],
     normalize: Normalize,
+    schema: SchemaOf,
 }
 
 impl ResourceInfo {
@@ -79,6 +85,20 @@ impl ResourceInfo {
                 | "ClusterRole"
                 | "ClusterRoleBinding"
         )
+    }
+
+    /// Adds the type's schema to `generator` and returns its name among the
+    /// generator's definitions (`io.k8s.api.apps.v1.Deployment`).
+    pub fn schema_name(&self, generator: &mut SchemaGenerator) -> String {
+        let reference = (self.schema)(generator);
+        let reference = reference
+            .get("$ref")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        reference
+            .rsplit_once('/')
+            .map_or(reference, |(_, name)| name)
+            .to_string()
     }
 
     /// Checks `object` against the resource's type. On success returns the
@@ -168,7 +188,7 @@ fn namespaced<K>(
     subresources: &'static [&'static str],
 ) -> ResourceInfo
 where
-    K: K8sResource<Scope = NamespaceResourceScope> + Serialize + DeserializeOwned,
+    K: K8sResource<Scope = NamespaceResourceScope> + Serialize + DeserializeOwned + JsonSchema,
 {
     info::<K>(true, short_names, categories, subresources)
 }
@@ -178,7 +198,7 @@ fn cluster<K>(
     subresources: &'static [&'static str],
 ) -> ResourceInfo
 where
-    K: K8sResource<Scope = ClusterResourceScope> + Serialize + DeserializeOwned,
+    K: K8sResource<Scope = ClusterResourceScope> + Serialize + DeserializeOwned + JsonSchema,
 {
     info::<K>(false, short_names, &[], subresources)
 }
@@ -190,7 +210,7 @@ fn info<K>(
     subresources: &'static [&'static str],
 ) -> ResourceInfo
 where
-    K: K8sResource + Serialize + DeserializeOwned,
+    K: K8sResource + Serialize + DeserializeOwned + JsonSchema,
 {
     ResourceInfo {
         group: K::GROUP,
@@ -203,6 +223,7 @@ where
         categories,
         subresources,
         normalize: normalize::<K>,
+        schema: SchemaGenerator::subschema_for::<K>,
     }
 }
 

@@ -169,6 +169,81 @@ async fn typed_api_create_get_list_patch_delete() {
     server.stop().await;
 }
 
+/// Foreground and orphan deletions leave the object marked, with the
+/// finalizer the garbage collector clears; background deletion removes it
+/// at once. An unknown policy is a 422 naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn propagation_policies_mark_objects_as_kubernetes_does() {
+    let server = TestServer::start().await;
+    let client = client(&server);
+    let config_maps: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    for (name, params, finalizer) in [
+        ("fg", DeleteParams::foreground(), "foregroundDeletion"),
+        ("orphan", DeleteParams::orphan(), "orphan"),
+    ] {
+        config_maps
+            .create(&PostParams::default(), &config_map(name, json!({})))
+            .await
+            .unwrap();
+        let marked = config_maps
+            .delete(name, &params)
+            .await
+            .unwrap()
+            .left()
+            .expect("the marked object");
+        assert!(marked.metadata.deletion_timestamp.is_some());
+        assert_eq!(
+            marked.metadata.finalizers,
+            Some(vec![finalizer.to_string()])
+        );
+        // Still there, until whoever owns the finalizer removes it.
+        let stored = config_maps.get(name).await.unwrap();
+        assert!(stored.metadata.deletion_timestamp.is_some());
+        config_maps
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+            )
+            .await
+            .unwrap();
+        let error = config_maps.get(name).await.unwrap_err();
+        assert!(
+            matches!(&error, kube::Error::Api(status) if status.code == 404),
+            "{error:?}"
+        );
+    }
+
+    config_maps
+        .create(&PostParams::default(), &config_map("bg", json!({})))
+        .await
+        .unwrap();
+    config_maps
+        .delete("bg", &DeleteParams::background())
+        .await
+        .unwrap();
+    assert!(config_maps.get("bg").await.is_err());
+
+    config_maps
+        .create(&PostParams::default(), &config_map("odd", json!({})))
+        .await
+        .unwrap();
+    let request = axum::http::Request::delete(
+        "/api/v1/namespaces/default/configmaps/odd?propagationPolicy=Sideways",
+    )
+    .body(Vec::new())
+    .unwrap();
+    let error = client.request_text(request).await.unwrap_err();
+    assert!(
+        matches!(&error, kube::Error::Api(status)
+            if status.code == 422 && status.reason == "Invalid" && status.message.contains("propagationPolicy")),
+        "{error:?}"
+    );
+    // Nothing was deleted.
+    config_maps.get("odd").await.unwrap();
+    server.stop().await;
+}
+
 type Events =
     futures::stream::BoxStream<'static, Result<watcher::Event<ConfigMap>, watcher::Error>>;
 

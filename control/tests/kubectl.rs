@@ -26,6 +26,28 @@ metadata:
 data:
   greeting: hello
 ---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: web-token
+  namespace: shop
+stringData:
+  token: s3cret
+---
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: migrate
+  namespace: shop
+spec:
+  backoffLimit: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: migrate
+        image: migrate:1.0
+---
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -80,7 +102,16 @@ async fn apply_get_scale_patch_delete() {
 
     let applied = server.ok_with_input(&["apply", "-f", "-"], Some(MANIFEST));
     assert!(applied.contains("namespace/shop created"), "{applied}");
-    assert!(applied.contains("deployment.apps/web created"), "{applied}");
+    for created in [
+        "namespace/shop",
+        "configmap/web-config",
+        "secret/web-token",
+        "job.batch/migrate",
+        "deployment.apps/web",
+        "service/web",
+    ] {
+        assert!(applied.contains(&format!("{created} created")), "{applied}");
+    }
     // The second apply changes nothing.
     let again = server.ok_with_input(&["apply", "-f", "-"], Some(MANIFEST));
     for line in again.lines() {
@@ -159,6 +190,55 @@ async fn apply_get_scale_patch_delete() {
     assert!(error.contains("not found"), "{error}");
     let error = server.fails(&["get", "namespace", "shop"], None);
     assert!(error.contains("not found"), "{error}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_describes_the_main_kinds_and_their_fields() {
+    let server = TestServer::start().await;
+    for (resource, group, kind, words) in [
+        ("deployments", "apps", "Deployment", "declarative updates"),
+        ("services", "", "Service", "Service is a named abstraction"),
+        ("configmaps", "", "ConfigMap", "configuration data"),
+        ("secrets", "", "Secret", "secret data"),
+        ("namespaces", "", "Namespace", "Namespace provides a scope"),
+        ("jobs", "batch", "Job", "single job"),
+    ] {
+        let explained = server.ok(&["explain", resource]);
+        assert!(
+            explained.contains(&format!("KIND:       {kind}\n")),
+            "{explained}"
+        );
+        assert!(explained.contains("VERSION:    v1\n"), "{explained}");
+        if !group.is_empty() {
+            assert!(
+                explained.contains(&format!("GROUP:      {group}\n")),
+                "{explained}"
+            );
+        }
+        assert!(explained.contains(words), "{explained}");
+        assert!(explained.contains("metadata\t<ObjectMeta>"), "{explained}");
+    }
+
+    // A field path walks through references to the nested types.
+    let field = server.ok(&["explain", "deployment.spec.strategy.rollingUpdate.maxSurge"]);
+    assert!(field.contains("FIELD: maxSurge"), "{field}");
+    assert!(field.contains("maximum number of pods"), "{field}");
+    let containers = server.ok(&["explain", "pods.spec.containers"]);
+    assert!(
+        containers.contains("FIELD: containers <[]Container>"),
+        "{containers}"
+    );
+    assert!(
+        containers.contains("image\t<string>") || containers.contains("image"),
+        "{containers}"
+    );
+    let recursive = server.ok(&["explain", "jobs.spec", "--recursive"]);
+    assert!(recursive.contains("backoffLimit"), "{recursive}");
+    assert!(recursive.contains("containers"), "{recursive}");
+
+    let error = server.fails(&["explain", "deployment.spec.replicaz"], None);
+    assert!(error.contains("replicaz"), "{error}");
     server.stop().await;
 }
 

@@ -91,13 +91,6 @@ impl Reply {
         }
     }
 
-    pub fn accepted(body: Value) -> Self {
-        Reply {
-            status: StatusCode::ACCEPTED,
-            ..Reply::ok(body)
-        }
-    }
-
     pub fn with_warnings(mut self, warnings: Vec<String>) -> Self {
         self.warnings = warnings;
         self
@@ -174,6 +167,15 @@ fn authenticate(peer: Option<&Peer>, path: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A JSON document encoded ahead of time.
+fn json_bytes(body: bytes::Bytes) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
 /// The request's verb and resource (for metrics) and its answer.
 async fn route(
     state: &ApiState,
@@ -188,7 +190,7 @@ async fn route(
         "/version" | "/version/" => return ("get", "version", json(discovery::version())),
         "/healthz" | "/readyz" | "/livez" => return ("get", "health", Ok("ok".into_response())),
         "/metrics" => return ("get", "metrics", Ok(state.metrics.render().into_response())),
-        "/openapi/v2" => return ("get", "openapi", json(openapi::v2())),
+        "/openapi/v2" => return ("get", "openapi", Ok(json_bytes(openapi::v2_document()))),
         "/openapi/v3" => return ("get", "openapi", json(openapi::v3_index(state.registry))),
         _ => {}
     }
@@ -196,8 +198,8 @@ async fn route(
         return (
             "get",
             "openapi",
-            openapi::v3_document(state.registry, group_version)
-                .map(|document| axum::Json(document).into_response())
+            openapi::v3_document(group_version)
+                .map(json_bytes)
                 .ok_or_else(|| ApiError::no_route(path)),
         );
     }

@@ -646,8 +646,80 @@ fn replicas_of_scale(scale: &Value) -> Result<i64, ApiError> {
     }
 }
 
-/// `DELETE` on one object. Returns 200 with the object when it is gone,
-/// 202 with the object when finalizers or a pod's grace period hold it.
+/// How the dependents of a deleted object (those whose `ownerReferences`
+/// name it) are treated, as `DeleteOptions.propagationPolicy` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Propagation {
+    /// The object goes now; the garbage collector deletes its dependents.
+    Background,
+    /// The object stays, with the `foregroundDeletion` finalizer, until the
+    /// garbage collector has deleted its blocking dependents.
+    Foreground,
+    /// The object stays, with the `orphan` finalizer, until the garbage
+    /// collector has removed it from its dependents' `ownerReferences`.
+    Orphan,
+}
+
+/// The finalizers the garbage collector removes once it has handled an
+/// object's dependents; Kubernetes' names.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+pub const ORPHAN_FINALIZER: &str = "orphan";
+
+impl Propagation {
+    /// From the query or the `DeleteOptions` body, with the deprecated
+    /// `orphanDependents` flag honoured as Kubernetes does.
+    fn of(
+        info: &ResourceInfo,
+        name: &str,
+        params: &Params,
+        options: &Value,
+    ) -> Result<Self, ApiError> {
+        let invalid = |cause, message: String| {
+            let error = FieldError {
+                field: "propagationPolicy".into(),
+                cause,
+                message,
+            };
+            ApiError::invalid(info, name, vec![error])
+        };
+        let policy = params
+            .get("propagationPolicy")
+            .or_else(|| options["propagationPolicy"].as_str());
+        let orphan = match params.get("orphanDependents") {
+            Some(flag) => Some(flag == "true"),
+            None => options["orphanDependents"].as_bool(),
+        };
+        if policy.is_some() && orphan.is_some() {
+            return Err(invalid(
+                "FieldValueInvalid",
+                "orphanDependents and propagationPolicy cannot both be set".into(),
+            ));
+        }
+        match (policy, orphan) {
+            (Some("Background") | None, None | Some(false)) => Ok(Propagation::Background),
+            (Some("Foreground"), _) => Ok(Propagation::Foreground),
+            (Some("Orphan"), _) | (None, Some(true)) => Ok(Propagation::Orphan),
+            (Some(other), _) => Err(invalid(
+                "FieldValueNotSupported",
+                format!(
+                    "Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
+                ),
+            )),
+        }
+    }
+
+    fn finalizer(self) -> Option<&'static str> {
+        match self {
+            Propagation::Background => None,
+            Propagation::Foreground => Some(FOREGROUND_FINALIZER),
+            Propagation::Orphan => Some(ORPHAN_FINALIZER),
+        }
+    }
+}
+
+/// `DELETE` on one object. Returns the object as it was when it is gone,
+/// or marked with its `deletionTimestamp` when finalizers, the
+/// propagation policy or a pod's grace period hold it.
 pub async fn delete(
     state: &ApiState,
     target: &Target<'_>,
@@ -666,6 +738,7 @@ pub async fn delete(
         Some(grace) => Some(grace),
         None => options["gracePeriodSeconds"].as_i64(),
     };
+    let propagation = Propagation::of(info, &name, params, options)?;
     let key = stored_key(target, &name);
     for _ in 0..WRITE_ATTEMPTS_MAX {
         let stored = read(state, target, &name).await?;
@@ -673,7 +746,8 @@ pub async fn delete(
         check_preconditions(info, &name, &current, &options["preconditions"])?;
         let finalizers = current["metadata"]["finalizers"]
             .as_array()
-            .is_some_and(|f| !f.is_empty());
+            .is_some_and(|f| !f.is_empty())
+            || propagation.finalizer().is_some();
         let pod_grace = if info.kind == "Pod"
             && current["spec"]["nodeName"]
                 .as_str()
@@ -703,11 +777,14 @@ pub async fn delete(
             marked["metadata"]["deletionTimestamp"] = json!(now());
             marked["metadata"]["deletionGracePeriodSeconds"] = json!(pod_grace);
         }
+        if let Some(finalizer) = propagation.finalizer() {
+            add_finalizer(&mut marked, finalizer);
+        }
         if namespace {
             marked["status"]["phase"] = json!("Terminating");
         }
         if marked == current || dry_run {
-            return Ok(Reply::accepted(marked));
+            return Ok(Reply::ok(marked));
         }
         match state
             .storage
@@ -719,13 +796,23 @@ pub async fn delete(
                 if namespace {
                     super::namespaces::spawn_cleanup(state.clone(), name.clone());
                 }
-                return Ok(Reply::accepted(marked));
+                return Ok(Reply::ok(marked));
             }
             Err(StorageError::Conflict { .. }) => continue,
             Err(error) => return Err(ApiError::from_storage(error, info, &name)),
         }
     }
     Err(ApiError::conflict(info, &name))
+}
+
+/// Adds `finalizer` unless the object has it already.
+fn add_finalizer(object: &mut Value, finalizer: &str) {
+    let finalizers = &mut object["metadata"]["finalizers"];
+    match finalizers.as_array_mut() {
+        Some(list) if list.iter().any(|f| f == finalizer) => {}
+        Some(list) => list.push(json!(finalizer)),
+        None => *finalizers = json!([finalizer]),
+    }
 }
 
 fn check_preconditions(
