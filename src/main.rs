@@ -227,6 +227,14 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     })
     .await
     .context("starting the server")?;
+    // Every server is a candidate; the controllers run on the elected one.
+    let controllers = server
+        .start_controllers(flotilla_control::controllers::ControllersConfig {
+            identity: format!("server-{}", args.id),
+            election: flotilla_control::controllers::election::ElectionConfig::default(),
+        })
+        .await
+        .context("starting the controllers")?;
     let kubeconfig = args.data_dir.join("kubeconfig");
     let address = server.api_address();
     let (url, config) = match &admin {
@@ -255,6 +263,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
+    drop(controllers);
     server.shutdown().await;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `flotilla-control` is Flotilla's control plane: the Kubernetes API server
-//! (axum) on top of `flotilla-raft-store`. The scheduler, the controllers
-//! and the module registry will live here too.
+//! (axum) on top of `flotilla-raft-store`, and the elected control loops
+//! (`controllers`) that act on what it stores. The module registry will
+//! live here too.
 //!
 //! Objects are the `k8s-openapi` types, handled as JSON and checked against
 //! their types; they are stored under `/registry/<resource>/<namespace>/<name>`
@@ -11,6 +12,7 @@
 //! store only through `storage`.
 
 pub mod api;
+pub mod controllers;
 pub mod resources;
 pub mod server;
 pub mod storage;

@@ -1,5 +1,6 @@
 //! One control-plane member as `flotilla server` runs it: a raft-store
-//! member and the Kubernetes API on top of it, in one process.
+//! member, the Kubernetes API on top of it, and (when started) its
+//! candidacy for running the controllers, in one process.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::api::{self, ApiState};
+use crate::controllers::{Controllers, ControllersConfig};
 use crate::storage::Storage;
 
 /// Kubernetes' default compaction interval.
@@ -39,6 +41,8 @@ pub enum ServerError {
     Store(#[from] flotilla_raft_store::Error),
     #[error("the store did not become writable: {0}")]
     Bootstrap(#[from] crate::storage::StorageError),
+    #[error("the server's own API client could not be set up: {0}")]
+    Client(String),
 }
 
 #[derive(Clone, Debug)]
@@ -60,6 +64,9 @@ pub struct ServerConfig {
 pub struct Server {
     member: Member,
     api_address: SocketAddr,
+    /// The credentials this process's own clients (the controllers) present
+    /// to its API, when the API is served over HTTPS.
+    own_client: Option<Credentials>,
     stop: oneshot::Sender<()>,
     serving: JoinHandle<()>,
     compactor: JoinHandle<()>,
@@ -80,6 +87,14 @@ impl Server {
             address: config.api_listen,
             source,
         })?;
+        let own_client = match &config.api_tls {
+            Some(_) => {
+                let ca = flotilla_raft_store::member::ensure_cluster_ca(&config.store.tls_dir)
+                    .map_err(crate::tls::TlsError::from)?;
+                Some(crate::tls::controller_credentials(&ca)?)
+            }
+            None => None,
+        };
         let member = Member::start(config.store).await?;
         let state = ApiState::new(Storage::new(member.service().clone(), member.kv().clone()));
         bootstrap(&state).await?;
@@ -113,6 +128,7 @@ impl Server {
         Ok(Server {
             member,
             api_address,
+            own_client,
             stop,
             serving,
             compactor,
@@ -125,6 +141,37 @@ impl Server {
 
     pub fn member(&self) -> &Member {
         &self.member
+    }
+
+    /// A kube-rs client of this server's own API, as its controllers use it.
+    pub async fn client(&self) -> Result<kube::Client, ServerError> {
+        let mut host = self.api_address;
+        if host.ip().is_unspecified() {
+            host.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let document = match &self.own_client {
+            Some(credentials) => crate::tls::kubeconfig(&format!("https://{host}"), credentials),
+            None => kubeconfig(&format!("http://{host}")),
+        };
+        let client_error = |error: &dyn std::fmt::Display| ServerError::Client(error.to_string());
+        let kubeconfig =
+            kube::config::Kubeconfig::from_yaml(&document).map_err(|e| client_error(&e))?;
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .map_err(|e| client_error(&e))?;
+        kube::Client::try_from(config).map_err(|e| client_error(&e))
+    }
+
+    /// Starts this member's candidacy for running the controllers; they run
+    /// while it holds the lease, until the returned value is dropped.
+    pub async fn start_controllers(
+        &self,
+        config: ControllersConfig,
+    ) -> Result<Controllers, ServerError> {
+        Ok(Controllers::start(self.client().await?, config))
     }
 
     pub async fn shutdown(self) {

@@ -55,6 +55,14 @@ pub fn server_credentials(ca: &ClusterCa, hosts: &[String]) -> Result<Credential
     Ok(ca.issue(SERVER_NAME, &names)?)
 }
 
+/// The common name the servers' own controllers present to the API.
+pub const CONTROLLER_NAME: &str = "system:kube-controller-manager";
+
+/// A client certificate for the controllers of a server.
+pub fn controller_credentials(ca: &ClusterCa) -> Result<Credentials, TlsError> {
+    Ok(ca.issue(CONTROLLER_NAME, &[])?)
+}
+
 /// A client certificate for the cluster's administrator.
 pub fn admin_credentials(ca: &ClusterCa) -> Result<Credentials, TlsError> {
     Ok(ca.issue(ADMIN_NAME, &[])?)

@@ -1,0 +1,434 @@
+//! The elected control loops against a real API server: leader election
+//! through a Lease, and the garbage collector's three propagation policies.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use serde_json::json;
+use support::TestServer;
+use tokio::sync::watch;
+
+use flotilla_control::controllers::election::{ElectionConfig, Elector};
+use flotilla_control::controllers::{Controllers, ControllersConfig};
+
+/// Bound on any one wait; generous for a loaded 2-core machine.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Timings short enough for tests.
+fn fast_election() -> ElectionConfig {
+    ElectionConfig {
+        lease_duration: Duration::from_millis(1_500),
+        renew_deadline: Duration::from_millis(1_000),
+        retry_period: Duration::from_millis(100),
+        ..ElectionConfig::default()
+    }
+}
+
+async fn client(server: &TestServer) -> kube::Client {
+    server.server.as_ref().unwrap().client().await.unwrap()
+}
+
+/// A server whose controllers run (and lead) before the test goes on.
+async fn with_controllers() -> (TestServer, kube::Client, Controllers) {
+    let server = TestServer::start().await;
+    let client = client(&server).await;
+    let controllers = Controllers::start(
+        client.clone(),
+        ControllersConfig {
+            identity: "test".into(),
+            election: fast_election(),
+        },
+    );
+    wait_for(&mut controllers.leading(), true).await;
+    (server, client, controllers)
+}
+
+async fn wait_for(leading: &mut watch::Receiver<bool>, wanted: bool) {
+    tokio::time::timeout(WAIT, leading.wait_for(|now| *now == wanted))
+        .await
+        .expect("leadership did not change in time")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_candidate_leads_and_another_takes_over_when_it_stops() {
+    let server = TestServer::start().await;
+    let client = client(&server).await;
+    let mut first = Elector::start(client.clone(), "first".into(), fast_election());
+    wait_for(&mut first.leading, true).await;
+    let mut second = Elector::start(client.clone(), "second".into(), fast_election());
+    // The second candidate sees a live holder and waits; leases held by
+    // two at once would show here as the first losing its lease.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let lease = leases.get("flotilla-control-plane").await.unwrap();
+    let spec = lease.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("first"));
+    assert!(!*second.leading.borrow());
+
+    drop(first);
+    wait_for(&mut second.leading, true).await;
+    let spec = leases
+        .get("flotilla-control-plane")
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("second"));
+    assert_eq!(spec.lease_transitions, Some(1));
+    server.stop().await;
+}
+
+fn config_map(name: &str, owner: Option<&ConfigMap>, blocks: bool) -> ConfigMap {
+    let owners = owner.map(|owner| {
+        json!([{
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "name": owner.metadata.name,
+            "uid": owner.metadata.uid,
+            "blockOwnerDeletion": blocks,
+        }])
+    });
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "ownerReferences": owners},
+        "data": {"k": "v"},
+    }))
+    .unwrap()
+}
+
+async fn gone(api: &Api<ConfigMap>, object: &ConfigMap) {
+    let name = object.metadata.name.clone().unwrap();
+    let uid = object.metadata.uid.clone().unwrap();
+    tokio::time::timeout(
+        WAIT,
+        await_condition(api.clone(), &name, conditions::is_deleted(&uid)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{name} was not deleted in time"))
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_garbage_collector_follows_owner_references() {
+    let (server, client, controllers) = with_controllers().await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let create = |object: ConfigMap| {
+        let api = api.clone();
+        async move { api.create(&PostParams::default(), &object).await.unwrap() }
+    };
+
+    // Background: the owner goes at once, then its dependent.
+    let owner = create(config_map("bg-owner", None, false)).await;
+    let dependent = create(config_map("bg-dependent", Some(&owner), false)).await;
+    api.delete("bg-owner", &DeleteParams::background())
+        .await
+        .unwrap();
+    gone(&api, &dependent).await;
+
+    // Foreground: the dependent goes first; then the owner's finalizer.
+    let owner = create(config_map("fg-owner", None, false)).await;
+    let dependent = create(config_map("fg-dependent", Some(&owner), true)).await;
+    api.delete("fg-owner", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    gone(&api, &dependent).await;
+    gone(&api, &owner).await;
+
+    // Orphan: the owner goes and its dependent stays, without the reference.
+    let owner = create(config_map("orphan-owner", None, false)).await;
+    create(config_map("orphan-dependent", Some(&owner), true)).await;
+    api.delete("orphan-owner", &DeleteParams::orphan())
+        .await
+        .unwrap();
+    gone(&api, &owner).await;
+    let kept = api.get("orphan-dependent").await.unwrap();
+    assert!(
+        kept.metadata
+            .owner_references
+            .is_none_or(|owners| owners.is_empty()),
+        "the dependent still names its owner"
+    );
+
+    // A reference to an owner that never existed is dangling from the start.
+    let mut phantom = config_map("phantom", None, false);
+    phantom.metadata.name = Some("ghost".into());
+    phantom.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
+    let dangling = create(config_map("dangling", Some(&phantom), false)).await;
+    gone(&api, &dangling).await;
+    drop(controllers);
+    server.stop().await;
+}
+
+/// Lists `api` until `done` holds, waking on its watch events rather than
+/// on a timer; fails after [`WAIT`].
+async fn wait_until<K>(api: &Api<K>, what: &str, done: impl Fn(&[K]) -> bool) -> Vec<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    use futures::StreamExt;
+    let mut changes =
+        kube::runtime::watcher(api.clone(), kube::runtime::watcher::Config::default()).boxed();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let items = api.list(&Default::default()).await.unwrap().items;
+        if done(&items) {
+            return items;
+        }
+        match tokio::time::timeout_at(deadline, changes.next()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the watch ended while waiting for {what}"),
+            Err(_) => panic!("timed out waiting for {what}; last seen: {items:#?}"),
+        }
+    }
+}
+
+fn owned_by(pod: &k8s_openapi::api::core::v1::Pod, uid: &str) -> bool {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|owner| owner.uid == uid && owner.controller == Some(true))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_set_keeps_its_count_adopts_and_releases() {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Patch, PatchParams};
+
+    let (server, client, controllers) = with_controllers().await;
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let set: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "hello:1.0"}]},
+            },
+        },
+    }))
+    .unwrap();
+    let set = sets.create(&PostParams::default(), &set).await.unwrap();
+    let uid = set.metadata.uid.clone().unwrap();
+    let created = wait_until(&pods, "3 pods", |pods| {
+        pods.iter().filter(|p| owned_by(p, &uid)).count() == 3
+    })
+    .await;
+    assert!(
+        created
+            .iter()
+            .all(|p| p.metadata.name.as_deref().unwrap().starts_with("web-"))
+    );
+
+    // A matching pod without a controller is adopted, and one of the now
+    // four goes: the count is what the spec says.
+    let stray: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "stray", "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "c", "image": "hello:1.0"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &stray).await.unwrap();
+    wait_until(&pods, "adoption and 3 pods", |pods| {
+        pods.iter().filter(|p| owned_by(p, &uid)).count() == 3
+            && pods.iter().all(|p| owned_by(p, &uid))
+    })
+    .await;
+
+    // A pod relabelled out of the selector is released and replaced.
+    let some = pods.list(&Default::default()).await.unwrap().items[0].clone();
+    let name = some.metadata.name.clone().unwrap();
+    pods.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"app": "other"}}})),
+    )
+    .await
+    .unwrap();
+    wait_until(&pods, "release and replacement", |pods| {
+        let released = pods
+            .iter()
+            .any(|p| p.metadata.name.as_deref() == Some(name.as_str()) && !owned_by(p, &uid));
+        released && pods.iter().filter(|p| owned_by(p, &uid)).count() == 3
+    })
+    .await;
+
+    // Scale down to 1; readiness shows in the status.
+    sets.patch_scale(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .unwrap();
+    let left = wait_until(&pods, "1 owned pod", |pods| {
+        pods.iter().filter(|p| owned_by(p, &uid)).count() == 1
+    })
+    .await;
+    let last = left.iter().find(|p| owned_by(p, &uid)).unwrap();
+    pods.patch_status(
+        last.metadata.name.as_deref().unwrap(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running", "conditions": [
+            {"type": "Ready", "status": "True"}
+        ]}})),
+    )
+    .await
+    .unwrap();
+    wait_until(&sets, "ready replicas in the status", |sets| {
+        sets.iter().any(|s| {
+            s.status.as_ref().is_some_and(|st| {
+                st.replicas == 1 && st.ready_replicas == Some(1) && st.available_replicas == Some(1)
+            })
+        })
+    })
+    .await;
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client, "default");
+    let reasons: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "SuccessfulCreate"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r == "SuccessfulDelete"),
+        "{reasons:?}"
+    );
+    drop(controllers);
+    server.stop().await;
+}
+
+/// A Node object as an agent would register it; the test drives it.
+fn fake_node(name: &str, cpu: &str, labels: serde_json::Value) -> k8s_openapi::api::core::v1::Node {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "status": {
+            "capacity": {"cpu": cpu, "memory": "4Gi", "pods": "110"},
+            "allocatable": {"cpu": cpu, "memory": "4Gi", "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }))
+    .unwrap()
+}
+
+fn node_of(pod: &k8s_openapi::api::core::v1::Pod) -> Option<String> {
+    pod.spec.as_ref().and_then(|s| s.node_name.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_spreads_fits_and_explains() {
+    use k8s_openapi::api::core::v1::{Event, Node, Pod};
+
+    let (server, client, controllers) = with_controllers().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    for name in ["a", "b"] {
+        nodes
+            .create(
+                &PostParams::default(),
+                &fake_node(name, "1", json!({"zone": name})),
+            )
+            .await
+            .unwrap();
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod = |name: &str, cpu: &str, selector: serde_json::Value| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "nodeSelector": selector,
+                "containers": [{"name": "c", "image": "hello:1.0",
+                    "resources": {"requests": {"cpu": cpu}}}],
+            },
+        }))
+        .unwrap()
+    };
+    // Four pods of 400m on two 1-CPU nodes: two each, whatever the order.
+    for index in 0..4 {
+        pods.create(
+            &PostParams::default(),
+            &pod(&format!("p{index}"), "400m", json!({})),
+        )
+        .await
+        .unwrap();
+    }
+    let placed = wait_until(&pods, "4 bound pods", |pods| {
+        pods.iter().filter(|p| node_of(p).is_some()).count() == 4
+    })
+    .await;
+    for node in ["a", "b"] {
+        let count = placed
+            .iter()
+            .filter(|p| node_of(p).as_deref() == Some(node))
+            .count();
+        assert_eq!(count, 2, "node {node} got {count}");
+    }
+
+    // A fifth fits nowhere, and says why.
+    pods.create(&PostParams::default(), &pod("p4", "400m", json!({})))
+        .await
+        .unwrap();
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let failed = wait_until(&events, "FailedScheduling", |events| {
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("FailedScheduling"))
+    })
+    .await;
+    let message = failed
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("FailedScheduling"))
+        .and_then(|e| e.message.clone())
+        .unwrap();
+    assert_eq!(message, "0/2 nodes are available: 2 Insufficient cpu.");
+    let waiting = pods.get("p4").await.unwrap();
+    assert!(node_of(&waiting).is_none());
+
+    // A new node makes room; a pod selecting a zone lands only there.
+    nodes
+        .create(
+            &PostParams::default(),
+            &fake_node("c", "2", json!({"zone": "c"})),
+        )
+        .await
+        .unwrap();
+    pods.create(
+        &PostParams::default(),
+        &pod("picky", "100m", json!({"zone": "c"})),
+    )
+    .await
+    .unwrap();
+    let placed = wait_until(&pods, "p4 and picky bound", |pods| {
+        pods.iter().all(|p| node_of(p).is_some())
+    })
+    .await;
+    for pod in &placed {
+        if ["p4", "picky"].contains(&pod.metadata.name.as_deref().unwrap()) {
+            assert_eq!(node_of(pod).as_deref(), Some("c"));
+        }
+    }
+    let scheduled = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Scheduled"))
+        .count();
+    assert_eq!(scheduled, 6);
+    drop(controllers);
+    server.stop().await;
+}
