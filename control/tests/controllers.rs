@@ -432,3 +432,166 @@ async fn the_scheduler_spreads_fits_and_explains() {
     drop(controllers);
     server.stop().await;
 }
+
+/// Plays the kubelet for pods no agent runs: every pod that appears is
+/// reported Running and Ready, as the agent would once it started it.
+fn spawn_fake_kubelet(client: kube::Client) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Patch, PatchParams};
+    use kube::runtime::{WatchStreamExt, watcher};
+    tokio::spawn(async move {
+        let pods: Api<Pod> = Api::namespaced(client, "default");
+        let mut applied = watcher(pods.clone(), watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        while let Some(Ok(pod)) = applied.next().await {
+            let ready = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if ready || pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let patch = json!({"status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": "True"}
+            ]}});
+            let name = pod.metadata.name.unwrap();
+            let _ = pods
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_rolls_out_within_its_bounds_and_rolls_back() {
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    use k8s_openapi::api::core::v1::Pod;
+
+    let (server, client, controllers) = with_controllers().await;
+    let kubelet = spawn_fake_kubelet(client.clone());
+    let manifest = |image: &str| {
+        format!(
+            r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 3
+  strategy:
+    rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      containers:
+      - name: web
+        image: {image}
+"#
+        )
+    };
+    server.ok_with_input(&["apply", "-f", "-"], Some(&manifest("hello:1.0")));
+    let status = server.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+
+    // Watch every pod change through the second rollout: never more than
+    // replicas + maxSurge pods, never fewer than replicas - maxUnavailable
+    // ready ones.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let observed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let checker = {
+        let pods = pods.clone();
+        let observed = observed.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let (reader, writer) = kube::runtime::reflector::store::<Pod>();
+            let mut changes = kube::runtime::reflector::reflector(
+                writer,
+                kube::runtime::watcher(pods, kube::runtime::watcher::Config::default()),
+            )
+            .boxed();
+            let mut listed = false;
+            while let Some(Ok(event)) = changes.next().await {
+                // The store holds the first list only once it is complete.
+                listed |= matches!(event, kube::runtime::watcher::Event::InitDone);
+                if !listed {
+                    continue;
+                }
+                let live: Vec<_> = reader
+                    .state()
+                    .into_iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .collect();
+                let ready = live
+                    .iter()
+                    .filter(|p| {
+                        p.status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|c| {
+                                c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                            })
+                    })
+                    .count();
+                assert!(live.len() <= 4, "{} pods during the rollout", live.len());
+                assert!(ready >= 3, "{ready} ready pods during the rollout");
+                observed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    server.ok_with_input(&["apply", "-f", "-"], Some(&manifest("hello:2.0")));
+    let status = server.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    checker.abort();
+    let outcome = checker.await;
+    assert!(
+        outcome.as_ref().err().is_some_and(|e| e.is_cancelled()),
+        "{outcome:?}"
+    );
+
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let listed = sets.list(&Default::default()).await.unwrap().items;
+    assert_eq!(listed.len(), 2, "one set per template");
+    let history = server.ok(&["rollout", "history", "deployment/web"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+
+    // kubectl rolls back by putting the old template back; the old set
+    // becomes revision 3 and takes over.
+    server.ok(&["rollout", "undo", "deployment/web"]);
+    let status = server.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let web = deployments.get("web").await.unwrap();
+    let image = web.spec.template.spec.unwrap().containers[0].image.clone();
+    assert_eq!(image.as_deref(), Some("hello:1.0"));
+    assert_eq!(
+        web.metadata.annotations.unwrap()["deployment.kubernetes.io/revision"],
+        "3"
+    );
+    let running = pods.list(&Default::default()).await.unwrap().items;
+    let images: Vec<_> = running
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            p.spec.as_ref().unwrap().containers[0]
+                .image
+                .clone()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(images, ["hello:1.0"; 3]);
+
+    // Scaling to zero and deleting with the default (background) policy
+    // takes the sets and their pods too.
+    server.ok(&["delete", "deployment", "web"]);
+    wait_until(&sets, "no replica sets", |sets| sets.is_empty()).await;
+    wait_until(&pods, "no pods", |pods| pods.is_empty()).await;
+    kubelet.abort();
+    drop(controllers);
+    server.stop().await;
+}

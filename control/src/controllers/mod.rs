@@ -1,6 +1,6 @@
 //! The control loops of `flotilla server`: the scheduler, the garbage
-//! collector and the ReplicaSet controller so far; the other workload and
-//! cluster controllers join them here.
+//! collector and the Deployment and ReplicaSet controllers so far; the
+//! other workload and cluster controllers join them here.
 //!
 //! They run on one member at a time, the holder of a Lease (`election`),
 //! and only through the Kubernetes API, as kube-controller-manager does:
@@ -8,6 +8,7 @@
 //! so they see exactly what users see and are bound by the same
 //! validation and optimistic concurrency. They know nothing of the store.
 
+pub mod deployment;
 pub mod election;
 pub mod events;
 pub mod gc;
@@ -85,6 +86,7 @@ async fn lead_while_elected(client: kube::Client, mut leading: watch::Receiver<b
 async fn run_loops(client: kube::Client) {
     tokio::join!(
         gc::GarbageCollector::new(client.clone()).run(),
+        deployment::run(client.clone()),
         replicaset::run(client.clone()),
         scheduler::run(client),
     );
