@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use http::uri::PathAndQuery;
@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 use tonic_prost::ProstCodec;
 
 use super::load::KvTarget;
+use super::process::Processes;
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct PutRequest {
@@ -33,6 +34,12 @@ struct PutResponse {}
 struct RangeRequest {
     #[prost(bytes = "vec", tag = "1")]
     key: Vec<u8>,
+    /// With a non-empty end, the read covers [key, range_end).
+    #[prost(bytes = "vec", tag = "2")]
+    range_end: Vec<u8>,
+    /// 0: no limit.
+    #[prost(int64, tag = "3")]
+    limit: i64,
     /// false asks for a linearizable read, etcd's default.
     #[prost(bool, tag = "7")]
     serializable: bool,
@@ -40,8 +47,18 @@ struct RangeRequest {
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct RangeResponse {
+    #[prost(message, repeated, tag = "2")]
+    kvs: Vec<KeyValue>,
     #[prost(int64, tag = "4")]
     count: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct KeyValue {
+    #[prost(bytes = "vec", tag = "1")]
+    key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "5")]
+    value: Vec<u8>,
 }
 
 const PUT_PATH: &str = "/etcdserverpb.KV/Put";
@@ -62,6 +79,32 @@ impl EtcdClient {
         Ok(Self {
             grpc: Grpc::new(channel),
         })
+    }
+}
+
+impl EtcdClient {
+    /// A linearizable read of at most `limit` keys under `prefix`, as
+    /// kube-apiserver pages a list; returns how many came back.
+    pub async fn range_prefix(&self, prefix: &[u8], limit: i64) -> Result<usize> {
+        let mut range_end = prefix.to_vec();
+        if let Some(last) = range_end.last_mut() {
+            *last += 1;
+        }
+        let mut grpc = self.grpc.clone();
+        grpc.ready().await?;
+        let response: tonic::Response<RangeResponse> = grpc
+            .unary(
+                tonic::Request::new(RangeRequest {
+                    key: prefix.to_vec(),
+                    range_end,
+                    limit,
+                    serializable: false,
+                }),
+                PathAndQuery::from_static(RANGE_PATH),
+                ProstCodec::default(),
+            )
+            .await?;
+        Ok(response.into_inner().kvs.len())
     }
 }
 
@@ -86,7 +129,7 @@ impl KvTarget for EtcdClient {
             .unary(
                 tonic::Request::new(RangeRequest {
                     key,
-                    serializable: false,
+                    ..RangeRequest::default()
                 }),
                 PathAndQuery::from_static(RANGE_PATH),
                 ProstCodec::default(),
@@ -98,7 +141,7 @@ impl KvTarget for EtcdClient {
 
 /// Three etcd members on loopback, killed when dropped.
 pub struct EtcdCluster {
-    children: Vec<Child>,
+    _processes: Processes,
     pub client_addresses: Vec<SocketAddr>,
 }
 
@@ -115,14 +158,11 @@ impl EtcdCluster {
             .map(|(index, (_, peer))| format!("m{index}=http://{peer}"))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = EtcdCluster {
-            children: Vec::new(),
-            client_addresses: addresses.iter().map(|(client, _)| *client).collect(),
-        };
+        let mut processes = Processes::default();
         for (index, (client, peer)) in addresses.iter().enumerate() {
             let data_dir = data_root.join(format!("etcd-{index}"));
-            let log = std::fs::File::create(data_root.join(format!("etcd-{index}.log")))?;
-            let child = Command::new(etcd)
+            let mut command = Command::new(etcd);
+            command
                 .arg(format!("--name=m{index}"))
                 .arg(format!("--data-dir={}", data_dir.display()))
                 .arg(format!("--listen-client-urls=http://{client}"))
@@ -135,23 +175,13 @@ impl EtcdCluster {
                 // etcd fsyncs its WAL on every commit by default; say so.
                 .arg("--unsafe-no-fsync=false")
                 .arg("--logger=zap")
-                .arg("--log-outputs=stderr")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("starting {}", etcd.display()))?;
-            cluster.children.push(child);
+                .arg("--log-outputs=stderr");
+            processes.spawn(&mut command, &data_root.join(format!("etcd-{index}.log")))?;
         }
-        Ok(cluster)
-    }
-}
-
-impl Drop for EtcdCluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        Ok(EtcdCluster {
+            _processes: processes,
+            client_addresses: addresses.iter().map(|(client, _)| *client).collect(),
+        })
     }
 }
 

@@ -46,7 +46,7 @@ pub const KEY_SPACE: u64 = 10_000;
 pub const VALUE_BYTES: usize = 256;
 /// Latencies above this are clamped into the top bucket (a request that slow
 /// is a failure of the system, and the histogram must stay bounded).
-const LATENCY_MAX_US: u64 = 60_000_000;
+pub const LATENCY_MAX_US: u64 = 60_000_000;
 
 pub fn key(index: u64) -> Vec<u8> {
     (index % KEY_SPACE).to_be_bytes().to_vec()
@@ -61,14 +61,48 @@ pub async fn run<T: KvTarget>(
     duration: Duration,
 ) -> Result<LoadResult> {
     let value = Arc::new(vec![0x5a_u8; VALUE_BYTES]);
+    let targets = targets.to_vec();
+    closed_loop(clients, duration, move |client, index| {
+        let target = targets[client % targets.len()].clone();
+        let value = value.clone();
+        async move {
+            match operation {
+                Operation::Put => target.put(key(index), value.to_vec()).await,
+                Operation::Get => target.get(key(index)).await.map(|_| ()),
+            }
+        }
+    })
+    .await
+}
+
+/// Runs `clients` concurrent closed loops for `duration`: client `c` calls
+/// `call(c, index)` with an index that grows by one per call and starts at a
+/// different point for each client, so that clients spread over keys.
+pub async fn closed_loop<F, Fut>(clients: usize, duration: Duration, call: F) -> Result<LoadResult>
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send,
+{
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::with_capacity(clients);
     for client in 0..clients {
-        let target = targets[client % targets.len()].clone();
-        let value = value.clone();
+        let call = call.clone();
         tasks.push(tokio::spawn(async move {
-            client_loop(target, operation, client as u64, value, deadline).await
+            let mut histogram = new_histogram()?;
+            let mut errors = 0;
+            let mut index = (client as u64).wrapping_mul(7_919);
+            while Instant::now() < deadline {
+                index = index.wrapping_add(1);
+                let sent = Instant::now();
+                let outcome = call(client, index).await;
+                let latency_us = sent.elapsed().as_micros() as u64;
+                match outcome {
+                    Ok(()) => histogram.saturating_record(latency_us.clamp(1, LATENCY_MAX_US)),
+                    Err(_) => errors += 1,
+                }
+            }
+            anyhow::Ok((histogram, errors))
         }));
     }
     let mut histogram = new_histogram()?;
@@ -87,35 +121,8 @@ pub async fn run<T: KvTarget>(
     })
 }
 
-fn new_histogram() -> Result<Histogram<u64>> {
+pub fn new_histogram() -> Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)?)
-}
-
-async fn client_loop<T: KvTarget>(
-    target: T,
-    operation: Operation,
-    client: u64,
-    value: Arc<Vec<u8>>,
-    deadline: Instant,
-) -> Result<(Histogram<u64>, u64)> {
-    let mut histogram = new_histogram()?;
-    let mut errors = 0;
-    // Spread clients over the key space so that puts do not all hit one key.
-    let mut index = client.wrapping_mul(7_919);
-    while Instant::now() < deadline {
-        index = index.wrapping_add(1);
-        let sent = Instant::now();
-        let outcome = match operation {
-            Operation::Put => target.put(key(index), value.to_vec()).await,
-            Operation::Get => target.get(key(index)).await.map(|_| ()),
-        };
-        let latency_us = sent.elapsed().as_micros() as u64;
-        match outcome {
-            Ok(()) => histogram.saturating_record(latency_us.clamp(1, LATENCY_MAX_US)),
-            Err(_) => errors += 1,
-        }
-    }
-    Ok((histogram, errors))
 }
 
 /// Writes every key of the key space once, so reads find values.

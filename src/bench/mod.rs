@@ -4,11 +4,13 @@
 //! Benchmarks are not tests: they take minutes, and their numbers depend on
 //! the machine, which every report names.
 
+mod api;
 mod etcd;
 mod load;
 mod node;
 mod node_http;
 mod node_pods;
+mod process;
 mod report;
 mod store;
 
@@ -26,11 +28,16 @@ pub enum BenchCommand {
     /// (cold, from the artifact cache, warm) and density (resident memory
     /// and start time at 100, 1,000 and 10,000 pods).
     Node(node::NodeBenchArgs),
+    /// Three `flotilla server` processes against three etcd 3.4 members:
+    /// get, list (500 items), create and update at 64 clients with 10,000
+    /// objects stored and 1,000 watches open, then the watch fan-out delay.
+    Api(api::ApiBenchArgs),
 }
 
 pub async fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Store(args) => store::run(args).await,
         BenchCommand::Node(args) => node::run(args).await,
+        BenchCommand::Api(args) => api::run(args).await,
     }
 }

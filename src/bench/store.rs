@@ -4,7 +4,7 @@
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -13,6 +13,7 @@ use flotilla_raft_store::client::Client;
 
 use super::etcd::{EtcdClient, EtcdCluster, find_etcd};
 use super::load::{self, KvTarget, LoadResult, Operation};
+use super::process::{self, Processes};
 use super::report;
 
 #[derive(Args, Debug)]
@@ -54,12 +55,7 @@ impl KvTarget for Client {
 
 pub async fn run(args: StoreBenchArgs) -> Result<()> {
     let etcd = find_etcd()?;
-    if args.data_dir.exists() {
-        std::fs::remove_dir_all(&args.data_dir)
-            .with_context(|| format!("clearing {}", args.data_dir.display()))?;
-    }
-    std::fs::create_dir_all(&args.data_dir)?;
-    let data_dir = args.data_dir.canonicalize()?;
+    let data_dir = process::fresh_dir(&args.data_dir)?;
 
     let flotilla = FlotillaCluster::start(&data_dir.join("flotilla"))?;
     let flotilla_targets = flotilla.clients().await?;
@@ -171,7 +167,7 @@ fn render(rows: &[Row], seconds: u64) -> String {
     out
 }
 
-fn micros(value_us: u64) -> String {
+pub(super) fn micros(value_us: u64) -> String {
     if value_us >= 1_000 {
         format!("{:.1} ms", value_us as f64 / 1_000.0)
     } else {
@@ -181,7 +177,7 @@ fn micros(value_us: u64) -> String {
 
 /// Three `flotilla store` processes, killed when dropped.
 struct FlotillaCluster {
-    children: Vec<Child>,
+    _processes: Processes,
     addresses: Vec<SocketAddr>,
     tls_dir: PathBuf,
 }
@@ -193,11 +189,7 @@ impl FlotillaCluster {
         let addresses: Vec<SocketAddr> = (0..3).map(|_| free_udp_port()).collect::<Result<_>>()?;
         let tls_dir = root.join("ca");
         flotilla_raft_store::member::ensure_cluster_ca(&tls_dir)?;
-        let mut cluster = FlotillaCluster {
-            children: Vec::new(),
-            addresses: addresses.clone(),
-            tls_dir: tls_dir.clone(),
-        };
+        let mut processes = Processes::default();
         for (index, address) in addresses.iter().enumerate() {
             let id = index as u64 + 1;
             let mut command = Command::new(&exe);
@@ -213,16 +205,14 @@ impl FlotillaCluster {
             for (peer_index, peer) in addresses.iter().enumerate() {
                 command.arg(format!("--peer={}={peer}", peer_index + 1));
             }
-            let log = std::fs::File::create(root.join(format!("member-{id}.log")))?;
-            let child = command
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .context("starting a flotilla store member")?;
-            cluster.children.push(child);
+            command.env("RUST_LOG", "warn");
+            processes.spawn(&mut command, &root.join(format!("member-{id}.log")))?;
         }
-        Ok(cluster)
+        Ok(FlotillaCluster {
+            _processes: processes,
+            addresses,
+            tls_dir,
+        })
     }
 
     async fn clients(&self) -> Result<Vec<Client>> {
@@ -239,16 +229,7 @@ impl FlotillaCluster {
     }
 }
 
-impl Drop for FlotillaCluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-async fn etcd_clients(addresses: &[SocketAddr]) -> Result<Vec<EtcdClient>> {
+pub(super) async fn etcd_clients(addresses: &[SocketAddr]) -> Result<Vec<EtcdClient>> {
     let started = Instant::now();
     let mut clients = Vec::new();
     for index in 0..CONNECTIONS_MAX {
@@ -282,10 +263,10 @@ async fn wait_ready<T: KvTarget>(target: &T) -> Result<()> {
     }
 }
 
-fn free_tcp_port() -> Result<SocketAddr> {
+pub(super) fn free_tcp_port() -> Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn free_udp_port() -> Result<SocketAddr> {
+pub(super) fn free_udp_port() -> Result<SocketAddr> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
 }
