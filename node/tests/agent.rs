@@ -56,14 +56,13 @@ impl Cluster {
             watch_progress_interval: Duration::from_millis(200),
             ..MemberConfig::default()
         };
-        let server = Server::start(ServerConfig {
+        let config = ServerConfig {
             store,
             api_listen: "127.0.0.1:0".parse().unwrap(),
             compaction_interval: flotilla_control::server::COMPACTION_INTERVAL_DEFAULT,
             api_tls: None,
-        })
-        .await
-        .unwrap();
+        };
+        let server = Server::start(config).await.unwrap();
         // The agent connects through a kubeconfig, as `flotilla agent` does.
         let kubeconfig = dir.path().join("kubeconfig");
         let url = format!("http://{}", server.api_address());
@@ -78,6 +77,14 @@ impl Cluster {
         }
     }
 
+    /// A cluster with one node: its runtime and its running agent.
+    async fn with_node(node: &str) -> (Cluster, NodeRuntime, Agent) {
+        let cluster = Cluster::start().await;
+        let runtime = cluster.runtime(node);
+        let agent = cluster.agent(node, &runtime).await;
+        (cluster, runtime, agent)
+    }
+
     /// A runtime for one node, with its data under the cluster's directory.
     fn runtime(&self, node: &str) -> NodeRuntime {
         support::runtime(&self.dir.path().join(node))
@@ -85,7 +92,12 @@ impl Cluster {
 
     /// Starts an agent for `node` on `runtime`, with short intervals.
     async fn agent(&self, node: &str, runtime: &NodeRuntime) -> Agent {
-        Agent::start(config(node), self.client.clone(), runtime.clone())
+        self.agent_with(node, runtime, self.client.clone()).await
+    }
+
+    /// Starts an agent that reaches the API with `client`.
+    async fn agent_with(&self, node: &str, runtime: &NodeRuntime, client: kube::Client) -> Agent {
+        Agent::start(config(node), client, runtime.clone())
             .await
             .unwrap()
     }
@@ -94,7 +106,8 @@ impl Cluster {
         Api::namespaced(self.client.clone(), "default")
     }
 
-    async fn stop(self) {
+    async fn stop(self, agent: Agent) {
+        agent.shutdown().await;
         self.server.shutdown().await;
     }
 }
@@ -181,9 +194,7 @@ fn phase_is(phase: &'static str) -> impl Condition<Pod> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_registers_is_ready_and_renews_its_lease() {
-    let cluster = Cluster::start().await;
-    let runtime = cluster.runtime("node-a");
-    let agent = cluster.agent("node-a", &runtime).await;
+    let (cluster, runtime, agent) = Cluster::with_node("node-a").await;
     let nodes: Api<Node> = Api::all(cluster.client.clone());
 
     let node = wait_for(
@@ -294,8 +305,7 @@ async fn node_registers_is_ready_and_renews_its_lease() {
         get(agent.kubelet_address(), "/healthz").await,
         (200, "ok".to_owned())
     );
-    agent.shutdown().await;
-    cluster.stop().await;
+    cluster.stop(agent).await;
 }
 
 fn heartbeat(node: &Node) -> k8s_openapi::jiff::Timestamp {
@@ -310,9 +320,7 @@ fn heartbeat(node: &Node) -> k8s_openapi::jiff::Timestamp {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_runs_reports_status_and_goes_when_deleted_gracefully() {
-    let cluster = Cluster::start().await;
-    let runtime = cluster.runtime("node-b");
-    let agent = cluster.agent("node-b", &runtime).await;
+    let (cluster, runtime, agent) = Cluster::with_node("node-b").await;
     let pods = cluster.pods();
 
     let created = pods
@@ -363,15 +371,12 @@ async fn pod_runs_reports_status_and_goes_when_deleted_gracefully() {
         "the pod still runs on the node"
     );
 
-    agent.shutdown().await;
-    cluster.stop().await;
+    cluster.stop(agent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_agent_adopts_its_pods_and_removes_those_deleted_meanwhile() {
-    let cluster = Cluster::start().await;
-    let runtime = cluster.runtime("node-c");
-    let agent = cluster.agent("node-c", &runtime).await;
+    let (cluster, runtime, agent) = Cluster::with_node("node-c").await;
     let pods = cluster.pods();
     let mut uids = BTreeMap::new();
     for name in ["keep", "drop"] {
@@ -425,15 +430,12 @@ async fn restarted_agent_adopts_its_pods_and_removes_those_deleted_meanwhile() {
     .await;
     assert!(runtime.pod(&uids["keep"]).is_none());
 
-    agent.shutdown().await;
-    cluster.stop().await;
+    cluster.stop(agent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_endpoint_serves_container_logs() {
-    let cluster = Cluster::start().await;
-    let runtime = cluster.runtime("node-d");
-    let agent = cluster.agent("node-d", &runtime).await;
+    let (cluster, _runtime, agent) = Cluster::with_node("node-d").await;
     let address = agent.kubelet_address();
     let pods = cluster.pods();
 
@@ -504,8 +506,106 @@ async fn kubelet_endpoint_serves_container_logs() {
     .await;
     assert_eq!((code, ticks.as_str()), (200, "tick 1\ntick 2\n"));
 
-    agent.shutdown().await;
-    cluster.stop().await;
+    cluster.stop(agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_keep_running_while_the_api_is_away_and_the_agent_catches_up() {
+    let cluster = Cluster::start().await;
+    let runtime = cluster.runtime("node-e");
+    // The agent reaches the API through a link the test can cut.
+    let mut link = Link::open(cluster.server.api_address()).await;
+    let url = format!("http://{}", link.address).parse().unwrap();
+    let through_link = kube::Client::try_from(kube::Config::new(url)).unwrap();
+    let agent = cluster.agent_with("node-e", &runtime, through_link).await;
+    let pods = cluster.pods();
+    let created = pods
+        .create(&PostParams::default(), &pod("steady", "node-e", None))
+        .await
+        .unwrap();
+    let uid = created.metadata.uid.unwrap();
+    wait_for(&pods, "steady", "the pod to run", running_and_ready).await;
+
+    link.cut().await;
+    // Deleted while the agent cannot hear it: the API keeps the pod
+    // (marked) until the node confirms, and the pod keeps running.
+    pods.delete("steady", &DeleteParams::default())
+        .await
+        .unwrap();
+    let (code, _) = support::get(&runtime, &uid, 8080, "/healthz")
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "the pod serves while the API is away");
+    let logs = get(
+        agent.kubelet_address(),
+        "/containerLogs/default/steady/hello",
+    )
+    .await;
+    assert_eq!(logs.0, 200, "the endpoint serves while the API is away");
+    let marked = pods.get("steady").await.unwrap();
+    assert!(marked.metadata.deletion_timestamp.is_some());
+
+    // Back again: the agent's watch reconnects, sees the deletion, and
+    // completes it.
+    link.restore().await;
+    wait_for(
+        &pods,
+        "steady",
+        "the pod's deletion",
+        conditions::is_deleted(&uid),
+    )
+    .await;
+    assert!(runtime.pod(&uid).is_none());
+    cluster.stop(agent).await;
+}
+
+/// A loopback TCP link to the API server that the test can cut (every
+/// connection dropped, new ones refused) and restore on the same port: an
+/// API server the agent cannot reach.
+struct Link {
+    address: SocketAddr,
+    target: SocketAddr,
+    forwarding: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Link {
+    async fn open(target: SocketAddr) -> Link {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        Link {
+            address,
+            target,
+            forwarding: Some(tokio::spawn(forward(listener, target))),
+        }
+    }
+
+    async fn cut(&mut self) {
+        if let Some(forwarding) = self.forwarding.take() {
+            forwarding.abort();
+            let _ = forwarding.await;
+        }
+    }
+
+    async fn restore(&mut self) {
+        // tokio sets SO_REUSEADDR, so the port is free again at once.
+        let listener = tokio::net::TcpListener::bind(self.address).await.unwrap();
+        self.forwarding = Some(tokio::spawn(forward(listener, self.target)));
+    }
+}
+
+/// Accepts and forwards connections; dropping the task drops them all.
+async fn forward(listener: tokio::net::TcpListener, target: SocketAddr) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            return;
+        };
+        connections.spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,7 +613,7 @@ async fn kubelet_endpoint_refuses_to_listen_off_loopback() {
     let client =
         kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = config("node-e");
+    let mut config = config("node-f");
     config.kubelet_listen = "0.0.0.0:0".parse().unwrap();
     let error = Agent::start(config, client, support::runtime(dir.path()))
         .await
