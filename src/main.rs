@@ -38,6 +38,13 @@ enum Command {
     ///   flotilla server --data-dir /tmp/flotilla
     ///   kubectl --kubeconfig /tmp/flotilla/kubeconfig get namespaces
     Server(ServerArgs),
+    /// Run one node: register it with the API server, renew its lease, run
+    /// the pods bound to it, and serve their logs to `kubectl logs`.
+    ///
+    /// Example, beside `flotilla server --data-dir /tmp/flotilla`:
+    ///
+    ///   flotilla agent --kubeconfig /tmp/flotilla/kubeconfig --data-dir /tmp/node-1
+    Agent(AgentArgs),
     /// Print a kubeconfig that points kubectl at a Flotilla API server.
     Kubeconfig(KubeconfigArgs),
     /// Run a benchmark of Flotilla beside a real peer and record it in BENCHMARKS.md.
@@ -107,6 +114,43 @@ struct ServerArgs {
 }
 
 #[derive(Args, Debug)]
+struct AgentArgs {
+    /// The kubeconfig to reach the API server with (`flotilla server`
+    /// writes one into its data directory).
+    #[arg(long, default_value = "flotilla-data/kubeconfig")]
+    kubeconfig: PathBuf,
+    /// The node's name. Defaults to the host's name.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Where pod volumes, logs and compiled modules are kept.
+    #[arg(long, default_value = "flotilla-node")]
+    data_dir: PathBuf,
+    /// The TCP address of the kubelet endpoint (container logs, /healthz,
+    /// /metrics). Plain HTTP, so loopback only for now.
+    #[arg(long, default_value_t = flotilla_node::agent::KUBELET_LISTEN_DEFAULT)]
+    kubelet_listen: SocketAddr,
+    /// The node's InternalIP, where the API server reaches the kubelet
+    /// endpoint. Defaults to the endpoint's address.
+    #[arg(long)]
+    node_ip: Option<std::net::IpAddr>,
+    /// CPU the node offers, in millicores. Defaults to the host's CPUs.
+    #[arg(long)]
+    cpu_millis: Option<u64>,
+    /// Memory the node offers, in MiB. Defaults to the host's memory.
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// How many pods the node takes.
+    #[arg(long, default_value_t = flotilla_node::agent::PODS_MAX_DEFAULT)]
+    max_pods: u32,
+    /// Seconds between renewals of the node's lease.
+    #[arg(long, default_value_t = flotilla_node::agent::LEASE_RENEW_INTERVAL_SECS_DEFAULT)]
+    lease_renew_secs: u64,
+    /// Seconds between node status heartbeats.
+    #[arg(long, default_value_t = flotilla_node::agent::NODE_STATUS_INTERVAL_SECS_DEFAULT)]
+    node_status_secs: u64,
+}
+
+#[derive(Args, Debug)]
 struct KubeconfigArgs {
     /// The API server's URL.
     #[arg(long, default_value = "http://127.0.0.1:6443")]
@@ -152,6 +196,7 @@ async fn run(command: Command) -> Result<()> {
     match command {
         Command::Store(args) => run_store(args).await,
         Command::Server(args) => run_server(args).await,
+        Command::Agent(args) => run_agent(args).await,
         Command::Kubeconfig(args) => {
             print!("{}", flotilla_control::kubeconfig(&args.server));
             Ok(())
@@ -265,5 +310,46 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         .context("waiting for Ctrl-C")?;
     drop(controllers);
     server.shutdown().await;
+    Ok(())
+}
+
+async fn run_agent(args: AgentArgs) -> Result<()> {
+    use flotilla_node::agent::{Agent, AgentConfig};
+    let node_name = match args.node_name {
+        Some(name) => name,
+        None => flotilla_node::agent::hostname().context("naming the node")?,
+    };
+    let mut config = AgentConfig::new(node_name).context("inspecting the host")?;
+    config.kubelet_listen = args.kubelet_listen;
+    config.node_ip = args.node_ip.unwrap_or(args.kubelet_listen.ip());
+    if let Some(cpu_millis) = args.cpu_millis {
+        config.capacity.cpu_millis = cpu_millis;
+    }
+    if let Some(memory_mib) = args.memory_mib {
+        config.capacity.memory_bytes = memory_mib.saturating_mul(1024 * 1024);
+    }
+    config.capacity.pods = args.max_pods;
+    config.lease_renew_interval = std::time::Duration::from_secs(args.lease_renew_secs);
+    config.node_status_interval = std::time::Duration::from_secs(args.node_status_secs);
+    let client = flotilla_node::agent::client_from_kubeconfig(&args.kubeconfig)
+        .await
+        .context("connecting to the API server")?;
+    // Images are `file://` paths until the module registry comes.
+    let runtime = flotilla_node::NodeRuntime::new(
+        flotilla_node::NodeConfig::new(&args.data_dir),
+        std::sync::Arc::new(flotilla_node::LocalSource::files_only()),
+    )
+    .context("starting the node runtime")?;
+    let agent = Agent::start(config, client, runtime)
+        .await
+        .context("starting the agent")?;
+    tracing::info!(
+        kubelet = %agent.kubelet_address(),
+        "agent running; Ctrl-C stops it"
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    agent.shutdown().await;
     Ok(())
 }

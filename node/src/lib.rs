@@ -11,7 +11,9 @@
 //!   commands, WASI preview 1 modules);
 //! - `sandbox.rs`: what a guest is given, and the limits it runs under;
 //! - `pod.rs`: the container lifecycle (restarts, back-off, stop);
-//! - `probes.rs`, `logs.rs`, `status.rs`.
+//! - `probes.rs`, `logs.rs`, `status.rs`;
+//! - `agent/`: the node agent (`flotilla agent`), which registers the node
+//!   with the API server and runs the pods bound to it in a [`NodeRuntime`].
 //!
 //! Architecture invariant: this crate is a client of the API, as kubelet is.
 //! It never talks to the store, and the runtime knows nothing of the API
@@ -30,6 +32,7 @@
 //! # }
 //! ```
 
+pub mod agent;
 mod engine;
 mod error;
 pub mod guests;

@@ -1,0 +1,258 @@
+//! The node agent (`flotilla agent`): the kubelet part of a node. It is a
+//! client of the Kubernetes API, exactly as kubelet is, and never touches
+//! the store. It
+//! - registers the node and keeps its status current (`node.rs`);
+//! - renews the node's lease in `kube-node-lease` (`lease.rs`);
+//! - watches the pods bound to the node and runs them in the
+//!   [`NodeRuntime`], writing their statuses back and confirming their
+//!   deletion (`pods.rs`: the watch; `worker.rs`: one pod);
+//! - serves container logs, health and metrics on a kubelet-style HTTP
+//!   endpoint (`logs.rs`).
+//!
+//! The agent borrows its runtime: stopping the agent leaves the pods
+//! running, and an agent started again on the same runtime adopts them (and
+//! removes the ones the API deleted meanwhile). It knows nothing of how the
+//! API server stores objects, and nothing of wasmtime beyond `NodeRuntime`.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), flotilla_node::agent::AgentError> {
+//! use std::sync::Arc;
+//! use flotilla_node::agent::{Agent, AgentConfig, client_from_kubeconfig};
+//! use flotilla_node::{LocalSource, NodeConfig, NodeRuntime};
+//!
+//! let client = client_from_kubeconfig("/var/lib/flotilla/kubeconfig".as_ref()).await?;
+//! let runtime = NodeRuntime::new(NodeConfig::new("/var/lib/flotilla/node"), Arc::new(LocalSource::files_only()))
+//!     .expect("the runtime starts");
+//! let agent = Agent::start(AgentConfig::new("node-1")?, client, runtime).await?;
+//! println!("logs at http://{}", agent.kubelet_address());
+//! agent.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod host;
+mod lease;
+mod logs;
+mod metrics;
+mod node;
+mod pods;
+mod worker;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+pub use error::{API_CALL_TIMEOUT_SECS, AgentError, Result};
+pub use lease::{LEASE_DURATION_SECS, NODE_LEASE_NAMESPACE};
+pub use node::{NODE_ARCH, NODE_OS, WASMTIME_VERSION};
+
+use crate::{BackoffConfig, NodeRuntime};
+
+/// The kubelet endpoint's address by default: kubelet's port, on loopback
+/// because the endpoint has no TLS yet.
+pub const KUBELET_LISTEN_DEFAULT: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 10250);
+
+/// Pods a node takes by default. Kubelet's 110 is set by container
+/// overheads a Wasm pod does not have; memory is the real bound, and the
+/// scheduler counts it.
+pub const PODS_MAX_DEFAULT: u32 = 1000;
+
+/// Lease renewal interval by default: kubelet's (a quarter of the lease's
+/// 40 s duration).
+pub const LEASE_RENEW_INTERVAL_SECS_DEFAULT: u64 = 10;
+
+/// Node status heartbeat interval by default: kubelet's
+/// `nodeStatusUpdateFrequency`.
+pub const NODE_STATUS_INTERVAL_SECS_DEFAULT: u64 = 10;
+
+/// What a node offers to pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// CPU in millicores.
+    pub cpu_millis: u64,
+    /// Memory in bytes.
+    pub memory_bytes: u64,
+    /// How many pods.
+    pub pods: u32,
+}
+
+impl Capacity {
+    /// The host's CPUs and memory, and [`PODS_MAX_DEFAULT`] pods.
+    pub fn of_host() -> Result<Self> {
+        Ok(Self {
+            cpu_millis: host::cpu_millis(),
+            memory_bytes: host::memory_bytes()?,
+            pods: PODS_MAX_DEFAULT,
+        })
+    }
+}
+
+/// How an agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The Node's name; its pods are those with this `spec.nodeName`.
+    pub node_name: String,
+    /// The `kubernetes.io/hostname` label and the Hostname address.
+    pub hostname: String,
+    /// The InternalIP address. The API server reaches the kubelet endpoint
+    /// at this address and the endpoint's port.
+    pub node_ip: IpAddr,
+    /// Where the kubelet endpoint listens (port 0: any free port).
+    pub kubelet_listen: SocketAddr,
+    /// What the node offers.
+    pub capacity: Capacity,
+    /// How often the lease is renewed.
+    pub lease_renew_interval: Duration,
+    /// How often the node status is written.
+    pub node_status_interval: Duration,
+    /// Back-off between retries of a failed API call.
+    pub retry: BackoffConfig,
+}
+
+impl AgentConfig {
+    /// Kubernetes' defaults for a node named `node_name` on this host.
+    pub fn new(node_name: impl Into<String>) -> Result<Self> {
+        Ok(Self {
+            node_name: node_name.into(),
+            hostname: host::hostname()?,
+            node_ip: KUBELET_LISTEN_DEFAULT.ip(),
+            kubelet_listen: KUBELET_LISTEN_DEFAULT,
+            capacity: Capacity::of_host()?,
+            lease_renew_interval: Duration::from_secs(LEASE_RENEW_INTERVAL_SECS_DEFAULT),
+            node_status_interval: Duration::from_secs(NODE_STATUS_INTERVAL_SECS_DEFAULT),
+            // From a fifth of a second, for a blip, to ten seconds, for an
+            // API server that is restarting; never longer than a lease
+            // interval, so a node reconnects before its lease lapses.
+            retry: BackoffConfig {
+                initial: Duration::from_millis(200),
+                max: Duration::from_secs(10),
+                reset_after: Duration::from_secs(60),
+            },
+        })
+    }
+}
+
+/// The host's name, lowercased: the default node name.
+pub fn hostname() -> Result<String> {
+    host::hostname()
+}
+
+/// An API client from a kubeconfig file (its current context), as kubectl
+/// would use it: HTTPS with a client certificate, or plain HTTP.
+pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
+    let kubeconfig_error = |source| AgentError::Kubeconfig {
+        path: path.to_owned(),
+        source,
+    };
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .map_err(kubeconfig_error)?;
+    kube::Client::try_from(config).map_err(|source| AgentError::Client { source })
+}
+
+/// A running agent. Dropping it stops its tasks, as [`Agent::shutdown`]
+/// does, without waiting for them.
+pub struct Agent {
+    kubelet_address: SocketAddr,
+    tasks: JoinSet<()>,
+}
+
+impl Agent {
+    /// Binds the kubelet endpoint, registers the node (retrying while the
+    /// API is not reachable yet), and starts the lease, heartbeat, pod and
+    /// endpoint tasks.
+    #[tracing::instrument(skip_all, fields(node = %config.node_name))]
+    pub async fn start(
+        mut config: AgentConfig,
+        client: kube::Client,
+        runtime: NodeRuntime,
+    ) -> Result<Agent> {
+        if !config.kubelet_listen.ip().is_loopback() {
+            return Err(AgentError::NotLoopback {
+                address: config.kubelet_listen,
+            });
+        }
+        let listener = tokio::net::TcpListener::bind(config.kubelet_listen)
+            .await
+            .map_err(|source| AgentError::Listen {
+                address: config.kubelet_listen,
+                source,
+            })?;
+        let kubelet_address = listener.local_addr().map_err(|source| AgentError::Listen {
+            address: config.kubelet_listen,
+            source,
+        })?;
+        // The Node advertises the port actually bound (port 0 in tests).
+        config.kubelet_listen = kubelet_address;
+
+        let ready_since = Timestamp::now();
+        let nodes: Api<Node> = Api::all(client.clone());
+        let node = node::register(&nodes, &config, ready_since).await?;
+        let node_uid = node.metadata.uid.unwrap_or_default();
+
+        let metrics = Arc::new(metrics::Metrics::default());
+        let directory = pods::PodDirectory::default();
+        let mut tasks = JoinSet::new();
+        let span = tracing::Span::current();
+        tasks.spawn(
+            node::heartbeat(nodes, config.clone(), ready_since, metrics.clone())
+                .instrument(tracing::info_span!(parent: &span, "heartbeat")),
+        );
+        tasks.spawn(
+            lease::LeaseKeeper::new(client.clone(), config.clone(), node_uid)
+                .run(metrics.clone())
+                .instrument(tracing::info_span!(parent: &span, "lease")),
+        );
+        let context = Arc::new(pods::PodContext {
+            client,
+            runtime: runtime.clone(),
+            config: config.clone(),
+            metrics: metrics.clone(),
+            directory: directory.clone(),
+        });
+        tasks.spawn(pods::run(context).instrument(tracing::info_span!(parent: &span, "pods")));
+        let router = logs::router(logs::Endpoint {
+            runtime,
+            directory,
+            metrics,
+        });
+        tasks.spawn(
+            async move {
+                if let Err(error) = axum::serve(listener, router).await {
+                    tracing::error!(%error, "kubelet endpoint failed");
+                }
+            }
+            .instrument(
+                tracing::info_span!(parent: &span, "kubelet_endpoint", address = %kubelet_address),
+            ),
+        );
+        tracing::info!(%kubelet_address, "agent running");
+        Ok(Agent {
+            kubelet_address,
+            tasks,
+        })
+    }
+
+    /// Where the kubelet endpoint listens.
+    pub fn kubelet_address(&self) -> SocketAddr {
+        self.kubelet_address
+    }
+
+    /// Stops the agent's tasks. The pods keep running in the runtime.
+    pub async fn shutdown(mut self) {
+        self.tasks.shutdown().await;
+    }
+}

@@ -1,0 +1,649 @@
+//! The node agent against a real API server in this process, on loopback:
+//! node registration, the lease, pods from creation to graceful deletion,
+//! resynchronisation after the agent was away, and the kubelet endpoint.
+//! Every wait is on a watch or a condition, bounded by `support::WAIT`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "all/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use flotilla_control::{Server, ServerConfig};
+use flotilla_node::agent::{Agent, AgentConfig, AgentError, NODE_LEASE_NAMESPACE};
+use flotilla_node::{BackoffConfig, NodeRuntime};
+use flotilla_raft_store::member::{MemberConfig, PeerSpec, ensure_cluster_ca};
+use http_body_util::BodyExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::wait::{Condition, await_condition, conditions};
+use serde_json::json;
+use support::WAIT;
+
+/// A one-member control plane serving plain HTTP on loopback.
+struct Cluster {
+    server: Server,
+    client: kube::Client,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let tls_dir = dir.path().join("ca");
+        ensure_cluster_ca(&tls_dir).unwrap();
+        // Raft peers need a known port: find a free UDP one first.
+        let store_address = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let store = MemberConfig {
+            id: 1,
+            data_dir: dir.path().join("store"),
+            listen: store_address,
+            initial_members: vec![PeerSpec {
+                id: 1,
+                address: store_address,
+            }],
+            tls_dir,
+            // Short ticks: a one-member store elects itself in ~0.2 s.
+            tick_interval: Duration::from_millis(20),
+            watch_progress_interval: Duration::from_millis(200),
+            ..MemberConfig::default()
+        };
+        let config = ServerConfig {
+            store,
+            api_listen: "127.0.0.1:0".parse().unwrap(),
+            compaction_interval: flotilla_control::server::COMPACTION_INTERVAL_DEFAULT,
+            api_tls: None,
+        };
+        let server = Server::start(config).await.unwrap();
+        // The agent connects through a kubeconfig, as `flotilla agent` does.
+        let kubeconfig = dir.path().join("kubeconfig");
+        let url = format!("http://{}", server.api_address());
+        std::fs::write(&kubeconfig, flotilla_control::kubeconfig(&url)).unwrap();
+        let client = flotilla_node::agent::client_from_kubeconfig(&kubeconfig)
+            .await
+            .unwrap();
+        Cluster {
+            server,
+            client,
+            dir,
+        }
+    }
+
+    /// A cluster with one node: its runtime and its running agent.
+    async fn with_node(node: &str) -> (Cluster, NodeRuntime, Agent) {
+        let cluster = Cluster::start().await;
+        let runtime = cluster.runtime(node);
+        let agent = cluster.agent(node, &runtime).await;
+        (cluster, runtime, agent)
+    }
+
+    /// A runtime for one node, with its data under the cluster's directory.
+    fn runtime(&self, node: &str) -> NodeRuntime {
+        support::runtime(&self.dir.path().join(node))
+    }
+
+    /// Starts an agent for `node` on `runtime`, with short intervals.
+    async fn agent(&self, node: &str, runtime: &NodeRuntime) -> Agent {
+        self.agent_with(node, runtime, self.client.clone()).await
+    }
+
+    /// Starts an agent that reaches the API with `client`.
+    async fn agent_with(&self, node: &str, runtime: &NodeRuntime, client: kube::Client) -> Agent {
+        Agent::start(config(node), client, runtime.clone())
+            .await
+            .unwrap()
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    async fn stop(self, agent: Agent) {
+        agent.shutdown().await;
+        self.server.shutdown().await;
+    }
+}
+
+fn config(node: &str) -> AgentConfig {
+    let mut config = AgentConfig::new(node).unwrap();
+    config.kubelet_listen = "127.0.0.1:0".parse().unwrap();
+    config.lease_renew_interval = Duration::from_millis(200);
+    config.node_status_interval = Duration::from_millis(200);
+    config.retry = BackoffConfig {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(500),
+        reset_after: Duration::from_secs(60),
+    };
+    config
+}
+
+/// Waits until the named object satisfies `condition`; panics after `WAIT`.
+async fn wait_for<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    condition: impl Condition<K>,
+) -> Option<K>
+where
+    K: Clone + std::fmt::Debug + Send + serde::de::DeserializeOwned + kube::Resource + 'static,
+{
+    tokio::time::timeout(WAIT, await_condition(api.clone(), name, condition))
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .unwrap()
+}
+
+/// Polls a condition of this process's own state (the runtime's table of
+/// pods has no watch), every few milliseconds, for at most `WAIT`.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        ticker.tick().await;
+    }
+}
+
+/// A pod bound to `node`: the hello-http service, or a job with `args`.
+fn pod(name: &str, node: &str, job_args: Option<&[&str]>) -> Pod {
+    let mut pod = match job_args {
+        None => support::hello_pod(name),
+        Some(args) => support::one_container_pod(
+            json!({"name": "job", "image": support::example_image("job"), "args": args}),
+            json!({"restartPolicy": "Never"}),
+        ),
+    };
+    pod.metadata.name = Some(name.to_owned());
+    // The API server gives the uid.
+    pod.metadata.uid = None;
+    let spec = pod.spec.as_mut().unwrap();
+    spec.node_name = Some(node.to_owned());
+    pod
+}
+
+fn condition_true(pod: &Pod, kind: &str) -> bool {
+    pod.status
+        .iter()
+        .flat_map(|status| status.conditions.iter().flatten())
+        .any(|condition| condition.type_ == kind && condition.status == "True")
+}
+
+fn running_and_ready(pod: Option<&Pod>) -> bool {
+    pod.is_some_and(|pod| {
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            && condition_true(pod, "Ready")
+    })
+}
+
+fn phase_is(phase: &'static str) -> impl Condition<Pod> {
+    move |pod: Option<&Pod>| {
+        pod.and_then(|pod| pod.status.as_ref()?.phase.as_deref()) == Some(phase)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_registers_is_ready_and_renews_its_lease() {
+    let (cluster, runtime, agent) = Cluster::with_node("node-a").await;
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+
+    let node = wait_for(
+        &nodes,
+        "node-a",
+        "the node to be Ready",
+        |node: Option<&Node>| {
+            node.is_some_and(|node| {
+                node.status
+                    .iter()
+                    .flat_map(|s| s.conditions.iter().flatten())
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        },
+    )
+    .await
+    .unwrap();
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("kubernetes.io/arch").map(String::as_str),
+        Some("wasm32")
+    );
+    assert_eq!(
+        labels.get("kubernetes.io/os").map(String::as_str),
+        Some("wasi")
+    );
+    assert!(labels.contains_key("kubernetes.io/hostname"), "{labels:?}");
+    let status = node.status.clone().unwrap();
+    let capacity = status.capacity.clone().unwrap();
+    assert_eq!(capacity["pods"].0, "1000");
+    assert!(
+        capacity.contains_key("cpu") && capacity.contains_key("memory"),
+        "{capacity:?}"
+    );
+    assert_eq!(status.allocatable, status.capacity);
+    let info = status.node_info.clone().unwrap();
+    assert_eq!(info.container_runtime_version, "wasmtime://48.0.8");
+    assert_eq!(info.architecture, "wasm32");
+    let addresses: BTreeMap<String, String> = status
+        .addresses
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.type_, a.address))
+        .collect();
+    assert_eq!(addresses["InternalIP"], "127.0.0.1");
+    assert_eq!(
+        status
+            .daemon_endpoints
+            .unwrap()
+            .kubelet_endpoint
+            .unwrap()
+            .port,
+        i32::from(agent.kubelet_address().port())
+    );
+    let first_heartbeat = heartbeat(&node);
+    wait_for(
+        &nodes,
+        "node-a",
+        "a newer heartbeat",
+        move |node: Option<&Node>| node.is_some_and(|node| heartbeat(node) > first_heartbeat),
+    )
+    .await;
+
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), NODE_LEASE_NAMESPACE);
+    let lease = wait_for(
+        &leases,
+        "node-a",
+        "the node's lease",
+        |lease: Option<&Lease>| lease.is_some(),
+    )
+    .await
+    .unwrap();
+    let spec = lease.spec.clone().unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("node-a"));
+    assert_eq!(spec.lease_duration_seconds, Some(40));
+    assert_eq!(
+        lease.metadata.owner_references.unwrap()[0].uid,
+        node.metadata.uid.clone().unwrap()
+    );
+    let renewed = spec.renew_time.unwrap().0;
+    wait_for(
+        &leases,
+        "node-a",
+        "a lease renewal",
+        move |lease: Option<&Lease>| {
+            lease
+                .and_then(|l| l.spec.as_ref()?.renew_time.as_ref())
+                .is_some_and(|time| time.0 > renewed)
+        },
+    )
+    .await;
+
+    // A restarted agent takes its Node over instead of failing.
+    agent.shutdown().await;
+    let agent = cluster.agent("node-a", &runtime).await;
+    let again = nodes.get("node-a").await.unwrap();
+    assert_eq!(again.metadata.uid, node.metadata.uid);
+    assert!(heartbeat(&again) > first_heartbeat);
+
+    let metrics = get(agent.kubelet_address(), "/metrics").await;
+    assert_eq!(metrics.0, 200);
+    assert!(
+        metrics.1.contains("flotilla_agent_lease_renewals_total"),
+        "{}",
+        metrics.1
+    );
+    assert_eq!(
+        get(agent.kubelet_address(), "/healthz").await,
+        (200, "ok".to_owned())
+    );
+    cluster.stop(agent).await;
+}
+
+fn heartbeat(node: &Node) -> k8s_openapi::jiff::Timestamp {
+    node.status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .find(|c| c.type_ == "Ready")
+        .and_then(|c| c.last_heartbeat_time.as_ref())
+        .map(|time| time.0)
+        .expect("a Ready condition with a heartbeat")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_runs_reports_status_and_goes_when_deleted_gracefully() {
+    let (cluster, runtime, agent) = Cluster::with_node("node-b").await;
+    let pods = cluster.pods();
+
+    let created = pods
+        .create(&PostParams::default(), &pod("web", "node-b", None))
+        .await
+        .unwrap();
+    let uid = created.metadata.uid.clone().unwrap();
+    let running = wait_for(
+        &pods,
+        "web",
+        "the pod to run and be ready",
+        running_and_ready,
+    )
+    .await
+    .unwrap();
+    let status = running.status.clone().unwrap();
+    for kind in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+        assert!(
+            condition_true(&running, kind),
+            "{kind} is not True: {status:#?}"
+        );
+    }
+    assert!(status.start_time.is_some());
+    assert_eq!(status.host_ip.as_deref(), Some("127.0.0.1"));
+    let container = &status.container_statuses.as_ref().unwrap()[0];
+    assert_eq!(container.name, "hello");
+    assert!(container.ready);
+    assert_eq!(container.restart_count, 0);
+    assert!(container.state.as_ref().unwrap().running.is_some());
+    // The service answers in the runtime the agent gave it to.
+    let (code, _) = support::get(&runtime, &uid, 8080, "/healthz")
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+
+    // `kubectl delete pod web`: graceful, so the API keeps the pod until
+    // the node has stopped it and deleted it with a zero grace period.
+    pods.delete("web", &DeleteParams::default()).await.unwrap();
+    wait_for(
+        &pods,
+        "web",
+        "the pod to be deleted",
+        conditions::is_deleted(&uid),
+    )
+    .await;
+    assert!(
+        runtime.pod(&uid).is_none(),
+        "the pod still runs on the node"
+    );
+
+    cluster.stop(agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_agent_adopts_its_pods_and_removes_those_deleted_meanwhile() {
+    let (cluster, runtime, agent) = Cluster::with_node("node-c").await;
+    let pods = cluster.pods();
+    let mut uids = BTreeMap::new();
+    for name in ["keep", "drop"] {
+        let created = pods
+            .create(&PostParams::default(), &pod(name, "node-c", None))
+            .await
+            .unwrap();
+        uids.insert(name, created.metadata.uid.unwrap());
+        wait_for(&pods, name, "the pod to run", running_and_ready).await;
+    }
+
+    // The agent goes away; its pods keep running. Meanwhile one is deleted
+    // with a zero grace period, so the API forgets it without the node.
+    agent.shutdown().await;
+    let force = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    pods.delete("drop", &force).await.unwrap();
+    wait_for(
+        &pods,
+        "drop",
+        "the forced deletion",
+        conditions::is_deleted(&uids["drop"]),
+    )
+    .await;
+    assert!(
+        runtime.pod(&uids["drop"]).is_some(),
+        "pods run on while the agent is away"
+    );
+
+    let agent = cluster.agent("node-c", &runtime).await;
+    eventually("the deleted pod to be removed from the node", || {
+        runtime.pod(&uids["drop"]).is_none()
+    })
+    .await;
+    let kept = runtime
+        .pod(&uids["keep"])
+        .expect("the listed pod is adopted");
+    let status = kept.status();
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(status.container_statuses.unwrap()[0].restart_count, 0);
+    // Adopted pods are still served by the endpoint and deleted gracefully.
+    pods.delete("keep", &DeleteParams::default()).await.unwrap();
+    wait_for(
+        &pods,
+        "keep",
+        "the adopted pod's deletion",
+        conditions::is_deleted(&uids["keep"]),
+    )
+    .await;
+    assert!(runtime.pod(&uids["keep"]).is_none());
+
+    cluster.stop(agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_endpoint_serves_container_logs() {
+    let (cluster, _runtime, agent) = Cluster::with_node("node-d").await;
+    let address = agent.kubelet_address();
+    let pods = cluster.pods();
+
+    pods.create(
+        &PostParams::default(),
+        &pod("primes", "node-d", Some(&["1000"])),
+    )
+    .await
+    .unwrap();
+    let done = wait_for(&pods, "primes", "the job to succeed", phase_is("Succeeded"))
+        .await
+        .unwrap();
+    let container = &done.status.unwrap().container_statuses.unwrap()[0];
+    assert_eq!(
+        container
+            .state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap()
+            .exit_code,
+        0
+    );
+
+    let logs = "/containerLogs/default/primes/job";
+    assert_eq!(get(address, logs).await, (200, "sum=76127\n".to_owned()));
+    let (code, stamped) = get(address, &format!("{logs}?timestamps=true")).await;
+    assert_eq!(code, 200);
+    let (time, line) = stamped.trim_end().split_once(' ').unwrap();
+    assert_eq!(line, "sum=76127");
+    assert!(
+        time.parse::<k8s_openapi::jiff::Timestamp>().is_ok(),
+        "{time}"
+    );
+    assert_eq!(
+        get(address, &format!("{logs}?tailLines=0")).await,
+        (200, String::new())
+    );
+    assert_eq!(
+        get(address, &format!("{logs}?limitBytes=3")).await,
+        (200, "sum".to_owned())
+    );
+    // A finished container's follow ends after its last line.
+    assert_eq!(
+        get(address, &format!("{logs}?follow=true")).await,
+        (200, "sum=76127\n".to_owned())
+    );
+    assert_eq!(
+        get(address, "/containerLogs/default/primes/nope").await.0,
+        404
+    );
+    assert_eq!(get(address, "/containerLogs/default/nope/job").await.0, 404);
+    assert_eq!(get(address, &format!("{logs}?follow=maybe")).await.0, 400);
+
+    // A running container's follow streams lines as they come.
+    pods.create(
+        &PostParams::default(),
+        &pod("ticker", "node-d", Some(&["--spin"])),
+    )
+    .await
+    .unwrap();
+    wait_for(&pods, "ticker", "the ticker to run", phase_is("Running")).await;
+    let (code, ticks) = get(
+        address,
+        "/containerLogs/default/ticker/job?follow=true&limitBytes=14",
+    )
+    .await;
+    assert_eq!((code, ticks.as_str()), (200, "tick 1\ntick 2\n"));
+
+    cluster.stop(agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_keep_running_while_the_api_is_away_and_the_agent_catches_up() {
+    let cluster = Cluster::start().await;
+    let runtime = cluster.runtime("node-e");
+    // The agent reaches the API through a link the test can cut.
+    let mut link = Link::open(cluster.server.api_address()).await;
+    let url = format!("http://{}", link.address).parse().unwrap();
+    let through_link = kube::Client::try_from(kube::Config::new(url)).unwrap();
+    let agent = cluster.agent_with("node-e", &runtime, through_link).await;
+    let pods = cluster.pods();
+    let created = pods
+        .create(&PostParams::default(), &pod("steady", "node-e", None))
+        .await
+        .unwrap();
+    let uid = created.metadata.uid.unwrap();
+    wait_for(&pods, "steady", "the pod to run", running_and_ready).await;
+
+    link.cut().await;
+    // Deleted while the agent cannot hear it: the API keeps the pod
+    // (marked) until the node confirms, and the pod keeps running.
+    pods.delete("steady", &DeleteParams::default())
+        .await
+        .unwrap();
+    let (code, _) = support::get(&runtime, &uid, 8080, "/healthz")
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "the pod serves while the API is away");
+    let logs = get(
+        agent.kubelet_address(),
+        "/containerLogs/default/steady/hello",
+    )
+    .await;
+    assert_eq!(logs.0, 200, "the endpoint serves while the API is away");
+    let marked = pods.get("steady").await.unwrap();
+    assert!(marked.metadata.deletion_timestamp.is_some());
+
+    // Back again: the agent's watch reconnects, sees the deletion, and
+    // completes it.
+    link.restore().await;
+    wait_for(
+        &pods,
+        "steady",
+        "the pod's deletion",
+        conditions::is_deleted(&uid),
+    )
+    .await;
+    assert!(runtime.pod(&uid).is_none());
+    cluster.stop(agent).await;
+}
+
+/// A loopback TCP link to the API server that the test can cut (every
+/// connection dropped, new ones refused) and restore on the same port: an
+/// API server the agent cannot reach.
+struct Link {
+    address: SocketAddr,
+    target: SocketAddr,
+    forwarding: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Link {
+    async fn open(target: SocketAddr) -> Link {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        Link {
+            address,
+            target,
+            forwarding: Some(tokio::spawn(forward(listener, target))),
+        }
+    }
+
+    async fn cut(&mut self) {
+        if let Some(forwarding) = self.forwarding.take() {
+            forwarding.abort();
+            let _ = forwarding.await;
+        }
+    }
+
+    async fn restore(&mut self) {
+        // tokio sets SO_REUSEADDR, so the port is free again at once.
+        let listener = tokio::net::TcpListener::bind(self.address).await.unwrap();
+        self.forwarding = Some(tokio::spawn(forward(listener, self.target)));
+    }
+}
+
+/// Accepts and forwards connections; dropping the task drops them all.
+async fn forward(listener: tokio::net::TcpListener, target: SocketAddr) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            return;
+        };
+        connections.spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_endpoint_refuses_to_listen_off_loopback() {
+    let client =
+        kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config("node-f");
+    config.kubelet_listen = "0.0.0.0:0".parse().unwrap();
+    let error = Agent::start(config, client, support::runtime(dir.path()))
+        .await
+        .err()
+        .expect("a non-loopback listen address is refused");
+    assert!(matches!(error, AgentError::NotLoopback { .. }), "{error}");
+    assert!(error.to_string().contains("loopback"), "{error}");
+}
+
+/// GETs `path` from the kubelet endpoint; returns the status and the body.
+async fn get(address: SocketAddr, path: &str) -> (u16, String) {
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(path)
+        .header(http::header::HOST, address.to_string())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = tokio::time::timeout(WAIT, sender.send_request(request))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let code = response.status().as_u16();
+    let body = tokio::time::timeout(WAIT, response.into_body().collect())
+        .await
+        .expect("the whole body in time")
+        .unwrap()
+        .to_bytes();
+    (code, String::from_utf8_lossy(&body).into_owned())
+}
