@@ -506,6 +506,39 @@ async fn kubelet_endpoint_serves_container_logs() {
     .await;
     assert_eq!((code, ticks.as_str()), (200, "tick 1\ntick 2\n"));
 
+    // `kubectl logs` goes through the API server, which proxies to this
+    // endpoint: the same lines, the same limits, Kubernetes' errors.
+    let params = kube::api::LogParams::default;
+    assert_eq!(pods.logs("primes", &params()).await.unwrap(), "sum=76127\n");
+    let tail = kube::api::LogParams {
+        tail_lines: Some(0),
+        ..params()
+    };
+    assert_eq!(pods.logs("primes", &tail).await.unwrap(), "");
+    let wrong = kube::api::LogParams {
+        container: Some("nope".into()),
+        ..params()
+    };
+    let error = pods.logs("primes", &wrong).await.unwrap_err();
+    assert!(
+        matches!(&error, kube::Error::Api(status)
+            if status.code == 400 && status.message == "container nope is not valid for pod primes"),
+        "{error:?}"
+    );
+    let followed = kube::api::LogParams {
+        follow: true,
+        limit_bytes: Some(14),
+        ..params()
+    };
+    let stream = pods.log_stream("ticker", &followed).await.unwrap();
+    let lines: Vec<String> =
+        futures::StreamExt::collect::<Vec<_>>(futures::AsyncBufReadExt::lines(stream))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    assert_eq!(lines, ["tick 1", "tick 2"]);
+
     cluster.stop(agent).await;
 }
 

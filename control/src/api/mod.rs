@@ -5,6 +5,7 @@
 //! - `discovery`: `/version`, `/api`, `/apis`, resource lists.
 //! - `objects`: get, create, update, patch, delete on one object.
 //! - `list`, `watch`: collections, paging, streams.
+//! - `logs`: `pods/<name>/log`, proxied to the pod's node.
 //! - `patch`, `defaults`, `validation`, `selector`, `table`: the pieces.
 //! - `protobuf`: bodies in Kubernetes' protobuf encoding.
 //! - `status`: errors as `Status` objects.
@@ -14,6 +15,7 @@ pub mod clock;
 pub mod defaults;
 pub mod discovery;
 pub mod list;
+pub mod logs;
 pub mod metrics;
 pub mod namespaces;
 pub mod objects;
@@ -266,6 +268,9 @@ async fn verb(
             Ok(false) => ("list", list_or_table(state, target, params, headers).await),
             Err(error) => ("list", Err(error)),
         },
+        Method::GET if target.subresource.as_deref() == Some("log") => {
+            ("get", logs::proxy(state, target, params).await)
+        }
         Method::GET => ("get", get_or_table(state, target, params, headers).await),
         Method::POST => {
             let outcome = async {

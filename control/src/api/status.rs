@@ -177,6 +177,21 @@ impl ApiError {
         }
     }
 
+    /// An error a node's agent answered with, passed on with its code.
+    pub fn from_node(code: StatusCode, message: String) -> Self {
+        let reason = match code {
+            StatusCode::NOT_FOUND => "NotFound",
+            StatusCode::BAD_REQUEST => "BadRequest",
+            _ => "InternalError",
+        };
+        let code = if code.is_client_error() || code.is_server_error() {
+            code
+        } else {
+            StatusCode::BAD_GATEWAY
+        };
+        ApiError::new(code, reason, message)
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
     }
