@@ -105,25 +105,13 @@ impl Server {
         ));
         let (stop, stopped) = oneshot::channel::<()>();
         let router = api::router(state);
-        let serving = match config.api_tls {
-            Some(credentials) => tokio::spawn(async move {
-                if let Err(error) = crate::tls::serve(listener, &credentials, router, stopped).await
-                {
-                    tracing::error!(%error, "the API server stopped");
-                }
-            }),
-            None => tokio::spawn(async move {
-                let shutdown = async {
-                    let _ = stopped.await;
-                };
-                if let Err(error) = axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                {
-                    tracing::error!(%error, "the API server stopped");
-                }
-            }),
-        };
+        let api_tls = config.api_tls;
+        let serving = tokio::spawn(async move {
+            let served = crate::tls::serve(listener, api_tls.as_ref(), router, stopped).await;
+            if let Err(error) = served {
+                tracing::error!(%error, "the API server stopped");
+            }
+        });
         tracing::info!(%api_address, "Kubernetes API serving");
         Ok(Server {
             member,
@@ -176,7 +164,7 @@ impl Server {
 
     pub async fn shutdown(self) {
         let _ = self.stop.send(());
-        // Open watches keep graceful shutdown waiting; they end with the task.
+        // The serving task owns every connection: ending it ends them.
         self.serving.abort();
         let _ = self.serving.await;
         self.compactor.abort();

@@ -134,16 +134,26 @@ fn user_of(connection: &rustls::ServerConnection) -> Option<String> {
     certificate_common_name(certificate.as_ref())
 }
 
-/// Serves `router` over TLS on `listener` until `stop` fires.
+/// Serves `router` on `listener` until `stop` fires or the task is
+/// dropped: over TLS with client certificates when `credentials` are
+/// given, else plain HTTP (the caller allows that on loopback only). Every
+/// connection task belongs to this one, so stopping the server ends open
+/// connections (watches included) and frees what they hold.
 pub async fn serve(
     listener: TcpListener,
-    credentials: &Credentials,
+    credentials: Option<&Credentials>,
     router: Router,
     mut stop: oneshot::Receiver<()>,
 ) -> Result<(), TlsError> {
-    let acceptor = TlsAcceptor::from(Arc::new(server_config(credentials)?));
+    let acceptor = match credentials {
+        Some(credentials) => Some(TlsAcceptor::from(Arc::new(server_config(credentials)?))),
+        None => None,
+    };
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        // Reap finished connections so the set stays as large as the open ones.
+        while connections.try_join_next().is_some() {}
         let permit = tokio::select! {
             _ = &mut stop => return Ok(()),
             permit = permits.clone().acquire_owned() => match permit {
@@ -163,8 +173,19 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let router = router.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _permit = permit;
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let Some(acceptor) = acceptor else {
+                let service = TowerToHyperService::new(router);
+                if let Err(error) = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(%peer, %error, "API connection ended with an error");
+                }
+                return;
+            };
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {
@@ -180,7 +201,6 @@ pub async fn serve(
                 user: user_of(tls.get_ref().1),
             };
             let service = TowerToHyperService::new(router.layer(axum::Extension(peer_info)));
-            let builder = auto::Builder::new(TokioExecutor::new());
             if let Err(error) = builder
                 .serve_connection_with_upgrades(TokioIo::new(tls), service)
                 .await

@@ -27,7 +27,7 @@ use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions,
     PropagationPolicy,
 };
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -127,7 +127,9 @@ impl GarbageCollector {
     pub async fn run(mut self) {
         let streams = registry().all().iter().map(|info| {
             let api = Api::<DynamicObject>::all_with(self.client.clone(), &api_resource(info));
+            // Back off while the API is away rather than spin on errors.
             watcher(api, watcher::Config::default())
+                .default_backoff()
                 .map(move |event| (info, event))
                 .boxed()
         });
