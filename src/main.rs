@@ -277,6 +277,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         .start_controllers(flotilla_control::controllers::ControllersConfig {
             identity: format!("server-{}", args.id),
             election: flotilla_control::controllers::election::ElectionConfig::default(),
+            nodes: flotilla_control::controllers::nodes::NodeTimings::default(),
         })
         .await
         .context("starting the controllers")?;

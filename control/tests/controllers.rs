@@ -16,6 +16,7 @@ use support::TestServer;
 use tokio::sync::watch;
 
 use flotilla_control::controllers::election::{ElectionConfig, Elector};
+use flotilla_control::controllers::nodes::NodeTimings;
 use flotilla_control::controllers::{Controllers, ControllersConfig};
 
 /// Bound on any one wait; generous for a loaded 2-core machine.
@@ -31,12 +32,27 @@ fn fast_election() -> ElectionConfig {
     }
 }
 
+/// A node is silent after half a second and loses its pods a second later.
+fn fast_nodes() -> NodeTimings {
+    NodeTimings {
+        grace: Duration::from_millis(500),
+        eviction: Duration::from_secs(1),
+        monitor_period: Duration::from_millis(100),
+    }
+}
+
 async fn client(server: &TestServer) -> kube::Client {
     server.server.as_ref().unwrap().client().await.unwrap()
 }
 
-/// A server whose controllers run (and lead) before the test goes on.
+/// A server whose controllers run (and lead) before the test goes on. Fake
+/// nodes renew nothing, so the node timings are Kubernetes' (a silent node
+/// is left alone for 50 s) unless the test is about silence.
 async fn with_controllers() -> (TestServer, kube::Client, Controllers) {
+    with_controllers_timed(NodeTimings::default()).await
+}
+
+async fn with_controllers_timed(nodes: NodeTimings) -> (TestServer, kube::Client, Controllers) {
     let server = TestServer::start().await;
     let client = client(&server).await;
     let controllers = Controllers::start(
@@ -44,6 +60,7 @@ async fn with_controllers() -> (TestServer, kube::Client, Controllers) {
         ControllersConfig {
             identity: "test".into(),
             election: fast_election(),
+            nodes,
         },
     );
     wait_for(&mut controllers.leading(), true).await;
@@ -382,15 +399,19 @@ async fn the_scheduler_spreads_fits_and_explains() {
         .await
         .unwrap();
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    let failed = wait_until(&events, "FailedScheduling", |events| {
-        events
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("FailedScheduling"))
+    // (Pods created before the scheduler's cache held the nodes may have
+    // failed once with "0/0 nodes"; p4's own story is the one to read.)
+    let about_p4 = |e: &Event| {
+        e.reason.as_deref() == Some("FailedScheduling")
+            && e.involved_object.name.as_deref() == Some("p4")
+    };
+    let failed = wait_until(&events, "FailedScheduling for p4", |events| {
+        events.iter().any(about_p4)
     })
     .await;
     let message = failed
         .iter()
-        .find(|e| e.reason.as_deref() == Some("FailedScheduling"))
+        .find(|e| about_p4(e))
         .and_then(|e| e.message.clone())
         .unwrap();
     assert_eq!(message, "0/2 nodes are available: 2 Insufficient cpu.");
@@ -592,6 +613,254 @@ spec:
     wait_until(&sets, "no replica sets", |sets| sets.is_empty()).await;
     wait_until(&pods, "no pods", |pods| pods.is_empty()).await;
     kubelet.abort();
+    drop(controllers);
+    server.stop().await;
+}
+
+/// Plays the kubelet for Job pods: each pod that appears ends in `phase`.
+fn spawn_fake_job_kubelet(
+    client: kube::Client,
+    phase: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Patch, PatchParams};
+    use kube::runtime::{WatchStreamExt, watcher};
+    tokio::spawn(async move {
+        let pods: Api<Pod> = Api::namespaced(client, "default");
+        let mut applied = watcher(pods.clone(), watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        while let Some(Ok(pod)) = applied.next().await {
+            let done = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            if matches!(done, Some("Succeeded" | "Failed"))
+                || pod.metadata.deletion_timestamp.is_some()
+            {
+                continue;
+            }
+            let patch = json!({"status": {"phase": phase}});
+            let name = pod.metadata.name.unwrap();
+            let _ = pods
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await;
+        }
+    })
+}
+
+fn job(name: &str, spec: serde_json::Value) -> k8s_openapi::api::batch::v1::Job {
+    let mut base = json!({
+        "metadata": {"name": name},
+        "spec": {
+            "template": {"spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "work", "image": "job:1.0"}],
+            }},
+        },
+    });
+    json_patch::merge(&mut base["spec"], &spec);
+    serde_json::from_value(base).unwrap()
+}
+
+fn has_condition(job: &k8s_openapi::api::batch::v1::Job, kind: &str, reason: Option<&str>) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter().any(|c| {
+                c.type_ == kind
+                    && c.status == "True"
+                    && (reason.is_none() || c.reason.as_deref() == reason)
+            })
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_complete_retry_up_to_their_backoff_limit_and_expire() {
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::Pod;
+
+    let (server, client, controllers) = with_controllers().await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+
+    // Three completions, two at a time, every pod succeeding; the finished
+    // Job goes after its time to live, and its pods with it.
+    let kubelet = spawn_fake_job_kubelet(client.clone(), "Succeeded");
+    let spec = json!({"completions": 3, "parallelism": 2, "ttlSecondsAfterFinished": 1});
+    let created = jobs
+        .create(&PostParams::default(), &job("batch", spec))
+        .await
+        .unwrap();
+    let done = wait_until(&jobs, "the job to complete", |jobs| {
+        jobs.iter().any(|j| has_condition(j, "Complete", None))
+    })
+    .await;
+    let status = done[0].status.clone().unwrap();
+    assert_eq!(status.succeeded, Some(3));
+    assert_eq!(status.active, Some(0));
+    assert!(status.start_time.is_some() && status.completion_time.is_some());
+    let job_pods = pods.list(&Default::default()).await.unwrap().items;
+    assert_eq!(job_pods.len(), 3, "exactly the completions, no more");
+    assert!(job_pods.iter().all(|p| {
+        p.metadata.labels.as_ref().unwrap()["batch.kubernetes.io/job-name"] == "batch"
+    }));
+    tokio::time::timeout(
+        WAIT,
+        await_condition(
+            jobs.clone(),
+            "batch",
+            conditions::is_deleted(created.metadata.uid.as_deref().unwrap()),
+        ),
+    )
+    .await
+    .expect("the finished job outlived its ttl")
+    .unwrap();
+    wait_until(&pods, "its pods gone", |pods| pods.is_empty()).await;
+    kubelet.abort();
+
+    // Every pod failing: one first try and two retries, then Failed.
+    let kubelet = spawn_fake_job_kubelet(client.clone(), "Failed");
+    jobs.create(
+        &PostParams::default(),
+        &job("flaky", json!({"backoffLimit": 2})),
+    )
+    .await
+    .unwrap();
+    let failed = wait_until(&jobs, "the job to fail", |jobs| {
+        jobs.iter()
+            .any(|j| has_condition(j, "Failed", Some("BackoffLimitExceeded")))
+    })
+    .await;
+    assert_eq!(failed[0].status.as_ref().unwrap().failed, Some(3));
+    let tries = pods.list(&Default::default()).await.unwrap().items;
+    assert_eq!(tries.len(), 3, "backoffLimit 2 means three pods in all");
+    kubelet.abort();
+    drop(controllers);
+    server.stop().await;
+}
+
+/// Renews `node`'s Lease every 100 ms, as its agent would every 10 s.
+fn spawn_heartbeat(client: kube::Client, node: &str) -> tokio::task::JoinHandle<()> {
+    use kube::api::{Patch, PatchParams};
+    let node = node.to_string();
+    tokio::spawn(async move {
+        let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+        let lease: Lease = serde_json::from_value(json!({
+            "metadata": {"name": node},
+            "spec": {"holderIdentity": node, "leaseDurationSeconds": 1},
+        }))
+        .unwrap();
+        let _ = leases.create(&PostParams::default(), &lease).await;
+        let mut beat = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            beat.tick().await;
+            let now = k8s_openapi::jiff::Timestamp::now();
+            let patch = json!({"spec": {"renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(now)}});
+            let _ = leases
+                .patch(&node, &PatchParams::default(), &Patch::Merge(patch))
+                .await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_is_tainted_and_its_pods_are_replaced_elsewhere() {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    use k8s_openapi::api::core::v1::{Node, Pod};
+
+    let (server, client, controllers) = with_controllers_timed(fast_nodes()).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let heart_a = spawn_heartbeat(client.clone(), "a");
+    nodes
+        .create(&PostParams::default(), &fake_node("a", "4", json!({})))
+        .await
+        .unwrap();
+    let set: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "hello:1.0"}]},
+            },
+        },
+    }))
+    .unwrap();
+    sets.create(&PostParams::default(), &set).await.unwrap();
+    wait_until(&pods, "2 pods on a", |pods| {
+        pods.iter()
+            .filter(|p| node_of(p).as_deref() == Some("a"))
+            .count()
+            == 2
+    })
+    .await;
+    let heart_b = spawn_heartbeat(client.clone(), "b");
+    nodes
+        .create(&PostParams::default(), &fake_node("b", "4", json!({})))
+        .await
+        .unwrap();
+
+    // a goes silent: tainted, then its pods evicted and replaced on b.
+    heart_a.abort();
+    let tainted = wait_until(&nodes, "a tainted unreachable", |nodes| {
+        nodes.iter().any(|n| {
+            n.metadata.name.as_deref() == Some("a")
+                && n.spec
+                    .as_ref()
+                    .and_then(|s| s.taints.as_ref())
+                    .is_some_and(|t| {
+                        t.iter().any(|t| {
+                            t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute"
+                        })
+                    })
+        })
+    })
+    .await;
+    let a = tainted
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some("a"))
+        .unwrap();
+    let ready = a.status.as_ref().unwrap().conditions.as_ref().unwrap();
+    assert!(
+        ready
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "Unknown"),
+        "{ready:?}"
+    );
+    wait_until(&pods, "2 live pods on b", |pods| {
+        let live_on_b = pods
+            .iter()
+            .filter(|p| {
+                p.metadata.deletion_timestamp.is_none() && node_of(p).as_deref() == Some("b")
+            })
+            .count();
+        let evicted = pods
+            .iter()
+            .filter(|p| {
+                p.metadata.deletion_timestamp.is_some() && node_of(p).as_deref() == Some("a")
+            })
+            .count();
+        live_on_b == 2 && evicted == 2
+    })
+    .await;
+
+    // a comes back: the taints go.
+    let heart_a = spawn_heartbeat(client.clone(), "a");
+    wait_until(&nodes, "a untainted", |nodes| {
+        nodes.iter().any(|n| {
+            n.metadata.name.as_deref() == Some("a")
+                && n.spec
+                    .as_ref()
+                    .and_then(|s| s.taints.as_ref())
+                    .is_none_or(|t| t.iter().all(|t| t.key != "node.kubernetes.io/unreachable"))
+        })
+    })
+    .await;
+    heart_a.abort();
+    heart_b.abort();
     drop(controllers);
     server.stop().await;
 }

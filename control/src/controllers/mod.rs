@@ -1,6 +1,7 @@
 //! The control loops of `flotilla server`: the scheduler, the garbage
-//! collector and the Deployment and ReplicaSet controllers so far; the
-//! other workload and cluster controllers join them here.
+//! collector, the node lifecycle controller and the Deployment, ReplicaSet
+//! and Job controllers so far; the other workload and cluster controllers
+//! join them here.
 //!
 //! They run on one member at a time, the holder of a Lease (`election`),
 //! and only through the Kubernetes API, as kube-controller-manager does:
@@ -12,6 +13,8 @@ pub mod deployment;
 pub mod election;
 pub mod events;
 pub mod gc;
+pub mod job;
+pub mod nodes;
 pub mod replicaset;
 pub mod scheduler;
 pub mod selector;
@@ -27,6 +30,8 @@ pub struct ControllersConfig {
     /// Unique among the members: the Lease's `holderIdentity`.
     pub identity: String,
     pub election: ElectionConfig,
+    /// When silent nodes become NotReady and lose their pods.
+    pub nodes: nodes::NodeTimings,
 }
 
 /// The elected loops of one member; stopped when dropped.
@@ -39,7 +44,7 @@ impl Controllers {
     pub fn start(client: kube::Client, config: ControllersConfig) -> Self {
         let elector = Elector::start(client.clone(), config.identity, config.election);
         let leading = elector.leading.clone();
-        let task = tokio::spawn(lead_while_elected(client, leading));
+        let task = tokio::spawn(lead_while_elected(client, leading, config.nodes));
         Controllers { elector, task }
     }
 
@@ -57,7 +62,11 @@ impl Drop for Controllers {
 
 /// Runs the loops whenever `leading` says so, and stops them the moment it
 /// does not.
-async fn lead_while_elected(client: kube::Client, mut leading: watch::Receiver<bool>) {
+async fn lead_while_elected(
+    client: kube::Client,
+    mut leading: watch::Receiver<bool>,
+    timings: nodes::NodeTimings,
+) {
     loop {
         while !*leading.borrow_and_update() {
             if leading.changed().await.is_err() {
@@ -65,7 +74,10 @@ async fn lead_while_elected(client: kube::Client, mut leading: watch::Receiver<b
             }
         }
         tracing::info!("starting the controllers");
-        let loops = tokio::spawn(run_loops(client.clone()));
+        // Aborted when leadership ends, and also when this task is itself
+        // aborted (the Controllers dropped): a JoinHandle alone would leave
+        // the loops running.
+        let loops = AbortOnDrop(tokio::spawn(run_loops(client.clone(), timings.clone())));
         let elected = loop {
             if leading.changed().await.is_err() {
                 break false;
@@ -74,8 +86,7 @@ async fn lead_while_elected(client: kube::Client, mut leading: watch::Receiver<b
                 break true;
             }
         };
-        loops.abort();
-        let _ = loops.await;
+        drop(loops);
         if !elected {
             return;
         }
@@ -83,10 +94,48 @@ async fn lead_while_elected(client: kube::Client, mut leading: watch::Receiver<b
     }
 }
 
-async fn run_loops(client: kube::Client) {
+/// Deletes `object` if it is still the object with its uid (a newer one of
+/// the same name is left alone). True when this call deleted or marked it;
+/// false when it was already gone or replaced.
+pub async fn delete_exact<K>(
+    api: &kube::Api<K>,
+    object: &K,
+    propagation: kube::api::PropagationPolicy,
+) -> Result<bool, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    use kube::ResourceExt;
+    let params = kube::api::DeleteParams {
+        propagation_policy: Some(propagation),
+        preconditions: object.uid().map(|uid| kube::api::Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..kube::api::DeleteParams::default()
+    };
+    match api.delete(&object.name_any(), &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// A task that ends when its handle is dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn run_loops(client: kube::Client, timings: nodes::NodeTimings) {
     tokio::join!(
         gc::GarbageCollector::new(client.clone()).run(),
         deployment::run(client.clone()),
+        job::run(client.clone()),
+        nodes::run(client.clone(), timings),
         replicaset::run(client.clone()),
         scheduler::run(client),
     );

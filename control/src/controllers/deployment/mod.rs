@@ -19,7 +19,7 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -390,18 +390,7 @@ async fn prune_history(api: &Api<ReplicaSet>, old: &[ReplicaSet], limit: i32) ->
         .len()
         .saturating_sub(usize::try_from(limit).unwrap_or(0));
     for set in empty.into_iter().take(surplus) {
-        let params = DeleteParams {
-            preconditions: set.uid().map(|uid| kube::api::Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
-            ..DeleteParams::background()
-        };
-        match api.delete(&set.name_any(), &params).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
-            Err(error) => return Err(error.into()),
-        }
+        super::delete_exact(api, set, PropagationPolicy::Background).await?;
     }
     Ok(())
 }
