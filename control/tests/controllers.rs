@@ -864,3 +864,110 @@ async fn a_silent_node_is_tainted_and_its_pods_are_replaced_elsewhere() {
     drop(controllers);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_follow_the_ready_pods_of_a_service() {
+    use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Patch, PatchParams};
+
+    let (server, client, controllers) = with_controllers().await;
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }))
+    .unwrap();
+    let service = services
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    // Pods as an agent reports them: an IP, and Ready or not.
+    let run = |name: &str, ip: &str, ready: bool| {
+        let pods = pods.clone();
+        let name = name.to_string();
+        let ip = ip.to_string();
+        async move {
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "hello:1.0",
+                    "ports": [{"name": "http", "containerPort": 8080}]}]},
+            }))
+            .unwrap();
+            pods.create(&PostParams::default(), &pod).await.unwrap();
+            let status = if ready { "True" } else { "False" };
+            let patch = json!({"status": {"phase": "Running", "podIP": ip,
+                "conditions": [{"type": "Ready", "status": status}]}});
+            pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .unwrap();
+        }
+    };
+    run("a", "10.1.0.2", true).await;
+    run("b", "10.1.0.3", false).await;
+    let ips = |e: &Endpoints, ready: bool| -> Vec<String> {
+        e.subsets
+            .iter()
+            .flatten()
+            .flat_map(|s| {
+                if ready {
+                    s.addresses.clone()
+                } else {
+                    s.not_ready_addresses.clone()
+                }
+            })
+            .flatten()
+            .map(|a| a.ip)
+            .collect()
+    };
+    let found = wait_until(&endpoints, "a ready and b not", |all| {
+        all.iter()
+            .any(|e| ips(e, true) == ["10.1.0.2"] && ips(e, false) == ["10.1.0.3"])
+    })
+    .await;
+    let subset = &found[0].subsets.as_ref().unwrap()[0];
+    assert_eq!(
+        subset.ports.as_ref().unwrap()[0].port,
+        8080,
+        "the named port resolved"
+    );
+
+    // b becomes ready; a goes away.
+    pods.patch_status(
+        "b",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}})),
+    )
+    .await
+    .unwrap();
+    pods.delete("a", &Default::default()).await.unwrap();
+    wait_until(&endpoints, "only b, ready", |all| {
+        all.iter()
+            .any(|e| ips(e, true) == ["10.1.0.3"] && ips(e, false).is_empty())
+    })
+    .await;
+    let slice = wait_until(&slices, "the slice with b", |all| {
+        all.iter().any(|s| {
+            let endpoints = s.endpoints.as_deref().unwrap_or_default();
+            endpoints.len() == 1
+                && endpoints[0].addresses == ["10.1.0.3"]
+                && endpoints[0].conditions.as_ref().and_then(|c| c.ready) == Some(true)
+        })
+    })
+    .await;
+    assert_eq!(
+        slice[0].metadata.labels.as_ref().unwrap()["kubernetes.io/service-name"],
+        "web"
+    );
+
+    // Both go with the Service.
+    services.delete("web", &Default::default()).await.unwrap();
+    wait_until(&endpoints, "no endpoints", |all| all.is_empty()).await;
+    wait_until(&slices, "no slices", |all| all.is_empty()).await;
+    drop(service);
+    drop(controllers);
+    server.stop().await;
+}

@@ -1,7 +1,7 @@
 //! The control loops of `flotilla server`: the scheduler, the garbage
-//! collector, the node lifecycle controller and the Deployment, ReplicaSet
-//! and Job controllers so far; the other workload and cluster controllers
-//! join them here.
+//! collector, the node lifecycle and Endpoints controllers, and the
+//! Deployment, ReplicaSet and Job controllers so far; the other workload
+//! controllers join them here.
 //!
 //! They run on one member at a time, the holder of a Lease (`election`),
 //! and only through the Kubernetes API, as kube-controller-manager does:
@@ -11,6 +11,7 @@
 
 pub mod deployment;
 pub mod election;
+pub mod endpoints;
 pub mod events;
 pub mod gc;
 pub mod job;
@@ -134,6 +135,7 @@ async fn run_loops(client: kube::Client, timings: nodes::NodeTimings) {
     tokio::join!(
         gc::GarbageCollector::new(client.clone()).run(),
         deployment::run(client.clone()),
+        endpoints::run(client.clone()),
         job::run(client.clone()),
         nodes::run(client.clone(), timings),
         replicaset::run(client.clone()),
