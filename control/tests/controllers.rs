@@ -971,3 +971,106 @@ async fn endpoints_follow_the_ready_pods_of_a_service() {
     drop(controllers);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_set_runs_one_pod_per_fitting_node_and_rolls() {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use kube::api::{Patch, PatchParams};
+
+    let (server, client, controllers) = with_controllers().await;
+    let kubelet = spawn_fake_kubelet(client.clone());
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    nodes
+        .create(&PostParams::default(), &fake_node("a", "2", json!({})))
+        .await
+        .unwrap();
+    let mut tainted = fake_node("b", "2", json!({}));
+    tainted.spec = Some(
+        serde_json::from_value(
+            json!({"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]}),
+        )
+        .unwrap(),
+    );
+    nodes
+        .create(&PostParams::default(), &tainted)
+        .await
+        .unwrap();
+    let sets: Api<DaemonSet> = Api::namespaced(client.clone(), "default");
+    let set: DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "agentd"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "agentd"}},
+            "template": {
+                "metadata": {"labels": {"app": "agentd"}},
+                "spec": {"containers": [{"name": "d", "image": "agentd:1.0"}]},
+            },
+        },
+    }))
+    .unwrap();
+    sets.create(&PostParams::default(), &set).await.unwrap();
+    let live = |pods: &[Pod]| -> Vec<String> {
+        let mut on: Vec<String> = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(node_of)
+            .collect();
+        on.sort();
+        on
+    };
+    wait_until(&pods, "a daemon on a only", |pods| {
+        live(pods) == ["a"] && pods.len() == 1
+    })
+    .await;
+
+    // A new node gets one; the tainted node does once it is tolerated.
+    nodes
+        .create(&PostParams::default(), &fake_node("c", "2", json!({})))
+        .await
+        .unwrap();
+    wait_until(&pods, "daemons on a and c", |pods| live(pods) == ["a", "c"]).await;
+    sets.patch(
+        "agentd",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"template": {"spec": {
+            "containers": [{"name": "d", "image": "agentd:2.0"}],
+            "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+        }}}})),
+    )
+    .await
+    .unwrap();
+    let rolled = wait_until(&pods, "daemons of the new template on a, b and c", |pods| {
+        let current: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        live(pods) == ["a", "b", "c"]
+            && current.iter().all(|p| {
+                p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some("agentd:2.0")
+            })
+    })
+    .await;
+    // The replaced pods wait, Terminating, for an agent to confirm them.
+    let current = rolled
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .count();
+    assert_eq!(current, 3);
+    let status = wait_until(&sets, "the status", |sets| {
+        sets[0].status.as_ref().is_some_and(|s| {
+            s.desired_number_scheduled == 3
+                && s.number_ready == 3
+                && s.updated_number_scheduled == Some(3)
+        })
+    })
+    .await;
+    assert_eq!(status[0].status.as_ref().unwrap().number_misscheduled, 0);
+
+    // A node that goes takes its daemon with it.
+    nodes.delete("c", &Default::default()).await.unwrap();
+    wait_until(&pods, "daemons on a and b", |pods| live(pods) == ["a", "b"]).await;
+    kubelet.abort();
+    drop(controllers);
+    server.stop().await;
+}

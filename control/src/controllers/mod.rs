@@ -1,7 +1,7 @@
 //! The control loops of `flotilla server`: the scheduler, the garbage
 //! collector, the node lifecycle and Endpoints controllers, and the
-//! Deployment, ReplicaSet and Job controllers so far; the other workload
-//! controllers join them here.
+//! Deployment, ReplicaSet, DaemonSet and Job controllers so far; the other
+//! workload controllers join them here.
 //!
 //! They run on one member at a time, the holder of a Lease (`election`),
 //! and only through the Kubernetes API, as kube-controller-manager does:
@@ -9,6 +9,7 @@
 //! so they see exactly what users see and are bound by the same
 //! validation and optimistic concurrency. They know nothing of the store.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod election;
 pub mod endpoints;
@@ -134,6 +135,7 @@ impl Drop for AbortOnDrop {
 async fn run_loops(client: kube::Client, timings: nodes::NodeTimings) {
     tokio::join!(
         gc::GarbageCollector::new(client.clone()).run(),
+        daemonset::run(client.clone()),
         deployment::run(client.clone()),
         endpoints::run(client.clone()),
         job::run(client.clone()),

@@ -177,7 +177,7 @@ pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
             == taint.value.as_deref().unwrap_or_default()
 }
 
-fn node_affinity_matches(pod: &Pod, node: &Node) -> bool {
+pub fn node_affinity_matches(pod: &Pod, node: &Node) -> bool {
     let Some(spec) = &pod.spec else {
         return true;
     };
