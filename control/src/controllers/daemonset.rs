@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
@@ -24,35 +23,19 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::events::{EventType, Recorder};
+use super::events::EventType;
 use super::replicaset::{controller_of, ready_since};
 use super::scheduler::fit;
+use super::{Context, Error};
 
 /// The label that says which generation of the template a pod runs.
 pub const GENERATION_LABEL: &str = "pod-template-generation";
-const RETRY_AFTER: Duration = Duration::from_secs(2);
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("the API refused: {0}")]
-    Api(#[from] kube::Error),
-    #[error("the DaemonSet has no {0}")]
-    Missing(&'static str),
-}
-
-struct Context {
-    client: kube::Client,
-    recorder: Recorder,
-}
 
 pub async fn run(client: kube::Client) {
     let sets = Api::<DaemonSet>::all(client.clone());
     let controller = Controller::new(sets, watcher::Config::default());
     let store = controller.store();
-    let context = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), "daemonset-controller"),
-        client: client.clone(),
-    });
+    let context = Context::new(client.clone(), "daemonset-controller");
     controller
         .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
         // Any node change may change where every DaemonSet belongs.
@@ -67,18 +50,13 @@ pub async fn run(client: kube::Client) {
                     .collect::<Vec<_>>()
             },
         )
-        .run(reconcile, error_policy, context)
+        .run(reconcile, super::retry_later, context)
         .for_each(|outcome| async move {
             if let Err(error) = outcome {
                 tracing::debug!(%error, "daemonset reconcile failed");
             }
         })
         .await;
-}
-
-fn error_policy(_set: Arc<DaemonSet>, error: &Error, _context: Arc<Context>) -> Action {
-    tracing::warn!(%error, "daemonset reconcile failed; retrying");
-    Action::requeue(RETRY_AFTER)
 }
 
 /// The taints a daemon tolerates whatever its template says, as

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
@@ -26,22 +25,13 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use super::replicaset::ready_since;
-use super::selector;
+use super::{Error, selector};
 
 /// The label that ties a slice to its Service, and the one that says this
 /// controller manages it: Kubernetes' names, which clients select by.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
-const RETRY_AFTER: Duration = Duration::from_secs(2);
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("the API refused: {0}")]
-    Api(#[from] kube::Error),
-    #[error("the Service has no {0}")]
-    Missing(&'static str),
-}
 
 pub async fn run(client: kube::Client) {
     let services = Api::<Service>::all(client.clone());
@@ -58,18 +48,13 @@ pub async fn run(client: kube::Client) {
                 .map(|service| ObjectRef::from_obj(service.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .run(reconcile, error_policy, Arc::new(client))
+        .run(reconcile, super::retry_later, Arc::new(client))
         .for_each(|outcome| async move {
             if let Err(error) = outcome {
                 tracing::debug!(%error, "endpoints reconcile failed");
             }
         })
         .await;
-}
-
-fn error_policy(_service: Arc<Service>, error: &Error, _client: Arc<kube::Client>) -> Action {
-    tracing::warn!(%error, "endpoints reconcile failed; retrying");
-    Action::requeue(RETRY_AFTER)
 }
 
 /// One pod's place behind a Service.

@@ -24,50 +24,29 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::events::{EventType, Recorder};
+use super::events::EventType;
 use super::replicaset::{controller_of, ready_since};
+use super::{Context, Error};
 
 /// Pods created per reconcile.
 const BURST_MAX: usize = 256;
-const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// The labels Kubernetes puts on a Job's pods.
 pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 pub const CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("the API refused: {0}")]
-    Api(#[from] kube::Error),
-    #[error("the Job has no {0}")]
-    Missing(&'static str),
-}
-
-struct Context {
-    client: kube::Client,
-    recorder: Recorder,
-}
-
 pub async fn run(client: kube::Client) {
     let jobs = Api::<Job>::all(client.clone());
     let pods = Api::<Pod>::all(client.clone());
-    let context = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), "job-controller"),
-        client,
-    });
+    let context = Context::new(client.clone(), "job-controller");
     Controller::new(jobs, watcher::Config::default())
         .owns(pods, watcher::Config::default())
-        .run(reconcile, error_policy, context)
+        .run(reconcile, super::retry_later, context)
         .for_each(|outcome| async move {
             if let Err(error) = outcome {
                 tracing::debug!(%error, "job reconcile failed");
             }
         })
         .await;
-}
-
-fn error_policy(_job: Arc<Job>, error: &Error, _context: Arc<Context>) -> Action {
-    tracing::warn!(%error, "job reconcile failed; retrying");
-    Action::requeue(RETRY_AFTER)
 }
 
 fn phase(pod: &Pod) -> Option<&str> {

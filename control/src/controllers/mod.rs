@@ -96,6 +96,49 @@ async fn lead_while_elected(
     }
 }
 
+/// Why a reconcile failed; it is retried after [`RETRY_AFTER`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the API refused: {0}")]
+    Api(#[from] kube::Error),
+    #[error("the object has no {0}")]
+    Missing(&'static str),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Back-off after a failed reconcile.
+pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What a workload controller's reconciles share.
+pub struct Context {
+    pub client: kube::Client,
+    pub recorder: events::Recorder,
+}
+
+impl Context {
+    pub fn new(client: kube::Client, component: &'static str) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Context {
+            recorder: events::Recorder::new(client.clone(), component),
+            client,
+        })
+    }
+}
+
+/// The error policy of every controller: log, and try again shortly.
+pub fn retry_later<K, C>(
+    object: std::sync::Arc<K>,
+    error: &Error,
+    _context: std::sync::Arc<C>,
+) -> kube::runtime::controller::Action
+where
+    K: kube::Resource,
+{
+    use kube::ResourceExt;
+    tracing::warn!(name = object.name_any(), %error, "reconcile failed; retrying");
+    kube::runtime::controller::Action::requeue(RETRY_AFTER)
+}
+
 /// Deletes `object` if it is still the object with its uid (a newer one of
 /// the same name is left alone). True when this call deleted or marked it;
 /// false when it was already gone or replaced.

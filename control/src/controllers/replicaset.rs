@@ -27,37 +27,20 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::events::{EventType, Recorder};
+use super::events::EventType;
 use super::selector;
+use super::{Context, Error};
 
 /// Pods created or deleted per reconcile: a large scale-up proceeds in
 /// steps, each one seen by the next reconcile.
 const BURST_MAX: usize = 256;
-/// Back-off after a failed reconcile.
-const RETRY_AFTER: Duration = Duration::from_secs(2);
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("the API refused: {0}")]
-    Api(#[from] kube::Error),
-    #[error("the ReplicaSet has no {0}")]
-    Missing(&'static str),
-}
-
-struct Context {
-    client: kube::Client,
-    recorder: Recorder,
-}
 
 pub async fn run(client: kube::Client) {
     let sets = Api::<ReplicaSet>::all(client.clone());
     let pods = Api::<Pod>::all(client.clone());
     let controller = Controller::new(sets, watcher::Config::default());
     let store = controller.store();
-    let context = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), "replicaset-controller"),
-        client,
-    });
+    let context = Context::new(client.clone(), "replicaset-controller");
     controller
         // A pod wakes its controller, or, when it has none, every set in
         // its namespace whose selector it matches (which may adopt it).
@@ -78,18 +61,13 @@ pub async fn run(client: kube::Client) {
                 .map(|set| ObjectRef::from_obj(set.as_ref()))
                 .collect()
         })
-        .run(reconcile, error_policy, context)
+        .run(reconcile, super::retry_later, context)
         .for_each(|outcome| async move {
             if let Err(error) = outcome {
                 tracing::debug!(%error, "replicaset reconcile failed");
             }
         })
         .await;
-}
-
-fn error_policy(_set: Arc<ReplicaSet>, error: &Error, _context: Arc<Context>) -> Action {
-    tracing::warn!(%error, "replicaset reconcile failed; retrying");
-    Action::requeue(RETRY_AFTER)
 }
 
 /// The owner reference with `controller: true`, if any.

@@ -27,56 +27,32 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use self::rollout::{Limits, Set};
-use super::events::{EventType, Recorder};
+use super::events::EventType;
 use super::replicaset::controller_of;
 use super::selector;
+use super::{Context, Error};
 
 /// The label that ties a ReplicaSet and its pods to one pod template.
 pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 /// The revision annotation kubectl's `rollout history` and `undo` read.
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
-/// Back-off after a failed reconcile.
-const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// While a rollout is under way, it is looked at again this often even
 /// without events, so that its progress deadline is noticed.
 const PROGRESS_CHECK: Duration = Duration::from_secs(5);
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("the API refused: {0}")]
-    Api(#[from] kube::Error),
-    #[error("the Deployment has no {0}")]
-    Missing(&'static str),
-    #[error("invalid strategy: {0}")]
-    Strategy(String),
-}
-
-struct Context {
-    client: kube::Client,
-    recorder: Recorder,
-}
-
 pub async fn run(client: kube::Client) {
     let deployments = Api::<Deployment>::all(client.clone());
     let sets = Api::<ReplicaSet>::all(client.clone());
-    let context = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), "deployment-controller"),
-        client,
-    });
+    let context = Context::new(client.clone(), "deployment-controller");
     Controller::new(deployments, watcher::Config::default())
         .owns(sets, watcher::Config::default())
-        .run(reconcile, error_policy, context)
+        .run(reconcile, super::retry_later, context)
         .for_each(|outcome| async move {
             if let Err(error) = outcome {
                 tracing::debug!(%error, "deployment reconcile failed");
             }
         })
         .await;
-}
-
-fn error_policy(_deployment: Arc<Deployment>, error: &Error, _context: Arc<Context>) -> Action {
-    tracing::warn!(%error, "deployment reconcile failed; retrying");
-    Action::requeue(RETRY_AFTER)
 }
 
 /// Kubernetes' alphabet for generated name suffixes: no vowels, no
@@ -332,7 +308,7 @@ async fn step(
         rolling.and_then(|r| r.max_surge.as_ref()),
         rolling.and_then(|r| r.max_unavailable.as_ref()),
     )
-    .map_err(Error::Strategy)?;
+    .map_err(Error::Invalid)?;
     let grown = rollout::scale_new(&limits, &new_state, &old_states);
     if grown != new_state.replicas {
         scale(context, deployment, new, new_state.replicas, grown).await?;
