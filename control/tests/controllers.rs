@@ -1074,3 +1074,114 @@ async fn a_daemon_set_runs_one_pod_per_fitting_node_and_rolls() {
     drop(controllers);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateful_set_creates_in_order_removes_in_reverse_and_rolls() {
+    use futures::StreamExt;
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Patch, PatchParams};
+    use kube::runtime::watcher;
+
+    let (server, client, controllers) = with_controllers().await;
+    let kubelet = spawn_fake_kubelet(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
+    // Every first sight and deletion of a pod, in the order the API saw them.
+    let (tell, mut story) = tokio::sync::mpsc::channel::<String>(64);
+    let recorder = {
+        let pods = pods.clone();
+        tokio::spawn(async move {
+            let mut events = watcher(pods, watcher::Config::default()).boxed();
+            let mut seen = std::collections::HashSet::new();
+            while let Some(Ok(event)) = events.next().await {
+                let (verb, pod) = match event {
+                    watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => ("+", pod),
+                    watcher::Event::Delete(pod) => ("-", pod),
+                    _ => continue,
+                };
+                let key = format!("{verb}{}", pod.metadata.name.unwrap());
+                if (verb == "-" || seen.insert(key.clone())) && tell.send(key).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let mut next = async |count: usize| -> Vec<String> {
+        let mut got = Vec::new();
+        while got.len() < count {
+            let event = tokio::time::timeout(WAIT, story.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            got.push(event);
+        }
+        got
+    };
+    let set: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "db"},
+        "spec": {
+            "replicas": 3,
+            "serviceName": "db",
+            "selector": {"matchLabels": {"app": "db"}},
+            "template": {
+                "metadata": {"labels": {"app": "db"}},
+                "spec": {"containers": [{"name": "db", "image": "db:1.0"}]},
+            },
+        },
+    }))
+    .unwrap();
+    sets.create(&PostParams::default(), &set).await.unwrap();
+    assert_eq!(next(3).await, ["+db-0", "+db-1", "+db-2"]);
+    let made = wait_until(&pods, "db-0, db-1 and db-2", |pods| pods.len() == 3).await;
+    let db1 = made
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("db-1"))
+        .unwrap();
+    assert_eq!(db1.spec.as_ref().unwrap().hostname.as_deref(), Some("db-1"));
+    assert_eq!(db1.spec.as_ref().unwrap().subdomain.as_deref(), Some("db"));
+
+    sets.patch_scale(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(next(2).await, ["-db-2", "-db-1"]);
+
+    // A new template: db-0 is replaced, under its own name.
+    let before = pods.get("db-0").await.unwrap().metadata.uid;
+    sets.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [{"name": "db", "image": "db:2.0"}]}}}})),
+    )
+    .await
+    .unwrap();
+    let rolled = wait_until(&sets, "the new revision everywhere", |sets| {
+        sets[0].status.as_ref().is_some_and(|s| {
+            s.updated_replicas == Some(1)
+                && s.ready_replicas == Some(1)
+                && s.current_revision == s.update_revision
+                && s.observed_generation == sets[0].metadata.generation
+        })
+    })
+    .await;
+    let after = pods.get("db-0").await.unwrap();
+    assert_ne!(after.metadata.uid, before);
+    assert_eq!(
+        after.metadata.labels.as_ref().unwrap()["controller-revision-hash"],
+        rolled[0]
+            .status
+            .as_ref()
+            .unwrap()
+            .update_revision
+            .clone()
+            .unwrap()
+    );
+    recorder.abort();
+    kubelet.abort();
+    drop(controllers);
+    server.stop().await;
+}

@@ -14,13 +14,12 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::events::EventType;
@@ -79,19 +78,13 @@ fn daemon_tolerations() -> Vec<Toleration> {
 
 /// The pod the set would run on `node`.
 fn pod_for(set: &DaemonSet, uid: &str, node: &str) -> Pod {
-    let template = set.spec.template.clone();
-    let mut labels: BTreeMap<String, String> = template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default();
-    labels.insert(
-        GENERATION_LABEL.into(),
-        set.metadata.generation.unwrap_or(1).to_string(),
-    );
-    let mut spec = template.spec.unwrap_or_default();
-    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
-    tolerations.extend(daemon_tolerations());
+    let generation = set.metadata.generation.unwrap_or(1).to_string();
+    let labels = [(GENERATION_LABEL.to_string(), generation)];
+    let mut pod = super::pod_from_template(set, uid, &set.spec.template, None, labels);
+    let spec = pod.spec.get_or_insert_with(Default::default);
+    spec.tolerations
+        .get_or_insert_with(Vec::new)
+        .extend(daemon_tolerations());
     let affinity = spec.affinity.get_or_insert_with(Default::default);
     affinity.node_affinity = Some(
         serde_json::from_value(json!({
@@ -101,28 +94,7 @@ fn pod_for(set: &DaemonSet, uid: &str, node: &str) -> Pod {
         }))
         .unwrap_or_default(),
     );
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}-", set.name_any())),
-            namespace: set.namespace(),
-            labels: Some(labels),
-            annotations: template
-                .metadata
-                .as_ref()
-                .and_then(|m| m.annotations.clone()),
-            owner_references: Some(vec![OwnerReference {
-                api_version: DaemonSet::api_version(&()).into_owned(),
-                kind: DaemonSet::kind(&()).into_owned(),
-                name: set.name_any(),
-                uid: uid.into(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
-            ..ObjectMeta::default()
-        },
-        spec: Some(spec),
-        status: None,
-    }
+    pod
 }
 
 /// The node a daemon pod is pinned to.
@@ -299,14 +271,6 @@ async fn reconcile(set: Arc<DaemonSet>, context: Arc<Context>) -> Result<Action,
         collision_count: set.status.as_ref().and_then(|s| s.collision_count),
         conditions: set.status.as_ref().and_then(|s| s.conditions.clone()),
     };
-    if set.status.as_ref() != Some(&status) {
-        let sets: Api<DaemonSet> = Api::namespaced(context.client.clone(), &namespace);
-        sets.patch_status(
-            &set.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": status})),
-        )
-        .await?;
-    }
+    super::write_status(&context.client, set.as_ref(), set.status.as_ref(), &status).await?;
     Ok(Action::await_change())
 }

@@ -93,21 +93,11 @@ async fn reconcile(service: Arc<Service>, client: Arc<kube::Client>) -> Result<A
         .filter(|pod| pod.metadata.deletion_timestamp.is_none())
         .filter_map(|pod| member(&service, pod))
         .collect();
-    let owner = owner_reference(&service)?;
+    let uid = service.uid().ok_or(Error::Missing("uid"))?;
+    let owner = super::controller_reference(service.as_ref(), &uid);
     write_endpoints(&client, &service, &namespace, &owner, &members).await?;
     write_slice(&client, &service, &namespace, &owner, &members).await?;
     Ok(Action::await_change())
-}
-
-fn owner_reference(service: &Service) -> Result<OwnerReference, Error> {
-    Ok(OwnerReference {
-        api_version: Service::api_version(&()).into_owned(),
-        kind: Service::kind(&()).into_owned(),
-        name: service.name_any(),
-        uid: service.uid().ok_or(Error::Missing("uid"))?,
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    })
 }
 
 /// The pod behind the Service, if it has an address.

@@ -9,20 +9,18 @@
 //! API on each reconcile; failed pods are kept (they are the record of the
 //! failures), as Kubernetes keeps them.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
-use serde_json::json;
 
 use super::events::EventType;
 use super::replicaset::{controller_of, ready_since};
@@ -215,14 +213,7 @@ async fn reconcile(job: Arc<Job>, context: Arc<Context>) -> Result<Action, Error
             next.active = next.active.map(|a| a + 1);
         }
     }
-    if job.status.as_ref() != Some(&next) {
-        jobs.patch_status(
-            &job.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": next})),
-        )
-        .await?;
-    }
+    super::write_status(&context.client, job.as_ref(), job.status.as_ref(), &next).await?;
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
@@ -257,37 +248,19 @@ fn pod_for(job: &Job, uid: &str) -> Pod {
         .as_ref()
         .map(|s| s.template.clone())
         .unwrap_or_default();
-    let mut labels: BTreeMap<String, String> = template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default();
-    labels.insert(JOB_NAME_LABEL.into(), job.name_any());
-    labels.insert("job-name".into(), job.name_any());
-    labels.insert(CONTROLLER_UID_LABEL.into(), uid.into());
-    labels.insert("controller-uid".into(), uid.into());
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}-", job.name_any())),
-            namespace: job.namespace(),
-            labels: Some(labels),
-            annotations: template
-                .metadata
-                .as_ref()
-                .and_then(|m| m.annotations.clone()),
-            owner_references: Some(vec![OwnerReference {
-                api_version: Job::api_version(&()).into_owned(),
-                kind: Job::kind(&()).into_owned(),
-                name: job.name_any(),
-                uid: uid.into(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
-            ..ObjectMeta::default()
-        },
-        spec: template.spec,
-        status: None,
-    }
+    let labels = [
+        (JOB_NAME_LABEL, job.name_any()),
+        ("job-name", job.name_any()),
+        (CONTROLLER_UID_LABEL, uid.to_string()),
+        ("controller-uid", uid.to_string()),
+    ];
+    super::pod_from_template(
+        job,
+        uid,
+        &template,
+        None,
+        labels.map(|(k, v)| (k.to_string(), v)),
+    )
 }
 
 async fn delete_pod(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {

@@ -1,7 +1,7 @@
 //! The control loops of `flotilla server`: the scheduler, the garbage
 //! collector, the node lifecycle and Endpoints controllers, and the
-//! Deployment, ReplicaSet, DaemonSet and Job controllers so far; the other
-//! workload controllers join them here.
+//! Deployment, ReplicaSet, DaemonSet, StatefulSet and Job controllers so
+//! far; CronJob joins them here.
 //!
 //! They run on one member at a time, the holder of a Lease (`election`),
 //! and only through the Kubernetes API, as kube-controller-manager does:
@@ -20,6 +20,7 @@ pub mod nodes;
 pub mod replicaset;
 pub mod scheduler;
 pub mod selector;
+pub mod statefulset;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -139,6 +140,93 @@ where
     kube::runtime::controller::Action::requeue(RETRY_AFTER)
 }
 
+/// Writes `wanted` as `object`'s status (a merge patch of the status
+/// subresource) unless `current` says it is so already.
+pub async fn write_status<K, S>(
+    client: &kube::Client,
+    object: &K,
+    current: Option<&S>,
+    wanted: &S,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: serde::Serialize + PartialEq,
+{
+    use kube::ResourceExt;
+    if current == Some(wanted) {
+        return Ok(());
+    }
+    let api: kube::Api<K> =
+        kube::Api::namespaced(client.clone(), &object.namespace().unwrap_or_default());
+    let patch = kube::api::Patch::Merge(serde_json::json!({"status": wanted}));
+    api.patch_status(
+        &object.name_any(),
+        &kube::api::PatchParams::default(),
+        &patch,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The reference that makes `owner` (with `uid`) an object's controller.
+pub fn controller_reference<K>(
+    owner: &K,
+    uid: &str,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    use kube::ResourceExt;
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        name: owner.name_any(),
+        uid: uid.to_string(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// A pod from `template`, controlled by `owner`, in its namespace, named
+/// `<owner>-<suffix>` (or generated from `<owner>-` without a suffix), with
+/// `labels` added to the template's.
+pub fn pod_from_template<K>(
+    owner: &K,
+    uid: &str,
+    template: &k8s_openapi::api::core::v1::PodTemplateSpec,
+    suffix: Option<&str>,
+    labels: impl IntoIterator<Item = (String, String)>,
+) -> k8s_openapi::api::core::v1::Pod
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kube::ResourceExt;
+    let metadata = template.metadata.clone().unwrap_or_default();
+    let mut all_labels = metadata.labels.unwrap_or_default();
+    all_labels.extend(labels);
+    let (name, generate_name) = match suffix {
+        Some(suffix) => (Some(format!("{}-{suffix}", owner.name_any())), None),
+        None => (None, Some(format!("{}-", owner.name_any()))),
+    };
+    k8s_openapi::api::core::v1::Pod {
+        metadata: ObjectMeta {
+            name,
+            generate_name,
+            namespace: owner.namespace(),
+            labels: (!all_labels.is_empty()).then_some(all_labels),
+            annotations: metadata.annotations,
+            owner_references: Some(vec![controller_reference(owner, uid)]),
+            ..ObjectMeta::default()
+        },
+        spec: template.spec.clone(),
+        status: None,
+    }
+}
+
 /// Deletes `object` if it is still the object with its uid (a newer one of
 /// the same name is left alone). True when this call deleted or marked it;
 /// false when it was already gone or replaced.
@@ -184,6 +272,7 @@ async fn run_loops(client: kube::Client, timings: nodes::NodeTimings) {
         job::run(client.clone()),
         nodes::run(client.clone(), timings),
         replicaset::run(client.clone()),
+        statefulset::run(client.clone()),
         scheduler::run(client),
     );
 }

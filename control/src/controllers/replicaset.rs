@@ -20,11 +20,11 @@ use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::events::EventType;
@@ -89,7 +89,7 @@ async fn reconcile(set: Arc<ReplicaSet>, context: Arc<Context>) -> Result<Action
     let spec = &set.spec;
     let pods_api: Api<Pod> = Api::namespaced(context.client.clone(), &namespace);
     let all = pods_api.list(&ListParams::default()).await?;
-    let owner = owner_reference(&set, &uid);
+    let owner = super::controller_reference(set.as_ref(), &uid);
 
     let mut owned = Vec::new();
     for pod in all.items {
@@ -116,21 +116,7 @@ async fn reconcile(set: Arc<ReplicaSet>, context: Arc<Context>) -> Result<Action
         let missing = (wanted - active.len()).min(BURST_MAX);
         let template = spec.template.clone().unwrap_or_default();
         for _ in 0..missing {
-            let pod = Pod {
-                metadata: ObjectMeta {
-                    generate_name: Some(format!("{}-", set.name_any())),
-                    namespace: Some(namespace.clone()),
-                    labels: template.metadata.as_ref().and_then(|m| m.labels.clone()),
-                    annotations: template
-                        .metadata
-                        .as_ref()
-                        .and_then(|m| m.annotations.clone()),
-                    owner_references: Some(vec![owner.clone()]),
-                    ..ObjectMeta::default()
-                },
-                spec: template.spec.clone(),
-                status: None,
-            };
+            let pod = super::pod_from_template(set.as_ref(), &uid, &template, None, []);
             match pods_api.create(&PostParams::default(), &pod).await {
                 Ok(created) => {
                     let message = format!("Created pod: {}", created.name_any());
@@ -167,33 +153,13 @@ async fn reconcile(set: Arc<ReplicaSet>, context: Arc<Context>) -> Result<Action
     let min_ready =
         Duration::from_secs(u64::try_from(spec.min_ready_seconds.unwrap_or(0)).unwrap_or(0));
     let (status, wait) = status_of(&set, &active, min_ready);
-    if set.status.as_ref() != Some(&status) {
-        let sets: Api<ReplicaSet> = Api::namespaced(context.client.clone(), &namespace);
-        let patch = json!({"status": status});
-        sets.patch_status(
-            &set.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await?;
-    }
+    super::write_status(&context.client, set.as_ref(), set.status.as_ref(), &status).await?;
     // A pod ready but not yet available for minReadySeconds becomes so
     // without any event: look again then.
     Ok(match wait {
         Some(wait) => Action::requeue(wait),
         None => Action::await_change(),
     })
-}
-
-fn owner_reference(set: &ReplicaSet, uid: &str) -> OwnerReference {
-    OwnerReference {
-        api_version: ReplicaSet::api_version(&()).into_owned(),
-        kind: ReplicaSet::kind(&()).into_owned(),
-        name: set.name_any(),
-        uid: uid.to_string(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
 }
 
 /// Makes `set` the pod's controller; conditional on the version read.

@@ -17,12 +17,12 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -113,7 +113,7 @@ async fn reconcile(deployment: Arc<Deployment>, context: Arc<Context>) -> Result
                 && set.metadata.deletion_timestamp.is_none() =>
             {
                 let mut owners = set.metadata.owner_references.clone().unwrap_or_default();
-                owners.push(owner_reference(&deployment, &uid));
+                owners.push(super::controller_reference(deployment.as_ref(), &uid));
                 let patch = json!({"metadata": {"ownerReferences": owners, "resourceVersion": set.resource_version()}});
                 owned.push(
                     sets_api
@@ -188,17 +188,6 @@ async fn reconcile(deployment: Arc<Deployment>, context: Arc<Context>) -> Result
     })
 }
 
-fn owner_reference(deployment: &Deployment, uid: &str) -> OwnerReference {
-    OwnerReference {
-        api_version: Deployment::api_version(&()).into_owned(),
-        kind: Deployment::kind(&()).into_owned(),
-        name: deployment.name_any(),
-        uid: uid.to_string(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
 async fn create_new_set(
     context: &Context,
     deployment: &Deployment,
@@ -235,7 +224,7 @@ async fn create_new_set(
             namespace: Some(namespace.clone()),
             labels,
             annotations: Some(annotations),
-            owner_references: Some(vec![owner_reference(deployment, uid)]),
+            owner_references: Some(vec![super::controller_reference(deployment, uid)]),
             ..ObjectMeta::default()
         },
         spec: ReplicaSetSpec {
@@ -519,17 +508,12 @@ async fn write_status(
         collision_count: deployment.status.as_ref().and_then(|s| s.collision_count),
         terminating_replicas: None,
     };
-    if deployment.status.as_ref() != Some(&status) {
-        let api: Api<Deployment> = Api::namespaced(
-            context.client.clone(),
-            &deployment.namespace().unwrap_or_default(),
-        );
-        api.patch_status(
-            &deployment.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": status})),
-        )
-        .await?;
-    }
+    super::write_status(
+        &context.client,
+        deployment,
+        deployment.status.as_ref(),
+        &status,
+    )
+    .await?;
     Ok(complete)
 }

@@ -347,7 +347,7 @@ impl Scheduler {
             .flatten()
             .any(|c| c.type_ == "PodScheduled" && c.message.as_deref() == Some(message.as_str()));
         if !already {
-            let patch = json!({"status": {"phase": "Pending", "conditions": [{
+            let patch = json!({"status": {"conditions": [{
                 "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                 "message": message, "lastTransitionTime": k8s_openapi::jiff::Timestamp::now(),
             }]}});
