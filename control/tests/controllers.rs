@@ -1185,3 +1185,34 @@ async fn a_stateful_set_creates_in_order_removes_in_reverse_and_rolls() {
     drop(controllers);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_namespace_has_a_default_service_account() {
+    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+
+    let (server, client, controllers) = with_controllers().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "team");
+    let has_default = |all: &[ServiceAccount]| {
+        all.iter()
+            .any(|a| a.metadata.name.as_deref() == Some("default"))
+    };
+    wait_until(&accounts, "team/default", has_default).await;
+    // Deleted, it comes back.
+    accounts
+        .delete("default", &Default::default())
+        .await
+        .unwrap();
+    let back = wait_until(&accounts, "team/default again", has_default).await;
+    assert_eq!(back.len(), 1);
+    let system: Api<ServiceAccount> = Api::namespaced(client, "default");
+    wait_until(&system, "default/default", has_default).await;
+    drop(controllers);
+    server.stop().await;
+}

@@ -20,6 +20,7 @@ pub mod nodes;
 pub mod replicaset;
 pub mod scheduler;
 pub mod selector;
+pub mod serviceaccounts;
 pub mod statefulset;
 
 use tokio::sync::watch;
@@ -272,6 +273,7 @@ async fn run_loops(client: kube::Client, timings: nodes::NodeTimings) {
         job::run(client.clone()),
         nodes::run(client.clone(), timings),
         replicaset::run(client.clone()),
+        serviceaccounts::run(client.clone()),
         statefulset::run(client.clone()),
         scheduler::run(client),
     );
