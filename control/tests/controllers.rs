@@ -1216,3 +1216,107 @@ async fn every_namespace_has_a_default_service_account() {
     drop(controllers);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_job_starts_its_missed_run_once_and_forbids_overlap() {
+    use k8s_openapi::api::batch::v1::{CronJob, Job};
+    use k8s_openapi::api::core::v1::Event;
+    use kube::api::{Patch, PatchParams};
+
+    let (server, client, controllers) = with_controllers().await;
+    let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), "default");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let cronjob: CronJob = serde_json::from_value(json!({
+        "metadata": {"name": "tick"},
+        "spec": {
+            "schedule": "* * * * *",
+            "startingDeadlineSeconds": 600,
+            "concurrencyPolicy": "Forbid",
+            "jobTemplate": {"spec": {"template": {"spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "tick", "image": "tick:1.0"}],
+            }}}},
+        },
+    }))
+    .unwrap();
+    cronjobs
+        .create(&PostParams::default(), &cronjob)
+        .await
+        .unwrap();
+    // Instead of waiting for the next minute, say the last run was three
+    // minutes ago: the latest missed start is due now.
+    let three_minutes_ago =
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(180);
+    let back_in_time = |at: k8s_openapi::jiff::Timestamp| {
+        let cronjobs = cronjobs.clone();
+        async move {
+            cronjobs
+                .patch_status(
+                    "tick",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {"lastScheduleTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at)}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    back_in_time(three_minutes_ago).await;
+    let started = wait_until(&jobs, "the missed run", |jobs| !jobs.is_empty()).await;
+    assert_eq!(started.len(), 1);
+    let job = &started[0];
+    assert!(job.metadata.name.as_deref().unwrap().starts_with("tick-"));
+    assert!(
+        job.metadata
+            .annotations
+            .as_ref()
+            .unwrap()
+            .contains_key("batch.kubernetes.io/cronjob-scheduled-timestamp")
+    );
+    wait_until(&cronjobs, "the job in status.active", |all| {
+        all[0]
+            .status
+            .as_ref()
+            .and_then(|s| s.active.as_ref())
+            .is_some_and(|a| a.len() == 1)
+    })
+    .await;
+
+    // A start while an earlier run is active is forbidden: give the
+    // CronJob a run of its own that never finishes (no agent runs it).
+    let owner = cronjobs.get("tick").await.unwrap();
+    let earlier: Job = serde_json::from_value(json!({
+        "metadata": {"name": "tick-earlier", "ownerReferences": [{
+            "apiVersion": "batch/v1", "kind": "CronJob", "name": "tick",
+            "uid": owner.metadata.uid, "controller": true,
+        }]},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "tick", "image": "tick:1.0"}]}}},
+    }))
+    .unwrap();
+    // (Created before the first run is deleted, so that no pass in between
+    // sees the CronJob without an active run.)
+    jobs.create(&PostParams::default(), &earlier).await.unwrap();
+    jobs.delete(job.metadata.name.as_deref().unwrap(), &Default::default())
+        .await
+        .unwrap();
+    back_in_time(three_minutes_ago).await;
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    wait_until(&events, "JobAlreadyActive", |events| {
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("JobAlreadyActive"))
+    })
+    .await;
+    let names: Vec<String> = jobs
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|j| j.metadata.deletion_timestamp.is_none())
+        .filter_map(|j| j.metadata.name)
+        .collect();
+    assert_eq!(names, ["tick-earlier"]);
+    drop(controllers);
+    server.stop().await;
+}

@@ -1,7 +1,7 @@
 //! The control loops of `flotilla server`: the scheduler, the garbage
 //! collector, the node lifecycle and Endpoints controllers, and the
-//! Deployment, ReplicaSet, DaemonSet, StatefulSet and Job controllers so
-//! far; CronJob joins them here.
+//! Deployment, ReplicaSet, DaemonSet, StatefulSet, Job, CronJob and
+//! ServiceAccount controllers.
 //!
 //! They run on one member at a time, the holder of a Lease (`election`),
 //! and only through the Kubernetes API, as kube-controller-manager does:
@@ -9,6 +9,7 @@
 //! so they see exactly what users see and are bound by the same
 //! validation and optimistic concurrency. They know nothing of the store.
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod election;
@@ -267,6 +268,7 @@ impl Drop for AbortOnDrop {
 async fn run_loops(client: kube::Client, timings: nodes::NodeTimings) {
     tokio::join!(
         gc::GarbageCollector::new(client.clone()).run(),
+        cronjob::run(client.clone()),
         daemonset::run(client.clone()),
         deployment::run(client.clone()),
         endpoints::run(client.clone()),
