@@ -278,6 +278,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
             identity: format!("server-{}", args.id),
             election: flotilla_control::controllers::election::ElectionConfig::default(),
             nodes: flotilla_control::controllers::nodes::NodeTimings::default(),
+            job_backoff: std::time::Duration::from_secs(10),
         })
         .await
         .context("starting the controllers")?;

@@ -49,10 +49,14 @@ async fn client(server: &TestServer) -> kube::Client {
 /// nodes renew nothing, so the node timings are Kubernetes' (a silent node
 /// is left alone for 50 s) unless the test is about silence.
 async fn with_controllers() -> (TestServer, kube::Client, Controllers) {
-    with_controllers_timed(NodeTimings::default()).await
+    with_controllers_timed(NodeTimings::default(), Duration::from_millis(50)).await
 }
 
-async fn with_controllers_timed(nodes: NodeTimings) -> (TestServer, kube::Client, Controllers) {
+/// `job_backoff`: how long the first replacement of a failed Job pod waits.
+async fn with_controllers_timed(
+    nodes: NodeTimings,
+    job_backoff: Duration,
+) -> (TestServer, kube::Client, Controllers) {
     let server = TestServer::start().await;
     let client = client(&server).await;
     let controllers = Controllers::start(
@@ -61,6 +65,7 @@ async fn with_controllers_timed(nodes: NodeTimings) -> (TestServer, kube::Client
             identity: "test".into(),
             election: fast_election(),
             nodes,
+            job_backoff,
         },
     );
     wait_for(&mut controllers.leading(), true).await;
@@ -679,7 +684,10 @@ async fn jobs_complete_retry_up_to_their_backoff_limit_and_expire() {
     use k8s_openapi::api::batch::v1::Job;
     use k8s_openapi::api::core::v1::Pod;
 
-    let (server, client, controllers) = with_controllers().await;
+    // Failed pods are replaced after 400 ms, then 800 ms.
+    let backoff = Duration::from_millis(400);
+    let (server, client, controllers) =
+        with_controllers_timed(NodeTimings::default(), backoff).await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
 
@@ -720,6 +728,7 @@ async fn jobs_complete_retry_up_to_their_backoff_limit_and_expire() {
 
     // Every pod failing: one first try and two retries, then Failed.
     let kubelet = spawn_fake_job_kubelet(client.clone(), "Failed");
+    let started = std::time::Instant::now();
     jobs.create(
         &PostParams::default(),
         &job("flaky", json!({"backoffLimit": 2})),
@@ -732,6 +741,8 @@ async fn jobs_complete_retry_up_to_their_backoff_limit_and_expire() {
     })
     .await;
     assert_eq!(failed[0].status.as_ref().unwrap().failed, Some(3));
+    // Two replacements, after 400 ms and then 800 ms.
+    assert!(started.elapsed() >= backoff * 3, "{:?}", started.elapsed());
     let tries = pods.list(&Default::default()).await.unwrap().items;
     assert_eq!(tries.len(), 3, "backoffLimit 2 means three pods in all");
     kubelet.abort();
@@ -768,7 +779,8 @@ async fn a_silent_node_is_tainted_and_its_pods_are_replaced_elsewhere() {
     use k8s_openapi::api::apps::v1::ReplicaSet;
     use k8s_openapi::api::core::v1::{Node, Pod};
 
-    let (server, client, controllers) = with_controllers_timed(fast_nodes()).await;
+    let (server, client, controllers) =
+        with_controllers_timed(fast_nodes(), Duration::from_millis(50)).await;
     let nodes: Api<Node> = Api::all(client.clone());
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");

@@ -7,7 +7,8 @@
 //!
 //! Pods are the Job's by their controller reference, read fresh from the
 //! API on each reconcile; failed pods are kept (they are the record of the
-//! failures), as Kubernetes keeps them.
+//! failures), as Kubernetes keeps them. A failed pod is replaced after a
+//! delay that doubles with each failure.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,10 +33,54 @@ const BURST_MAX: usize = 256;
 pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 pub const CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
 
-pub async fn run(client: kube::Client) {
+/// Jobs whose latest failure time is remembered at once.
+const FAILURES_REMEMBERED_MAX: usize = 10_000;
+/// The longest wait before a failed pod is replaced (Kubernetes' 6 min).
+pub const BACKOFF_MAX: Duration = Duration::from_secs(360);
+
+/// The shared context, the first retry delay, and when each Job's latest
+/// failure was seen (on this member's clock: pod timestamps have whole
+/// seconds only).
+struct JobContext {
+    shared: Arc<Context>,
+    backoff: Duration,
+    failures: std::sync::Mutex<std::collections::HashMap<String, (usize, tokio::time::Instant)>>,
+}
+
+impl JobContext {
+    /// How long ago the Job's failure count last grew to `failed`.
+    fn since_latest_failure(&self, uid: &str, failed: usize) -> Duration {
+        let Ok(mut failures) = self.failures.lock() else {
+            return Duration::MAX;
+        };
+        let now = tokio::time::Instant::now();
+        // Jobs deleted while failing leave entries; bound them (a cleared
+        // entry only restarts that Job's current wait).
+        if failures.len() >= FAILURES_REMEMBERED_MAX && !failures.contains_key(uid) {
+            failures.clear();
+        }
+        let entry = failures.entry(uid.to_string()).or_insert((failed, now));
+        if entry.0 != failed {
+            *entry = (failed, now);
+        }
+        now.duration_since(entry.1)
+    }
+
+    fn forget(&self, uid: &str) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(uid);
+        }
+    }
+}
+
+pub async fn run(client: kube::Client, backoff: Duration) {
     let jobs = Api::<Job>::all(client.clone());
     let pods = Api::<Pod>::all(client.clone());
-    let context = Context::new(client.clone(), "job-controller");
+    let context = Arc::new(JobContext {
+        shared: Context::new(client.clone(), "job-controller"),
+        backoff,
+        failures: Default::default(),
+    });
     Controller::new(jobs, watcher::Config::default())
         .owns(pods, watcher::Config::default())
         .run(reconcile, super::retry_later, context)
@@ -71,7 +116,8 @@ fn condition<'a>(status: Option<&'a JobStatus>, kind: &str) -> Option<&'a JobCon
 }
 
 #[tracing::instrument(skip_all, fields(namespace = job.namespace(), name = job.name_any()))]
-async fn reconcile(job: Arc<Job>, context: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(job: Arc<Job>, job_context: Arc<JobContext>) -> Result<Action, Error> {
+    let context = &job_context.shared;
     if job.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -163,6 +209,7 @@ async fn reconcile(job: Arc<Job>, context: Arc<Context>) -> Result<Action, Error
     };
 
     if let Some((kind, reason, message)) = verdict {
+        job_context.forget(&uid);
         for pod in &active {
             delete_pod(&pods_api, pod).await?;
         }
@@ -200,7 +247,20 @@ async fn reconcile(job: Arc<Job>, context: Arc<Context>) -> Result<Action, Error
             conditions.retain(|c| c.type_ != "Suspended");
         }
         let wanted = parallelism.min(completions - succeeded);
-        let missing = wanted.saturating_sub(active.len()).min(BURST_MAX);
+        let mut missing = wanted.saturating_sub(active.len()).min(BURST_MAX);
+        // After failures, replacements wait: the base delay doubled per
+        // failure, counted from the latest one, as Kubernetes does.
+        if missing > 0 && failed > 0 {
+            let delay = job_context
+                .backoff
+                .saturating_mul(1 << (failed - 1).min(16))
+                .min(BACKOFF_MAX);
+            let since = job_context.since_latest_failure(&uid, failed);
+            if since < delay {
+                missing = 0;
+                requeue = Some(requeue.map_or(delay - since, |r: Duration| r.min(delay - since)));
+            }
+        }
         for _ in 0..missing {
             let created = pods_api
                 .create(&PostParams::default(), &pod_for(&job, &uid))

@@ -37,6 +37,9 @@ pub struct ControllersConfig {
     pub election: ElectionConfig,
     /// When silent nodes become NotReady and lose their pods.
     pub nodes: nodes::NodeTimings,
+    /// The wait before a Job's failed pod is replaced, doubling with each
+    /// failure up to [`job::BACKOFF_MAX`] (Kubernetes: 10 s).
+    pub job_backoff: std::time::Duration,
 }
 
 /// The elected loops of one member; stopped when dropped.
@@ -49,7 +52,11 @@ impl Controllers {
     pub fn start(client: kube::Client, config: ControllersConfig) -> Self {
         let elector = Elector::start(client.clone(), config.identity, config.election);
         let leading = elector.leading.clone();
-        let task = tokio::spawn(lead_while_elected(client, leading, config.nodes));
+        let timings = Timings {
+            nodes: config.nodes,
+            job_backoff: config.job_backoff,
+        };
+        let task = tokio::spawn(lead_while_elected(client, leading, timings));
         Controllers { elector, task }
     }
 
@@ -67,10 +74,17 @@ impl Drop for Controllers {
 
 /// Runs the loops whenever `leading` says so, and stops them the moment it
 /// does not.
+/// The durations the loops run by.
+#[derive(Clone, Debug)]
+struct Timings {
+    nodes: nodes::NodeTimings,
+    job_backoff: std::time::Duration,
+}
+
 async fn lead_while_elected(
     client: kube::Client,
     mut leading: watch::Receiver<bool>,
-    timings: nodes::NodeTimings,
+    timings: Timings,
 ) {
     loop {
         while !*leading.borrow_and_update() {
@@ -265,15 +279,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn run_loops(client: kube::Client, timings: nodes::NodeTimings) {
+async fn run_loops(client: kube::Client, timings: Timings) {
     tokio::join!(
         gc::GarbageCollector::new(client.clone()).run(),
         cronjob::run(client.clone()),
         daemonset::run(client.clone()),
         deployment::run(client.clone()),
         endpoints::run(client.clone()),
-        job::run(client.clone()),
-        nodes::run(client.clone(), timings),
+        job::run(client.clone(), timings.job_backoff),
+        nodes::run(client.clone(), timings.nodes),
         replicaset::run(client.clone()),
         serviceaccounts::run(client.clone()),
         statefulset::run(client.clone()),
