@@ -446,21 +446,23 @@ async fn the_scheduler_spreads_fits_and_explains() {
             assert_eq!(node_of(pod).as_deref(), Some("c"));
         }
     }
-    let scheduled = events
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("Scheduled"))
-        .count();
-    assert_eq!(scheduled, 6);
+    // Each binding is told in a Scheduled event, written just after it.
+    wait_until(&events, "six Scheduled events", |events| {
+        events
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("Scheduled"))
+            .count()
+            == 6
+    })
+    .await;
     drop(controllers);
     server.stop().await;
 }
 
 /// Plays the kubelet for pods no agent runs: every pod that appears is
-/// reported Running and Ready, as the agent would once it started it.
+/// reported Running and Ready, as the agent would once it started it, and
+/// a pod being deleted is let go (deleted with no grace), as the agent
+/// does once it has stopped it.
 fn spawn_fake_kubelet(client: kube::Client) -> tokio::task::JoinHandle<()> {
     use futures::StreamExt;
     use k8s_openapi::api::core::v1::Pod;
@@ -477,7 +479,14 @@ fn spawn_fake_kubelet(client: kube::Client) -> tokio::task::JoinHandle<()> {
                 .as_ref()
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            if ready || pod.metadata.deletion_timestamp.is_some() {
+            if pod.metadata.deletion_timestamp.is_some() {
+                let name = pod.metadata.name.clone().unwrap();
+                let _ = pods
+                    .delete(&name, &kube::api::DeleteParams::default().grace_period(0))
+                    .await;
+                continue;
+            }
+            if ready {
                 continue;
             }
             let patch = json!({"status": {"phase": "Running", "conditions": [
@@ -1063,12 +1072,7 @@ async fn a_daemon_set_runs_one_pod_per_fitting_node_and_rolls() {
             })
     })
     .await;
-    // The replaced pods wait, Terminating, for an agent to confirm them.
-    let current = rolled
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .count();
-    assert_eq!(current, 3);
+    assert_eq!(rolled.len(), 3, "the replaced pods are gone");
     let status = wait_until(&sets, "the status", |sets| {
         sets[0].status.as_ref().is_some_and(|s| {
             s.desired_number_scheduled == 3

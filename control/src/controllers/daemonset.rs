@@ -6,7 +6,8 @@
 //! affinity on `metadata.name` and placed by the scheduler, which counts
 //! its resources; it tolerates the taints a node has while it is
 //! unreachable or not ready, so a daemon stays through a node's trouble.
-//! A pod's template generation is its `pod-template-generation` label.
+//! A pod's template generation is its `pod-template-generation` label. A
+//! replacement on a node waits until the pod it replaces has terminated.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -138,14 +139,23 @@ async fn reconcile(set: Arc<DaemonSet>, context: Arc<Context>) -> Result<Action,
         .await?
         .items;
     let mut by_node: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
+    // Nodes where a pod of ours is still terminating: its replacement waits,
+    // so that a node never runs two of the daemon at once.
+    let mut terminating = std::collections::BTreeSet::new();
     for pod in pods_api.list(&ListParams::default()).await?.items {
-        let ours = controller_of(&pod.metadata).is_some_and(|c| c.uid == uid);
-        let live = pod.metadata.deletion_timestamp.is_none()
-            && !matches!(
-                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Succeeded" | "Failed")
-            );
-        if let (true, true, Some(node)) = (ours, live, pinned_node(&pod)) {
+        if controller_of(&pod.metadata).is_none_or(|c| c.uid != uid) {
+            continue;
+        }
+        let Some(node) = pinned_node(&pod) else {
+            continue;
+        };
+        let finished = matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        );
+        if pod.metadata.deletion_timestamp.is_some() {
+            terminating.insert(node);
+        } else if !finished {
             by_node.entry(node).or_default().push(pod);
         }
     }
@@ -186,6 +196,9 @@ async fn reconcile(set: Arc<DaemonSet>, context: Arc<Context>) -> Result<Action,
         desired += 1;
         let name = node.name_any();
         let mut pods = by_node.remove(&name).unwrap_or_default();
+        if pods.is_empty() && terminating.contains(&name) {
+            continue;
+        }
         if pods.is_empty() {
             let created = pods_api
                 .create(&PostParams::default(), &pod_for(&set, &uid, &name))

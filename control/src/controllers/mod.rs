@@ -157,7 +157,8 @@ where
 }
 
 /// Writes `wanted` as `object`'s status (a merge patch of the status
-/// subresource) unless `current` says it is so already.
+/// subresource, conditional on `object`'s resourceVersion) unless `current`
+/// says it is so already.
 pub async fn write_status<K, S>(
     client: &kube::Client,
     object: &K,
@@ -177,7 +178,13 @@ where
     }
     let api: kube::Api<K> =
         kube::Api::namespaced(client.clone(), &object.namespace().unwrap_or_default());
-    let patch = kube::api::Patch::Merge(serde_json::json!({"status": wanted}));
+    // Conditional on the version the status was computed from: a status
+    // written meanwhile (by another writer, or a leader that was deposed)
+    // makes this a 409, and the reconcile runs again on fresh data.
+    let patch = kube::api::Patch::Merge(serde_json::json!({
+        "metadata": {"resourceVersion": object.resource_version()},
+        "status": wanted,
+    }));
     api.patch_status(
         &object.name_any(),
         &kube::api::PatchParams::default(),
