@@ -1336,3 +1336,72 @@ async fn a_cron_job_starts_its_missed_run_once_and_forbids_overlap() {
     drop(controllers);
     server.stop().await;
 }
+
+/// Two schedulers at once, as when two servers briefly both believe they
+/// lead: every pod is bound exactly once (the API refuses a second binding).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_racing_schedulers_never_bind_a_pod_twice() {
+    use k8s_openapi::api::core::v1::{Event, Node, Pod};
+
+    let server = TestServer::start().await;
+    let client = client(&server).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    for name in ["a", "b", "c"] {
+        nodes
+            .create(&PostParams::default(), &fake_node(name, "64", json!({})))
+            .await
+            .unwrap();
+    }
+    let first = tokio::spawn(flotilla_control::controllers::scheduler::run(
+        client.clone(),
+    ));
+    let second = tokio::spawn(flotilla_control::controllers::scheduler::run(
+        client.clone(),
+    ));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    const PODS: usize = 40;
+    for index in 0..PODS {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("p{index}")},
+            "spec": {"containers": [{"name": "c", "image": "hello:1.0",
+                "resources": {"requests": {"cpu": "100m"}}}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    wait_until(&pods, "every pod bound", |pods| {
+        pods.len() == PODS && pods.iter().all(|p| node_of(p).is_some())
+    })
+    .await;
+    // One Scheduled event per successful binding: exactly one per pod.
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let told = wait_until(&events, "a Scheduled event per pod", |events| {
+        events
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("Scheduled"))
+            .count()
+            >= PODS
+    })
+    .await;
+    let mut bound: Vec<String> = told
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("Scheduled"))
+        .filter_map(|e| e.involved_object.name.clone())
+        .collect();
+    bound.sort();
+    bound.dedup();
+    let scheduled = told
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("Scheduled"))
+        .map(|e| e.count.unwrap_or(1))
+        .sum::<i32>();
+    assert_eq!(bound.len(), PODS);
+    assert_eq!(
+        scheduled,
+        i32::try_from(PODS).unwrap(),
+        "a pod was bound twice"
+    );
+    first.abort();
+    second.abort();
+    server.stop().await;
+}
