@@ -3,6 +3,7 @@
 //! candidacy for running the controllers, in one process.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use flotilla_raft_store::member::{Member, MemberConfig};
@@ -58,6 +59,46 @@ pub struct ServerConfig {
     /// client certificates. Without it the API speaks plain HTTP, which is
     /// refused anywhere but on loopback.
     pub api_tls: Option<Credentials>,
+}
+
+impl ServerConfig {
+    /// A cluster of one on this machine: a store member on a free loopback
+    /// port, its data and cluster CA under `data_dir`, and the API over plain
+    /// HTTP on a loopback port the system picks. `tick_interval` paces the
+    /// store (a member elects itself in ten ticks); watch progress is sent
+    /// every ten ticks.
+    pub fn loopback(data_dir: &Path, tick_interval: Duration) -> Result<ServerConfig, ServerError> {
+        let tls_dir = data_dir.join("ca");
+        flotilla_raft_store::member::ensure_cluster_ca(&tls_dir)
+            .map_err(crate::tls::TlsError::from)?;
+        // Raft peers need a known port (not 0): take a free UDP one.
+        let loopback = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
+        let store_address = std::net::UdpSocket::bind(loopback)
+            .and_then(|socket| socket.local_addr())
+            .map_err(|source| ServerError::Bind {
+                address: loopback,
+                source,
+            })?;
+        let store = MemberConfig {
+            id: 1,
+            data_dir: data_dir.join("store"),
+            listen: store_address,
+            initial_members: vec![flotilla_raft_store::member::PeerSpec {
+                id: 1,
+                address: store_address,
+            }],
+            tls_dir,
+            tick_interval,
+            watch_progress_interval: tick_interval.saturating_mul(10),
+            ..MemberConfig::default()
+        };
+        Ok(ServerConfig {
+            store,
+            api_listen: loopback,
+            compaction_interval: COMPACTION_INTERVAL_DEFAULT,
+            api_tls: None,
+        })
+    }
 }
 
 /// A running server. [`Server::shutdown`] stops it.

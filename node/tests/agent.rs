@@ -16,7 +16,6 @@ use std::time::Duration;
 use flotilla_control::{Server, ServerConfig};
 use flotilla_node::agent::{Agent, AgentConfig, AgentError, NODE_LEASE_NAMESPACE};
 use flotilla_node::{BackoffConfig, NodeRuntime};
-use flotilla_raft_store::member::{MemberConfig, PeerSpec, ensure_cluster_ca};
 use http_body_util::BodyExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -35,33 +34,8 @@ struct Cluster {
 impl Cluster {
     async fn start() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let tls_dir = dir.path().join("ca");
-        ensure_cluster_ca(&tls_dir).unwrap();
-        // Raft peers need a known port: find a free UDP one first.
-        let store_address = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let store = MemberConfig {
-            id: 1,
-            data_dir: dir.path().join("store"),
-            listen: store_address,
-            initial_members: vec![PeerSpec {
-                id: 1,
-                address: store_address,
-            }],
-            tls_dir,
-            // Short ticks: a one-member store elects itself in ~0.2 s.
-            tick_interval: Duration::from_millis(20),
-            watch_progress_interval: Duration::from_millis(200),
-            ..MemberConfig::default()
-        };
-        let config = ServerConfig {
-            store,
-            api_listen: "127.0.0.1:0".parse().unwrap(),
-            compaction_interval: flotilla_control::server::COMPACTION_INTERVAL_DEFAULT,
-            api_tls: None,
-        };
+        // Short ticks: a one-member store elects itself in ~0.2 s.
+        let config = ServerConfig::loopback(dir.path(), Duration::from_millis(20)).unwrap();
         let server = Server::start(config).await.unwrap();
         // The agent connects through a kubeconfig, as `flotilla agent` does.
         let kubeconfig = dir.path().join("kubeconfig");

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use flotilla_control::{Server, ServerConfig, tls};
-use flotilla_raft_store::member::{MemberConfig, PeerSpec, ensure_cluster_ca};
+use flotilla_raft_store::member::ensure_cluster_ca;
 
 /// The kubectl the tests speak to the server with.
 pub const KUBECTL_VERSION: &str = "1.37.1";
@@ -37,33 +37,10 @@ impl TestServer {
 
     async fn start_with(https: bool) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let tls_dir = dir.path().join("ca");
-        let ca = ensure_cluster_ca(&tls_dir).unwrap();
-        // Port 0 is not allowed for raft peers: find a free UDP port first.
-        let store_address = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let store = MemberConfig {
-            id: 1,
-            data_dir: dir.path().join("store"),
-            listen: store_address,
-            initial_members: vec![PeerSpec {
-                id: 1,
-                address: store_address,
-            }],
-            tls_dir,
-            // Short ticks: a one-member store elects itself in ~0.2 s.
-            tick_interval: Duration::from_millis(20),
-            watch_progress_interval: Duration::from_millis(200),
-            ..MemberConfig::default()
-        };
-        let mut config = ServerConfig {
-            store,
-            api_listen: "127.0.0.1:0".parse().unwrap(),
-            compaction_interval: flotilla_control::server::COMPACTION_INTERVAL_DEFAULT,
-            api_tls: https.then(|| tls::server_credentials(&ca, &[]).unwrap()),
-        };
+        // Short ticks: a one-member store elects itself in ~0.2 s.
+        let mut config = ServerConfig::loopback(dir.path(), Duration::from_millis(20)).unwrap();
+        let ca = ensure_cluster_ca(&config.store.tls_dir).unwrap();
+        config.api_tls = https.then(|| tls::server_credentials(&ca, &[]).unwrap());
         let server = Server::start(config.clone()).await.unwrap();
         // A restart comes back on the same port, as a real server would.
         config.api_listen = server.api_address();
