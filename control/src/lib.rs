@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod controllers;
+pub mod fence;
 pub mod resources;
 pub mod server;
 pub mod storage;

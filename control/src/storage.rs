@@ -31,6 +31,10 @@ pub enum StorageError {
     /// The object changed since the caller read it.
     #[error("the object has been modified (now at revision {current})")]
     Conflict { current: i64 },
+    /// The write was fenced by another key that has moved on since the
+    /// caller read it (`current` is 0 when that key is gone).
+    #[error("the fencing key has changed (now at revision {current})")]
+    Fenced { current: i64 },
     /// The revision asked for is older than the store keeps.
     #[error("revision {requested} has been compacted; the oldest available is {compacted}")]
     Compacted { requested: i64, compacted: i64 },
@@ -56,6 +60,13 @@ pub struct Page {
     pub revision: i64,
     /// Matching keys after this page, when it was cut by a limit.
     pub remaining: i64,
+}
+
+/// Another key a write depends on, at the revision the writer saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub key: Vec<u8>,
+    pub mod_revision: i64,
 }
 
 /// raft-store as the API server uses it: in-process, through the member's
@@ -148,7 +159,21 @@ impl Storage {
     /// Replaces the object at `key` if it is still at `expected` (its
     /// mod_revision); returns the new revision.
     pub async fn update(&self, key: &[u8], value: Vec<u8>, expected: i64) -> Result<i64> {
-        self.guarded(key, expected, put(key, value)).await
+        self.guarded(key, expected, None, put(key, value)).await
+    }
+
+    /// As [`Storage::update`], and only if `fence` is also still at the
+    /// revision the caller saw: a writer whose authority is held in another
+    /// key (a leader's Lease) cannot write once that key has moved on.
+    pub async fn update_fenced(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+        expected: i64,
+        fence: &Fence,
+    ) -> Result<i64> {
+        self.guarded(key, expected, Some(fence), put(key, value))
+            .await
     }
 
     /// Deletes the object at `key` if it is still at `expected`; returns
@@ -162,26 +187,44 @@ impl Storage {
                 },
             )),
         };
-        self.guarded(key, expected, delete).await
+        self.guarded(key, expected, None, delete).await
     }
 
-    /// Runs `op` if `key` is still at `expected`; otherwise tells a
-    /// conflict (the key moved on) from a deletion (it is gone).
-    async fn guarded(&self, key: &[u8], expected: i64, op: RequestOp) -> Result<i64> {
+    /// Runs `op` if `key` is still at `expected` (and `fence` at its
+    /// revision); otherwise tells a conflict (the key moved on) from a
+    /// deletion (it is gone) from a fence that moved.
+    async fn guarded(
+        &self,
+        key: &[u8],
+        expected: i64,
+        fence: Option<&Fence>,
+        op: RequestOp,
+    ) -> Result<i64> {
+        let mut compare = vec![compare_mod_revision(key, expected)];
+        let mut failure = vec![range(key)];
+        if let Some(fence) = fence {
+            compare.push(compare_mod_revision(&fence.key, fence.mod_revision));
+            failure.push(range(&fence.key));
+        }
         let response = self
             .service
             .txn(TxnRequest {
-                compare: vec![compare_mod_revision(key, expected)],
+                compare,
                 success: vec![op],
-                failure: vec![range(key)],
+                failure,
             })
             .await?;
         if response.succeeded {
             return Ok(revision_of(&response));
         }
-        match current_of(&response) {
-            Some(current) => Err(StorageError::Conflict { current }),
+        let found = ranges_of(&response);
+        match found.first().copied().flatten() {
+            Some(current) if current != expected => Err(StorageError::Conflict { current }),
             None => Err(StorageError::NotFound),
+            // The object was as expected: the fence moved.
+            Some(_) => Err(StorageError::Fenced {
+                current: found.get(1).copied().flatten().unwrap_or(0),
+            }),
         }
     }
 
@@ -293,12 +336,17 @@ fn revision_of(response: &TxnResponse) -> i64 {
     response.header.as_ref().map_or(0, |header| header.revision)
 }
 
-/// The mod_revision a failed compare found, from the failure branch's range.
-fn current_of(response: &TxnResponse) -> Option<i64> {
-    response.responses.iter().find_map(|op| match &op.response {
-        Some(response_op::Response::ResponseRange(range)) => {
-            range.kvs.first().map(|kv| kv.mod_revision)
-        }
-        _ => None,
-    })
+/// The mod_revisions a failed compare found, one per range of the failure
+/// branch, in order (`None`: the key is gone).
+fn ranges_of(response: &TxnResponse) -> Vec<Option<i64>> {
+    response
+        .responses
+        .iter()
+        .filter_map(|op| match &op.response {
+            Some(response_op::Response::ResponseRange(range)) => {
+                Some(range.kvs.first().map(|kv| kv.mod_revision))
+            }
+            _ => None,
+        })
+        .collect()
 }

@@ -1354,9 +1354,11 @@ async fn two_racing_schedulers_never_bind_a_pod_twice() {
     }
     let first = tokio::spawn(flotilla_control::controllers::scheduler::run(
         client.clone(),
+        None,
     ));
     let second = tokio::spawn(flotilla_control::controllers::scheduler::run(
         client.clone(),
+        None,
     ));
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     const PODS: usize = 40;
@@ -1403,5 +1405,121 @@ async fn two_racing_schedulers_never_bind_a_pod_twice() {
     );
     first.abort();
     second.abort();
+    server.stop().await;
+}
+
+/// A scheduler whose Lease was taken over binds nothing, however much room
+/// it sees: its bindings carry a fence the API refuses. The new leader's
+/// bindings go through.
+#[tokio::test]
+async fn a_deposed_scheduler_cannot_bind() {
+    use flotilla_control::controllers::scheduler;
+    use flotilla_control::fence::{FENCE_ANNOTATION, LeaseFence};
+    use k8s_openapi::api::core::v1::{Event, Node, Pod};
+
+    let server = TestServer::start().await;
+    let client = client(&server).await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "flotilla-control-plane"},
+        "spec": {"holderIdentity": "deposed", "leaseDurationSeconds": 15},
+    }))
+    .unwrap();
+    let lease = leases.create(&PostParams::default(), &lease).await.unwrap();
+    let fence_of = |lease: &Lease| LeaseFence {
+        namespace: "kube-system".into(),
+        name: "flotilla-control-plane".into(),
+        resource_version: lease
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap()
+            .parse()
+            .unwrap(),
+    };
+    let stale = fence_of(&lease);
+    let mut taken = lease.clone();
+    taken.spec.as_mut().unwrap().holder_identity = Some("leader".into());
+    let taken = leases
+        .replace("flotilla-control-plane", &PostParams::default(), &taken)
+        .await
+        .unwrap();
+    let current = fence_of(&taken);
+
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .create(&PostParams::default(), &fake_node("a", "1", json!({})))
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    const PODS: usize = 4;
+    for index in 0..PODS {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("p{index}")},
+            "spec": {"containers": [{"name": "c", "image": "hello:1.0",
+                "resources": {"requests": {"cpu": "250m"}}}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+
+    // A malformed token is the caller's mistake, and says so.
+    let malformed = json!({
+        "apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": "p0", "annotations": {FENCE_ANNOTATION: "leases/x"}},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": "a"},
+    });
+    let error = pods
+        .create_subresource::<_, serde_json::Value>(
+            "binding",
+            "p0",
+            &PostParams::default(),
+            &malformed,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, kube::Error::Api(status) if status.code == 400
+            && status.message.contains(FENCE_ANNOTATION)),
+        "{error:?}"
+    );
+
+    let (_keep_stale, stale_fence) = watch::channel(Some(stale));
+    let deposed = tokio::spawn(scheduler::run(client.clone(), Some(stale_fence)));
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    wait_until(
+        &events,
+        "every binding of the deposed scheduler refused",
+        |events| {
+            let mut refused: Vec<_> = events
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some("FailedScheduling"))
+                .filter(|e| {
+                    e.message.as_deref().is_some_and(|m| {
+                        m.starts_with("Binding rejected") && m.contains(FENCE_ANNOTATION)
+                    })
+                })
+                .filter_map(|e| e.involved_object.name.clone())
+                .collect();
+            refused.sort();
+            refused.dedup();
+            refused.len() == PODS
+        },
+    )
+    .await;
+    let unbound = pods.list(&Default::default()).await.unwrap();
+    assert!(
+        unbound.items.iter().all(|p| node_of(p).is_none()),
+        "a deposed scheduler bound a pod"
+    );
+
+    let (_keep_current, current_fence) = watch::channel(Some(current));
+    let leader = tokio::spawn(scheduler::run(client.clone(), Some(current_fence)));
+    wait_until(&pods, "the leader binds every pod", |pods| {
+        pods.len() == PODS && pods.iter().all(|p| node_of(p).as_deref() == Some("a"))
+    })
+    .await;
+    deposed.abort();
+    leader.abort();
     server.stop().await;
 }

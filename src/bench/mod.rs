@@ -12,6 +12,7 @@ mod node_http;
 mod node_pods;
 mod process;
 mod report;
+mod scheduler;
 mod store;
 
 use anyhow::Result;
@@ -32,6 +33,10 @@ pub enum BenchCommand {
     /// get, list (500 items), create and update at 64 clients with 10,000
     /// objects stored and 1,000 watches open, then the watch fan-out delay.
     Api(api::ApiBenchArgs),
+    /// Scheduling throughput as Kubernetes' `scheduler_perf` measures it:
+    /// 1,000 and 5,000 simulated nodes, 10,000 and 50,000 pending pods,
+    /// every binding persisted through raft-store.
+    Scheduler(scheduler::SchedulerBenchArgs),
 }
 
 pub async fn run(command: BenchCommand) -> Result<()> {
@@ -39,5 +44,6 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Store(args) => store::run(args).await,
         BenchCommand::Node(args) => node::run(args).await,
         BenchCommand::Api(args) => api::run(args).await,
+        BenchCommand::Scheduler(args) => scheduler::run(args).await,
     }
 }

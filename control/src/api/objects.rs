@@ -14,8 +14,9 @@ use super::request::{FieldValidation, Params, resource_version};
 use super::status::{ApiError, FieldError};
 use super::{ApiState, Reply, defaults, validation};
 use crate::api::path::Target;
+use crate::fence::{FENCE_ANNOTATION, LeaseFence};
 use crate::resources::ResourceInfo;
-use crate::storage::{StorageError, Stored};
+use crate::storage::{Fence, StorageError, Stored};
 
 /// Attempts of one write against concurrent writers before giving up.
 const WRITE_ATTEMPTS_MAX: usize = 8;
@@ -348,23 +349,49 @@ async fn bind(
         })?
         .to_string();
     let dry_run = params.dry_run()?;
-    update_with(state, target, name, None, dry_run, |current| {
-        if let Some(bound) = current["spec"]["nodeName"]
-            .as_str()
-            .filter(|n| !n.is_empty())
-        {
-            return Err(ApiError::conflict_message(format!(
-                "pod {name} is already assigned to node \"{bound}\""
-            )));
-        }
-        let mut pod = current.clone();
-        pod["spec"]["nodeName"] = json!(node);
-        Ok(pod)
-    })
+    let fence = fence_of(state, &body)?;
+    update_fenced_with(
+        state,
+        target,
+        name,
+        None,
+        fence.as_ref(),
+        dry_run,
+        |current| {
+            if let Some(bound) = current["spec"]["nodeName"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+            {
+                return Err(ApiError::conflict_message(format!(
+                    "pod {name} is already assigned to node \"{bound}\""
+                )));
+            }
+            let mut pod = current.clone();
+            pod["spec"]["nodeName"] = json!(node);
+            Ok(pod)
+        },
+    )
     .await?;
     Ok(Reply::created(json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201
     })))
+}
+
+/// The store key and revision of the Lease a request's
+/// [`FENCE_ANNOTATION`] names, if it names one.
+fn fence_of(state: &ApiState, body: &Value) -> Result<Option<Fence>, ApiError> {
+    let Some(value) = body["metadata"]["annotations"][FENCE_ANNOTATION].as_str() else {
+        return Ok(None);
+    };
+    let lease = LeaseFence::parse(value).map_err(ApiError::bad_request)?;
+    let leases = state
+        .registry
+        .find("coordination.k8s.io", "v1", "leases")
+        .ok_or_else(|| ApiError::internal("the Lease resource is not served"))?;
+    Ok(Some(Fence {
+        key: key(leases, Some(&lease.namespace), &lease.name),
+        mod_revision: lease.resource_version,
+    }))
 }
 
 /// `PUT`: replace an object, its status, or its scale.
@@ -490,6 +517,19 @@ pub async fn update_with(
     dry_run: bool,
     change: impl Fn(&Value) -> Result<Value, ApiError>,
 ) -> Result<Value, ApiError> {
+    update_fenced_with(state, target, name, precondition, None, dry_run, change).await
+}
+
+/// As [`update_with`], and the write also requires `fence` to be unchanged.
+async fn update_fenced_with(
+    state: &ApiState,
+    target: &Target<'_>,
+    name: &str,
+    precondition: Option<i64>,
+    fence: Option<&Fence>,
+    dry_run: bool,
+    change: impl Fn(&Value) -> Result<Value, ApiError>,
+) -> Result<Value, ApiError> {
     let info = target.info;
     let key = stored_key(target, name);
     for _ in 0..WRITE_ATTEMPTS_MAX {
@@ -519,6 +559,11 @@ pub async fn update_with(
             && !pod_awaits_its_node(info, &next);
         let outcome = if finished {
             state.storage.delete(&key, stored.mod_revision).await
+        } else if let Some(fence) = fence {
+            state
+                .storage
+                .update_fenced(&key, encode(&next)?, stored.mod_revision, fence)
+                .await
         } else {
             state
                 .storage

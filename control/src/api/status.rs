@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::fence::FENCE_ANNOTATION;
 use crate::resources::ResourceInfo;
 use crate::storage::StorageError;
 
@@ -210,6 +211,13 @@ impl ApiError {
             StorageError::NotFound => ApiError::not_found(info, name),
             StorageError::AlreadyExists => ApiError::already_exists(info, name),
             StorageError::Conflict { .. } => ApiError::conflict(info, name),
+            StorageError::Fenced { .. } => ApiError::conflict_message(format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the Lease named by \
+                 {FENCE_ANNOTATION} has changed since its resourceVersion was read; \
+                 the writer no longer holds it",
+                info.qualified_plural()
+            ))
+            .with_details(info, name),
             StorageError::Compacted {
                 requested,
                 compacted,

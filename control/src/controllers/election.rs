@@ -9,7 +9,8 @@
 //! compare-and-swap on the Lease's `resourceVersion`. A leader that cannot
 //! renew within the renew deadline steps down before its lease can expire
 //! elsewhere; what it still writes in that moment is fenced by the
-//! `resourceVersion` preconditions of the writes themselves.
+//! `resourceVersion` preconditions of the writes themselves, and its
+//! bindings by the Lease's own revision (`fence`, see [`crate::fence`]).
 //!
 //! This module knows the Lease and the clock, nothing of what the leader
 //! does.
@@ -23,6 +24,8 @@ use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
+
+use crate::fence::LeaseFence;
 
 /// Timings and the Lease's name; the defaults are kube-controller-manager's.
 #[derive(Clone, Debug)]
@@ -50,15 +53,18 @@ impl Default for ElectionConfig {
 }
 
 /// Runs the election for `identity` until dropped; `leading` says whether
-/// this member leads now.
+/// this member leads now, and `fence` the Lease as this member last wrote
+/// it while leading (see [`crate::fence`]).
 pub struct Elector {
     pub leading: watch::Receiver<bool>,
+    pub fence: watch::Receiver<Option<LeaseFence>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Elector {
     pub fn start(client: kube::Client, identity: String, config: ElectionConfig) -> Self {
         let (tell, leading) = watch::channel(false);
+        let (tell_fence, fence) = watch::channel(None);
         let api = Api::<Lease>::namespaced(client, &config.namespace);
         let span = tracing::info_span!("election", %identity, lease = %config.lease_name);
         let candidate = Candidate {
@@ -67,8 +73,12 @@ impl Elector {
             config,
             observed: None,
         };
-        let task = tokio::spawn(candidate.run(tell).instrument(span));
-        Elector { leading, task }
+        let task = tokio::spawn(candidate.run(tell, tell_fence).instrument(span));
+        Elector {
+            leading,
+            fence,
+            task,
+        }
     }
 }
 
@@ -88,23 +98,31 @@ struct Candidate {
 }
 
 impl Candidate {
-    async fn run(mut self, tell: watch::Sender<bool>) {
+    async fn run(
+        mut self,
+        tell: watch::Sender<bool>,
+        tell_fence: watch::Sender<Option<LeaseFence>>,
+    ) {
         let mut renewed_at: Option<Instant> = None;
         loop {
             match self.try_acquire_or_renew().await {
-                Ok(true) => {
+                Ok(Some(lease)) => {
                     if !*tell.borrow() {
                         tracing::info!("became the leader");
                     }
                     renewed_at = Some(Instant::now());
+                    // The fence first: a leader's writes must never go out
+                    // with a token older than the Lease it holds.
+                    tell_fence.send_replace(self.fence_of(&lease));
                     tell.send_replace(true);
                 }
-                Ok(false) => {
+                Ok(None) => {
                     if *tell.borrow() {
                         tracing::warn!("lost the lease to another member");
                     }
                     renewed_at = None;
                     tell.send_replace(false);
+                    tell_fence.send_replace(None);
                 }
                 Err(error) => {
                     tracing::warn!(%error, "could not reach the lease");
@@ -113,6 +131,7 @@ impl Candidate {
                     if deadline_passed && *tell.borrow() {
                         tracing::warn!("stepping down: the lease was not renewed in time");
                         tell.send_replace(false);
+                        tell_fence.send_replace(None);
                         renewed_at = None;
                     }
                 }
@@ -121,8 +140,18 @@ impl Candidate {
         }
     }
 
-    /// One round: true when this member holds the Lease afterwards.
-    async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+    /// The fencing token of the Lease as this member wrote it.
+    fn fence_of(&self, lease: &Lease) -> Option<LeaseFence> {
+        let resource_version = lease.metadata.resource_version.as_deref()?.parse().ok()?;
+        Some(LeaseFence {
+            namespace: self.config.namespace.clone(),
+            name: self.config.lease_name.clone(),
+            resource_version,
+        })
+    }
+
+    /// One round: the Lease as written when this member holds it afterwards.
+    async fn try_acquire_or_renew(&mut self) -> Result<Option<Lease>, kube::Error> {
         let now = Some(MicroTime(Timestamp::now()));
         let duration_secs =
             i32::try_from(self.config.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
@@ -161,7 +190,7 @@ impl Candidate {
             .and_then(|s| u64::try_from(s).ok())
             .map_or(self.config.lease_duration, Duration::from_secs);
         if holder.is_some() && !ours && first_seen.elapsed() < held_for {
-            return Ok(false);
+            return Ok(None);
         }
         let mut next = current;
         let transitions = spec.lease_transitions.unwrap_or(0);
@@ -184,10 +213,10 @@ impl Candidate {
 }
 
 /// A write that lost a race (409) means another member holds the Lease.
-fn written(outcome: Result<Lease, kube::Error>) -> Result<bool, kube::Error> {
+fn written(outcome: Result<Lease, kube::Error>) -> Result<Option<Lease>, kube::Error> {
     match outcome {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Ok(lease) => Ok(Some(lease)),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
         Err(error) => Err(error),
     }
 }

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use self::election::{ElectionConfig, Elector};
+use crate::fence::LeaseFence;
 
 /// Who this member is in the election, and its timings.
 #[derive(Clone, Debug)]
@@ -56,7 +57,8 @@ impl Controllers {
             nodes: config.nodes,
             job_backoff: config.job_backoff,
         };
-        let task = tokio::spawn(lead_while_elected(client, leading, timings));
+        let fence = elector.fence.clone();
+        let task = tokio::spawn(lead_while_elected(client, leading, fence, timings));
         Controllers { elector, task }
     }
 
@@ -84,6 +86,7 @@ struct Timings {
 async fn lead_while_elected(
     client: kube::Client,
     mut leading: watch::Receiver<bool>,
+    fence: watch::Receiver<Option<LeaseFence>>,
     timings: Timings,
 ) {
     loop {
@@ -96,7 +99,11 @@ async fn lead_while_elected(
         // Aborted when leadership ends, and also when this task is itself
         // aborted (the Controllers dropped): a JoinHandle alone would leave
         // the loops running.
-        let loops = AbortOnDrop(tokio::spawn(run_loops(client.clone(), timings.clone())));
+        let loops = AbortOnDrop(tokio::spawn(run_loops(
+            client.clone(),
+            fence.clone(),
+            timings.clone(),
+        )));
         let elected = loop {
             if leading.changed().await.is_err() {
                 break false;
@@ -286,7 +293,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn run_loops(client: kube::Client, timings: Timings) {
+async fn run_loops(
+    client: kube::Client,
+    fence: watch::Receiver<Option<LeaseFence>>,
+    timings: Timings,
+) {
     tokio::join!(
         gc::GarbageCollector::new(client.clone()).run(),
         cronjob::run(client.clone()),
@@ -298,6 +309,6 @@ async fn run_loops(client: kube::Client, timings: Timings) {
         replicaset::run(client.clone()),
         serviceaccounts::run(client.clone()),
         statefulset::run(client.clone()),
-        scheduler::run(client),
+        scheduler::run(client, Some(fence)),
     );
 }

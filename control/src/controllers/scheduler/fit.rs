@@ -88,21 +88,42 @@ pub fn allocatable(node: &Node) -> Resources {
 /// A node and what is placed on it already.
 pub struct Candidate<'a> {
     pub node: &'a Node,
+    /// `allocatable(node)`, read once rather than per pod.
+    pub offered: Resources,
     pub used: Resources,
     pub pods: Vec<&'a Pod>,
+}
+
+impl<'a> Candidate<'a> {
+    /// The node with nothing placed on it yet.
+    pub fn new(node: &'a Node) -> Self {
+        Candidate {
+            node,
+            offered: allocatable(node),
+            used: Resources::default(),
+            pods: Vec::new(),
+        }
+    }
+
+    /// Counts `pod`, which asks for `wanted`, as placed here.
+    pub fn place(&mut self, pod: &'a Pod, wanted: Resources) {
+        self.used += wanted;
+        self.pods.push(pod);
+    }
 }
 
 /// Why a node was rejected, in kube-scheduler's words.
 pub type Rejection = String;
 
-/// Runs every filter; the first that rejects says why.
-pub fn filter(pod: &Pod, candidate: &Candidate<'_>) -> Result<(), Rejection> {
+/// Runs every filter on `pod`, which asks for `wanted` (`requests(pod)`,
+/// computed once by the caller); the first that rejects says why.
+pub fn filter(pod: &Pod, wanted: Resources, candidate: &Candidate<'_>) -> Result<(), Rejection> {
     let node = candidate.node;
     let spec = node.spec.as_ref();
     let tolerations = pod
         .spec
         .as_ref()
-        .and_then(|s| s.tolerations.clone())
+        .and_then(|s| s.tolerations.as_deref())
         .unwrap_or_default();
     if !is_ready(node) {
         return Err("node(s) were not ready".into());
@@ -130,8 +151,7 @@ pub fn filter(pod: &Pod, candidate: &Candidate<'_>) -> Result<(), Rejection> {
             ));
         }
     }
-    let wanted = requests(pod);
-    let offered = allocatable(node);
+    let offered = candidate.offered;
     if candidate.used.pods + wanted.pods > offered.pods {
         return Err("Too many pods".into());
     }
@@ -181,7 +201,8 @@ pub fn node_affinity_matches(pod: &Pod, node: &Node) -> bool {
     let Some(spec) = &pod.spec else {
         return true;
     };
-    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let no_labels = BTreeMap::new();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&no_labels);
     let selected = spec
         .node_selector
         .iter()
@@ -201,7 +222,7 @@ pub fn node_affinity_matches(pod: &Pod, node: &Node) -> bool {
             selector
                 .node_selector_terms
                 .iter()
-                .any(|term| term_matches(term, node, &labels))
+                .any(|term| term_matches(term, node, labels))
         })
 }
 
@@ -290,10 +311,10 @@ fn violates_anti_affinity(pod: &Pod, placed: &[&Pod]) -> bool {
 /// The score of a feasible node, higher is better: least allocated and
 /// balanced allocation after placing the pod, fewer siblings (pods of the
 /// same controller) already there, and preferred node affinity.
-pub fn score(pod: &Pod, candidate: &Candidate<'_>) -> i64 {
-    let offered = allocatable(candidate.node);
+pub fn score(pod: &Pod, wanted: Resources, candidate: &Candidate<'_>) -> i64 {
+    let offered = candidate.offered;
     let mut after = candidate.used;
-    after += requests(pod);
+    after += wanted;
     let fraction = |used: i128, total: i128| {
         if total <= 0 {
             1.0
@@ -313,7 +334,13 @@ pub fn score(pod: &Pod, candidate: &Candidate<'_>) -> i64 {
         .filter(|p| owner.is_some() && super::owner_uid(p) == owner)
         .count() as f64;
     let spread = 100.0 / (1.0 + siblings);
-    let labels = candidate.node.metadata.labels.clone().unwrap_or_default();
+    let no_labels = BTreeMap::new();
+    let labels = candidate
+        .node
+        .metadata
+        .labels
+        .as_ref()
+        .unwrap_or(&no_labels);
     let preferred: i64 = pod
         .spec
         .as_ref()
@@ -325,7 +352,7 @@ pub fn score(pod: &Pod, candidate: &Candidate<'_>) -> i64 {
         })
         .into_iter()
         .flatten()
-        .filter(|p| term_matches(&p.preference, candidate.node, &labels))
+        .filter(|p| term_matches(&p.preference, candidate.node, labels))
         .map(|p| i64::from(p.weight))
         .sum();
     // Spreading weighs most: replicas on different nodes is what users of
@@ -364,10 +391,11 @@ mod tests {
     fn check(pod: &Pod, node: &Node, used: Resources, placed: Vec<&Pod>) -> Result<(), Rejection> {
         filter(
             pod,
+            requests(pod),
             &Candidate {
-                node,
                 used,
                 pods: placed,
+                ..Candidate::new(node)
             },
         )
     }
@@ -453,20 +481,16 @@ mod tests {
     fn emptier_nodes_and_fewer_siblings_score_higher() {
         let p = pod(json!({}));
         let n = node(json!({}));
-        let empty = Candidate {
-            node: &n,
-            used: Resources::default(),
-            pods: vec![],
-        };
+        let empty = Candidate::new(&n);
         let loaded = Candidate {
-            node: &n,
             used: Resources {
                 cpu: 1_000,
                 memory: 0,
                 pods: 1_000,
             },
-            pods: vec![],
+            ..Candidate::new(&n)
         };
-        assert!(score(&p, &empty) > score(&p, &loaded));
+        let wanted = requests(&p);
+        assert!(score(&p, wanted, &empty) > score(&p, wanted, &loaded));
     }
 }

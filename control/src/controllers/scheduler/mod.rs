@@ -11,7 +11,11 @@
 //!   `PodScheduled=False` condition saying how many nodes each filter
 //!   rejected, and waits with back-off until the cluster changes.
 //! - The API server refuses to bind a pod that already has a node, so two
-//!   schedulers racing never double-bind.
+//!   schedulers racing never double-bind. An elected scheduler also fences
+//!   each binding with the Lease it leads by ([`crate::fence`]): once
+//!   another member has taken the Lease over, this one's bindings fail, so
+//!   two schedulers that both briefly believe they lead cannot each fill
+//!   the same free room on a node.
 //!
 //! It knows pods and nodes, nothing of how pods run.
 
@@ -28,10 +32,12 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use self::fit::{Candidate, Resources};
+use self::fit::Candidate;
 use super::events::{EventType, Recorder};
+use crate::fence::{FENCE_ANNOTATION, LeaseFence};
 
 /// The scheduler name pods choose this scheduler by (or leave empty).
 pub const SCHEDULER_NAME: &str = "default-scheduler";
@@ -62,8 +68,13 @@ struct Waiting {
     failed_at: Instant,
 }
 
+/// Where an elected scheduler learns its fencing token; `None` for a
+/// scheduler that runs unelected (its bindings carry no fence).
+pub type Fencing = Option<watch::Receiver<Option<LeaseFence>>>;
+
 pub struct Scheduler {
     client: kube::Client,
+    fencing: Fencing,
     recorder: Recorder,
     nodes: Store<Node>,
     pods: Store<Pod>,
@@ -73,6 +84,8 @@ pub struct Scheduler {
     /// Bumped on every node change and every pod deletion or binding: what
     /// could make a waiting pod fit.
     generation: u64,
+    /// Where the next pod's search over the nodes starts.
+    next_node: usize,
 }
 
 /// What a watch event means to the scheduler.
@@ -85,7 +98,7 @@ enum Signal {
     PodsListed,
 }
 
-pub async fn run(client: kube::Client) {
+pub async fn run(client: kube::Client, fencing: Fencing) {
     let (nodes, node_writer) = reflector::store::<Node>();
     let (pods, pod_writer) = reflector::store::<Pod>();
     let node_changes = reflector::reflector(
@@ -119,11 +132,13 @@ pub async fn run(client: kube::Client) {
     let mut scheduler = Scheduler {
         recorder: Recorder::new(client.clone(), SCHEDULER_NAME),
         client,
+        fencing,
         nodes,
         pods,
         assumed: HashMap::new(),
         waiting: HashMap::new(),
         generation: 0,
+        next_node: 0,
     };
     let (mut nodes_listed, mut pods_listed) = (false, false);
     let mut tick = tokio::time::interval(TICK);
@@ -167,23 +182,26 @@ impl Scheduler {
         self.assumed.retain(|uid, _| bound.get(uid) == Some(&false));
         self.waiting.retain(|uid, _| bound.get(uid) == Some(&false));
 
-        let mut placed: BTreeMap<String, (Resources, Vec<&Pod>)> = BTreeMap::new();
-        let by_uid: HashMap<String, &Pod> = pods
+        // Each node once, with what is placed on it; a pod on a node the
+        // cache does not know holds room nowhere that matters.
+        let mut candidates: Vec<Candidate<'_>> =
+            nodes.iter().map(|node| Candidate::new(node)).collect();
+        let index: HashMap<&str, usize> = nodes
             .iter()
-            .filter_map(|p| Some((p.uid()?, p.as_ref())))
+            .enumerate()
+            .filter_map(|(at, node)| Some((node.metadata.name.as_deref()?, at)))
             .collect();
         for pod in pods.iter() {
+            let assumed = pod.uid().and_then(|uid| self.assumed.get(&uid).cloned());
             let node = pod
                 .spec
                 .as_ref()
                 .and_then(|s| s.node_name.clone())
-                .or_else(|| pod.uid().and_then(|uid| self.assumed.get(&uid).cloned()));
-            if let Some(node) = node
+                .or(assumed);
+            if let Some(&at) = node.as_deref().and_then(|node| index.get(node))
                 && holds_room(pod)
             {
-                let entry = placed.entry(node).or_default();
-                entry.0 += fit::requests(pod);
-                entry.1.push(pod.as_ref());
+                candidates[at].place(pod, fit::requests(pod));
             }
         }
 
@@ -214,51 +232,76 @@ impl Scheduler {
         });
         pending.truncate(CYCLE_PODS_MAX);
 
+        let enough = feasible_nodes_to_find(candidates.len());
         let mut decisions = Vec::new();
         for pod in pending {
+            let wanted = fit::requests(pod);
             let mut rejections: BTreeMap<String, usize> = BTreeMap::new();
-            let mut best: Option<(i64, &str)> = None;
-            for node in nodes.iter() {
-                let name = node.name_any();
-                let (used, on_node) = placed.get(&name).cloned().unwrap_or_default();
-                let candidate = Candidate {
-                    node,
-                    used,
-                    pods: on_node,
-                };
-                match fit::filter(pod, &candidate) {
+            let mut best: Option<(i64, usize)> = None;
+            let mut feasible = 0;
+            let mut examined = 0;
+            // As kube-scheduler does: start where the last pod stopped and
+            // stop once enough feasible nodes are found, so that every node
+            // gets its turn and a large cluster costs a bounded search.
+            for offset in 0..candidates.len() {
+                let at = (self.next_node + offset) % candidates.len();
+                let candidate = &candidates[at];
+                examined += 1;
+                match fit::filter(pod, wanted, candidate) {
                     Ok(()) => {
-                        let score = fit::score(pod, &candidate);
+                        let score = fit::score(pod, wanted, candidate);
                         if best.is_none_or(|(top, _)| score > top) {
-                            best = Some((score, node.metadata.name.as_deref().unwrap_or_default()));
+                            best = Some((score, at));
+                        }
+                        feasible += 1;
+                        if feasible >= enough {
+                            break;
                         }
                     }
                     Err(reason) => *rejections.entry(reason).or_default() += 1,
                 }
             }
+            if !candidates.is_empty() {
+                self.next_node = (self.next_node + examined) % candidates.len();
+            }
             match best {
-                Some((_, node)) => {
-                    let entry = placed.entry(node.to_string()).or_default();
-                    entry.0 += fit::requests(pod);
-                    entry.1.push(pod);
+                Some((_, at)) => {
+                    let candidate = &mut candidates[at];
+                    candidate.place(pod, wanted);
+                    let node = candidate.node.name_any();
                     if let Some(uid) = pod.uid() {
-                        self.assumed.insert(uid, node.to_string());
+                        self.assumed.insert(uid, node.clone());
                     }
-                    decisions.push((pod.clone(), node.to_string()));
+                    decisions.push((pod.clone(), node));
                 }
                 None => self.unschedulable(pod, nodes.len(), &rejections).await,
             }
         }
-        drop(by_uid);
 
+        let fence = match &self.fencing {
+            None => None,
+            Some(fencing) => match fencing.borrow().clone() {
+                Some(fence) => Some(fence),
+                // No longer leading: the loops are about to stop.
+                None => {
+                    for (pod, _) in &decisions {
+                        if let Some(uid) = pod.uid() {
+                            self.assumed.remove(&uid);
+                        }
+                    }
+                    return;
+                }
+            },
+        };
         let client = self.client.clone();
         let recorder = self.recorder.clone();
         let outcomes: Vec<(Pod, String, Result<(), kube::Error>)> = stream::iter(decisions)
             .map(|(pod, node)| {
                 let client = client.clone();
                 let recorder = recorder.clone();
+                let fence = fence.as_ref();
                 async move {
-                    let outcome = bind(&client, &pod, &node).await;
+                    let outcome = bind(&client, &pod, &node, fence).await;
                     if outcome.is_ok() {
                         let message = format!(
                             "Successfully assigned {}/{} to {node}",
@@ -276,12 +319,27 @@ impl Scheduler {
             .collect()
             .await;
         for (pod, node, outcome) in outcomes {
-            if let Err(error) = outcome {
-                tracing::warn!(pod = pod.name_any(), node, %error, "binding failed");
-                if let Some(uid) = pod.uid() {
-                    self.assumed.remove(&uid);
-                    self.back_off(uid);
-                }
+            let Err(error) = outcome else { continue };
+            tracing::warn!(pod = pod.name_any(), node, %error, "binding failed");
+            let reason = match &error {
+                kube::Error::Api(status) => status.message.clone(),
+                other => other.to_string(),
+            };
+            self.recorder
+                .record(
+                    &pod,
+                    EventType::Warning,
+                    "FailedScheduling",
+                    format!("Binding rejected: {reason}"),
+                )
+                .await;
+            let Some(uid) = pod.uid() else { continue };
+            self.assumed.remove(&uid);
+            // A conflict (the pod bound elsewhere, or the fence moved) is
+            // settled by the next look at the cache, not by waiting.
+            let conflict = matches!(&error, kube::Error::Api(status) if status.code == 409);
+            if !conflict {
+                self.back_off(uid);
             }
         }
     }
@@ -367,22 +425,42 @@ impl Scheduler {
     }
 }
 
+/// How many feasible nodes a pod's search stops at: kube-scheduler's
+/// adaptive `percentageOfNodesToScore` (every node up to 100; then 50%
+/// falling by one point per 125 nodes, at least 5%, and never under 100).
+pub fn feasible_nodes_to_find(nodes: usize) -> usize {
+    const MIN_NODES: usize = 100;
+    if nodes <= MIN_NODES {
+        return nodes.max(1);
+    }
+    let percentage = 50usize.saturating_sub(nodes / 125).max(5);
+    (nodes * percentage / 100).max(MIN_NODES)
+}
+
 /// Finished pods hold no room.
 fn holds_room(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     !matches!(phase, Some("Succeeded" | "Failed"))
 }
 
-async fn bind(client: &kube::Client, pod: &Pod, node: &str) -> Result<(), kube::Error> {
+async fn bind(
+    client: &kube::Client,
+    pod: &Pod,
+    node: &str,
+    fence: Option<&LeaseFence>,
+) -> Result<(), kube::Error> {
     let namespace = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
     let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let binding = json!({
+    let mut binding = json!({
         "apiVersion": "v1",
         "kind": "Binding",
         "metadata": {"name": name, "namespace": namespace, "uid": pod.uid()},
         "target": {"apiVersion": "v1", "kind": "Node", "name": node},
     });
+    if let Some(fence) = fence {
+        binding["metadata"]["annotations"] = json!({ FENCE_ANNOTATION: fence.to_string() });
+    }
     api.create_subresource::<_, serde_json::Value>(
         "binding",
         &name,
@@ -391,4 +469,19 @@ async fn bind(client: &kube::Client, pod: &Pod, node: &str) -> Result<(), kube::
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::feasible_nodes_to_find;
+
+    #[test]
+    fn the_search_is_bounded_as_kube_scheduler_bounds_it() {
+        assert_eq!(feasible_nodes_to_find(0), 1);
+        assert_eq!(feasible_nodes_to_find(50), 50);
+        assert_eq!(feasible_nodes_to_find(200), 100);
+        assert_eq!(feasible_nodes_to_find(1_000), 420);
+        assert_eq!(feasible_nodes_to_find(5_000), 500);
+        assert_eq!(feasible_nodes_to_find(20_000), 1_000);
+    }
 }
