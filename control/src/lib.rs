@@ -14,6 +14,7 @@
 pub mod api;
 pub mod controllers;
 pub mod fence;
+pub mod join;
 pub mod resources;
 pub mod server;
 pub mod storage;

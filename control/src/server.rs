@@ -44,6 +44,8 @@ pub enum ServerError {
     Bootstrap(#[from] crate::storage::StorageError),
     #[error("the server's own API client could not be set up: {0}")]
     Client(String),
+    #[error("cannot admit newcomers: {0}")]
+    Join(#[from] crate::join::JoinError),
 }
 
 #[derive(Clone, Debug)]
@@ -128,16 +130,23 @@ impl Server {
             address: config.api_listen,
             source,
         })?;
-        let own_client = match &config.api_tls {
-            Some(_) => {
-                let ca = flotilla_raft_store::member::ensure_cluster_ca(&config.store.tls_dir)
-                    .map_err(crate::tls::TlsError::from)?;
-                Some(crate::tls::controller_credentials(&ca)?)
-            }
+        let ca = match &config.api_tls {
+            Some(_) => Some(
+                flotilla_raft_store::member::ensure_cluster_ca(&config.store.tls_dir)
+                    .map_err(crate::tls::TlsError::from)?,
+            ),
+            None => None,
+        };
+        let own_client = match &ca {
+            Some(ca) => Some(crate::tls::controller_credentials(ca)?),
             None => None,
         };
         let member = Member::start(config.store).await?;
-        let state = ApiState::new(Storage::new(member.service().clone(), member.kv().clone()));
+        let mut state = ApiState::new(Storage::new(member.service().clone(), member.kv().clone()));
+        if let Some(ca) = ca {
+            let authority = crate::join::Authority::new(ca, member.address())?;
+            state.join = Some(std::sync::Arc::new(authority));
+        }
         bootstrap(&state).await?;
 
         let compactor = tokio::spawn(compact_periodically(

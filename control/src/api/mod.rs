@@ -14,6 +14,7 @@
 pub mod clock;
 pub mod defaults;
 pub mod discovery;
+pub mod join;
 pub mod list;
 pub mod logs;
 pub mod metrics;
@@ -56,6 +57,8 @@ pub struct ApiState {
     pub storage: Storage,
     pub registry: &'static Registry,
     pub metrics: Arc<metrics::Metrics>,
+    /// The power to admit new servers and agents; none over plain HTTP.
+    pub join: Option<Arc<crate::join::Authority>>,
 }
 
 impl ApiState {
@@ -64,6 +67,7 @@ impl ApiState {
             storage,
             registry: registry(),
             metrics: Arc::new(metrics::Metrics::default()),
+            join: None,
         }
     }
 }
@@ -164,7 +168,12 @@ const PUBLIC_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version", "/v
 /// machine's users are trusted, as with `flotilla up`.
 fn authenticate(peer: Option<&Peer>, path: &str) -> Result<(), ApiError> {
     match peer {
-        Some(Peer { user: None }) if !PUBLIC_PATHS.contains(&path) => Err(ApiError::unauthorized()),
+        // A join presents a bootstrap token instead (`join::authorize`).
+        Some(Peer { user: None })
+            if !PUBLIC_PATHS.contains(&path) && !path.starts_with(crate::join::JOIN_PATH) =>
+        {
+            Err(ApiError::unauthorized())
+        }
         _ => Ok(()),
     }
 }
@@ -195,6 +204,13 @@ async fn route(
         "/openapi/v2" => return ("get", "openapi", Ok(json_bytes(openapi::v2_document()))),
         "/openapi/v3" => return ("get", "openapi", json(openapi::v3_index(state.registry))),
         _ => {}
+    }
+    if path.starts_with(crate::join::JOIN_PATH) {
+        return (
+            "create",
+            "join",
+            join::route(state, method, path, headers, body).await,
+        );
     }
     if let Some(group_version) = path.strip_prefix("/openapi/v3/") {
         return (

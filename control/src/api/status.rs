@@ -122,7 +122,13 @@ impl ApiError {
     }
 
     pub fn unauthorized() -> Self {
-        ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
+        ApiError::unauthorized_because("Unauthorized")
+    }
+
+    /// A 401 that says why, where saying so tells the caller nothing it
+    /// did not send (a bad join token).
+    pub fn unauthorized_because(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", message)
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {

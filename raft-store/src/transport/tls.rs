@@ -131,8 +131,19 @@ impl ClusterCa {
     pub fn load(dir: &Path) -> Result<Self> {
         let cert_pem = read_file(&dir.join(CA_CERT_FILE))?;
         let key_pem = read_file(&dir.join(CA_KEY_FILE))?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| tls_error("CA key", e))?;
+        Self::from_pem(cert_pem, &key_pem)
+    }
+
+    /// A CA from its certificate and key, PEM (as a server that joins a
+    /// cluster receives them).
+    pub fn from_pem(cert_pem: String, key_pem: &str) -> Result<Self> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| tls_error("CA key", e))?;
         Ok(Self { cert_pem, key })
+    }
+
+    /// The CA's private key, PEM: handed only to servers that join.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
     }
 }
 

@@ -1,0 +1,216 @@
+//! Joining a cluster with a token, against real HTTPS API servers on
+//! loopback: an agent gets a node certificate it can use, a server becomes
+//! a store member that serves what the first one wrote, and every way a
+//! token can be wrong is refused with a reason.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use flotilla_control::join::client::{add_server_member, join_node, join_server};
+use flotilla_control::join::token::JoinToken;
+use flotilla_control::join::{
+    self, JoinError, MemberAddRequest, NodeJoinRequest, ServerJoinRequest,
+};
+use flotilla_control::{Server, ServerConfig, tls};
+use flotilla_raft_store::member::PeerSpec;
+use flotilla_raft_store::transport::{ClusterCa, Credentials, certificate_common_name};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::{Api, DeleteParams, PostParams};
+use support::TestServer;
+
+fn ca_pem(server: &TestServer) -> String {
+    std::fs::read_to_string(server.dir.path().join("ca").join("ca.pem")).unwrap()
+}
+
+fn https_url(server: &Server) -> String {
+    format!("https://{}", server.api_address())
+}
+
+async fn client_with(url: &str, credentials: &Credentials) -> kube::Client {
+    let document = tls::kubeconfig(url, credentials);
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&document).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+fn node(name: &str) -> NodeJoinRequest {
+    NodeJoinRequest {
+        node_name: name.into(),
+        addresses: vec!["127.0.0.1".into()],
+    }
+}
+
+fn refused_because(outcome: Result<impl Sized, JoinError>, expected: &str) {
+    match outcome {
+        Err(JoinError::Refused { reason, .. }) => {
+            assert!(
+                reason.contains(expected),
+                "{reason:?} does not say {expected:?}"
+            )
+        }
+        Err(other) => panic!("expected a refusal saying {expected:?}, got {other}"),
+        Ok(_) => panic!("expected a refusal saying {expected:?}, got an admission"),
+    }
+}
+
+#[tokio::test]
+async fn a_node_joins_with_a_token_and_every_bad_token_is_refused() {
+    let server = TestServer::start_https().await;
+    let running = server.server.as_ref().unwrap();
+    let admin = running.client().await.unwrap();
+    let url = https_url(running);
+    let ca = ca_pem(&server);
+    let token = join::create_token(&admin, &ca, Some(Duration::from_secs(3600)), "test")
+        .await
+        .unwrap();
+    // The token survives printing and parsing.
+    assert_eq!(JoinToken::parse(&token.to_string()).unwrap(), token);
+
+    let answer = join_node(&url, &token, &node("node-1")).await.unwrap();
+    let credentials = Credentials {
+        ca_cert_pem: answer.ca,
+        cert_pem: answer.cert,
+        key_pem: answer.key,
+    };
+    let der = rustls_pki_types::pem::PemObject::from_pem_slice(credentials.cert_pem.as_bytes())
+        .map(|der: rustls_pki_types::CertificateDer<'_>| der.to_vec())
+        .unwrap();
+    assert_eq!(
+        certificate_common_name(&der).as_deref(),
+        Some("system:node:node-1")
+    );
+    // The certificate is a working client of the API.
+    let as_node = client_with(&url, &credentials).await;
+    Api::<Namespace>::all(as_node).get("default").await.unwrap();
+
+    // A node name Kubernetes would refuse is refused here too.
+    refused_because(
+        join_node(&url, &token, &node("Node_1")).await,
+        "DNS subdomain",
+    );
+    // A wrong secret.
+    let mut wrong = token.clone();
+    wrong.secret = "0000000000000000".into();
+    refused_because(
+        join_node(&url, &wrong, &node("node-2")).await,
+        "unknown or revoked",
+    );
+    // A token for another cluster's CA never reaches the point of sending
+    // its secret.
+    let mut elsewhere = token.clone();
+    elsewhere.ca_hash = "0".repeat(64);
+    assert!(matches!(
+        join_node(&url, &elsewhere, &node("node-2")).await,
+        Err(JoinError::WrongCa { .. })
+    ));
+    // An expired token.
+    let expired = join::create_token(&admin, &ca, Some(Duration::ZERO), "expired")
+        .await
+        .unwrap();
+    refused_because(join_node(&url, &expired, &node("node-2")).await, "expired");
+    // A revoked token: its Secret deleted.
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), "kube-system");
+    secrets
+        .delete(
+            &join::token::secret_name(&token.id),
+            &DeleteParams::default(),
+        )
+        .await
+        .unwrap();
+    refused_because(
+        join_node(&url, &token, &node("node-2")).await,
+        "unknown or revoked",
+    );
+    // Plain HTTP is refused before anything is sent.
+    assert!(matches!(
+        join_node(&server.url(), &token, &node("node-2")).await,
+        Err(JoinError::Invalid(_))
+    ));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_joins_the_store_and_serves_what_the_first_one_wrote() {
+    let first = TestServer::start_https().await;
+    let running = first.server.as_ref().unwrap();
+    let admin = running.client().await.unwrap();
+    let url = https_url(running);
+    let token_path = first.dir.path().join("token");
+    let token = join::ensure_server_token(&admin, &ca_pem(&first), &token_path)
+        .await
+        .unwrap();
+    // The first server's token is kept, not replaced, on the next start.
+    assert_eq!(
+        join::ensure_server_token(&admin, &ca_pem(&first), &token_path)
+            .await
+            .unwrap(),
+        token
+    );
+    let config_maps: Api<ConfigMap> = Api::namespaced(admin.clone(), "default");
+    let written: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "before-the-join"},
+        "data": {"answer": "42"},
+    }))
+    .unwrap();
+    config_maps
+        .create(&PostParams::default(), &written)
+        .await
+        .unwrap();
+
+    // The newcomer's store address.
+    let store_address = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let request = ServerJoinRequest {
+        store_address: store_address.to_string(),
+    };
+    let admission = join_server(&url, &token, &request).await.unwrap();
+    assert_eq!(admission.id, 2);
+    assert_eq!(admission.members.len(), 1);
+    // Asking again (a retry after a lost answer) gives the same id.
+    assert_eq!(join_server(&url, &token, &request).await.unwrap().id, 2);
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::from_pem(admission.ca.clone(), &admission.ca_key).unwrap();
+    ca.save(&dir.path().join("ca")).unwrap();
+    let mut config = ServerConfig::loopback(dir.path(), Duration::from_millis(20)).unwrap();
+    config.store.id = admission.id;
+    config.store.listen = store_address;
+    config.store.join = true;
+    config.store.initial_members = admission
+        .members
+        .iter()
+        .map(|member| PeerSpec {
+            id: member.id,
+            address: member.address.parse().unwrap(),
+        })
+        .collect();
+    config.api_tls = Some(tls::server_credentials(&ca, &[]).unwrap());
+    // The member is added once it runs: the store's one member could not
+    // commit the change (now needing two) otherwise.
+    let member = MemberAddRequest {
+        id: admission.id,
+        store_address: store_address.to_string(),
+    };
+    let adding = tokio::spawn({
+        let (url, token) = (url.clone(), token.clone());
+        async move { add_server_member(&url, &token, &member).await }
+    });
+    let second = Server::start(config).await.unwrap();
+    let members = adding.await.unwrap().unwrap();
+    assert_eq!(members.len(), 2);
+    let through_second: Api<ConfigMap> = Api::namespaced(second.client().await.unwrap(), "default");
+    let read = through_second.get("before-the-join").await.unwrap();
+    assert_eq!(read.data, written.data);
+    second.shutdown().await;
+    first.stop().await;
+}
