@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::api::{self, ApiState};
 use crate::controllers::{Controllers, ControllersConfig};
+use crate::registry::{ModuleRegistry, RegistryConfig};
 use crate::storage::Storage;
 
 /// Kubernetes' default compaction interval.
@@ -114,7 +115,19 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts a member with the registry's defaults (no `file://` images).
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        Server::start_with(config, RegistryConfig::default()).await
+    }
+
+    /// Starts a member whose module registry behaves as `registry` says
+    /// (`flotilla up` allows `file://` images). It is a second argument,
+    /// not a `ServerConfig` field, so that callers building `ServerConfig`
+    /// literally keep compiling.
+    pub async fn start_with(
+        config: ServerConfig,
+        registry: RegistryConfig,
+    ) -> Result<Server, ServerError> {
         if config.api_tls.is_none() && !config.api_listen.ip().is_loopback() {
             return Err(ServerError::NotLoopback(config.api_listen));
         }
@@ -137,7 +150,8 @@ impl Server {
             None => None,
         };
         let member = Member::start(config.store).await?;
-        let state = ApiState::new(Storage::new(member.service().clone(), member.kv().clone()));
+        let mut state = ApiState::new(Storage::new(member.service().clone(), member.kv().clone()));
+        state.modules = std::sync::Arc::new(ModuleRegistry::new(registry));
         bootstrap(&state).await?;
 
         let compactor = tokio::spawn(compact_periodically(

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use flotilla_control::registry::RegistryConfig;
 use flotilla_control::{Server, ServerConfig};
 use flotilla_node::agent::{Agent, AgentConfig, AgentError, NODE_LEASE_NAMESPACE};
 use flotilla_node::{BackoffConfig, NodeRuntime};
@@ -36,7 +37,12 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         // Short ticks: a one-member store elects itself in ~0.2 s.
         let config = ServerConfig::loopback(dir.path(), Duration::from_millis(20)).unwrap();
-        let server = Server::start(config).await.unwrap();
+        // Most pods here name their modules by file: the server and the
+        // node share this machine, as under `flotilla up`.
+        let registry = RegistryConfig {
+            allow_file_images: true,
+        };
+        let server = Server::start_with(config, registry).await.unwrap();
         // The agent connects through a kubeconfig, as `flotilla agent` does.
         let kubeconfig = dir.path().join("kubeconfig");
         let url = format!("http://{}", server.api_address());

@@ -10,6 +10,9 @@
 //! - `protobuf`: bodies in Kubernetes' protobuf encoding.
 //! - `status`: errors as `Status` objects.
 //! - `metrics`: Prometheus counters and latency histograms.
+//!
+//! The module registry's endpoints (`crate::registry::http`) are served by
+//! the same handler, under `/flotilla/registry/v1/`.
 
 pub mod clock;
 pub mod defaults;
@@ -56,6 +59,7 @@ pub struct ApiState {
     pub storage: Storage,
     pub registry: &'static Registry,
     pub metrics: Arc<metrics::Metrics>,
+    pub modules: Arc<crate::registry::ModuleRegistry>,
 }
 
 impl ApiState {
@@ -64,6 +68,7 @@ impl ApiState {
             storage,
             registry: registry(),
             metrics: Arc::new(metrics::Metrics::default()),
+            modules: Arc::new(crate::registry::ModuleRegistry::default()),
         }
     }
 }
@@ -195,6 +200,9 @@ async fn route(
         "/openapi/v2" => return ("get", "openapi", Ok(json_bytes(openapi::v2_document()))),
         "/openapi/v3" => return ("get", "openapi", json(openapi::v3_index(state.registry))),
         _ => {}
+    }
+    if let Some(rest) = path.strip_prefix(crate::registry::http::PREFIX) {
+        return crate::registry::http::serve(state, method, rest, headers, body).await;
     }
     if let Some(group_version) = path.strip_prefix("/openapi/v3/") {
         return (
