@@ -1,7 +1,7 @@
 //! `flotilla-control` is Flotilla's control plane: the Kubernetes API server
-//! (axum) on top of `flotilla-raft-store`, and the elected control loops
-//! (`controllers`) that act on what it stores. The module registry will
-//! live here too.
+//! (axum) on top of `flotilla-raft-store`, the elected control loops
+//! (`controllers`) that act on what it stores, and the module `registry`
+//! (Wasm modules by digest, replicated in the same store).
 //!
 //! Objects are the `k8s-openapi` types, handled as JSON and checked against
 //! their types; they are stored under `/registry/<resource>/<namespace>/<name>`
@@ -15,6 +15,7 @@ pub mod api;
 pub mod controllers;
 pub mod fence;
 pub mod join;
+pub mod registry;
 pub mod resources;
 pub mod server;
 pub mod storage;

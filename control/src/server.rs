@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::api::{self, ApiState};
 use crate::controllers::{Controllers, ControllersConfig};
+use crate::registry::{ModuleRegistry, RegistryConfig};
 use crate::storage::Storage;
 
 /// Kubernetes' default compaction interval.
@@ -116,7 +117,19 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts a member with the registry's defaults (no `file://` images).
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        Server::start_with(config, RegistryConfig::default()).await
+    }
+
+    /// Starts a member whose module registry behaves as `registry` says
+    /// (`flotilla up` allows `file://` images). It is a second argument,
+    /// not a `ServerConfig` field, so that callers building `ServerConfig`
+    /// literally keep compiling.
+    pub async fn start_with(
+        config: ServerConfig,
+        registry: RegistryConfig,
+    ) -> Result<Server, ServerError> {
         if config.api_tls.is_none() && !config.api_listen.ip().is_loopback() {
             return Err(ServerError::NotLoopback(config.api_listen));
         }
@@ -147,6 +160,7 @@ impl Server {
             let authority = crate::join::Authority::new(ca, member.address())?;
             state.join = Some(std::sync::Arc::new(authority));
         }
+        state.modules = std::sync::Arc::new(ModuleRegistry::new(registry));
         bootstrap(&state).await?;
 
         let compactor = tokio::spawn(compact_periodically(

@@ -1,6 +1,7 @@
 //! The node agent against a real API server in this process, on loopback:
 //! node registration, the lease, pods from creation to graceful deletion,
-//! resynchronisation after the agent was away, and the kubelet endpoint.
+//! resynchronisation after the agent was away, the kubelet endpoint, and a
+//! pod running a module pushed to the cluster's registry.
 //! Every wait is on a watch or a condition, bounded by `support::WAIT`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,10 +12,14 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use flotilla_control::registry::RegistryConfig;
 use flotilla_control::{Server, ServerConfig};
-use flotilla_node::agent::{Agent, AgentConfig, AgentError, NODE_LEASE_NAMESPACE};
+use flotilla_node::agent::{
+    Agent, AgentConfig, AgentError, NODE_LEASE_NAMESPACE, REGISTRY_BLOBS_PATH, RegistrySource,
+};
 use flotilla_node::{BackoffConfig, NodeRuntime};
 use http_body_util::BodyExt;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -36,7 +41,12 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         // Short ticks: a one-member store elects itself in ~0.2 s.
         let config = ServerConfig::loopback(dir.path(), Duration::from_millis(20)).unwrap();
-        let server = Server::start(config).await.unwrap();
+        // Most pods here name their modules by file: the server and the
+        // node share this machine, as under `flotilla up`.
+        let registry = RegistryConfig {
+            allow_file_images: true,
+        };
+        let server = Server::start_with(config, registry).await.unwrap();
         // The agent connects through a kubeconfig, as `flotilla agent` does.
         let kubeconfig = dir.path().join("kubeconfig");
         let url = format!("http://{}", server.api_address());
@@ -343,6 +353,63 @@ async fn pod_runs_reports_status_and_goes_when_deleted_gracefully() {
     assert!(
         runtime.pod(&uid).is_none(),
         "the pod still runs on the node"
+    );
+
+    cluster.stop(agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_runs_the_module_pushed_to_the_registry() {
+    // What the control plane and the node both know, written in each.
+    assert_eq!(
+        flotilla_control::registry::MODULE_BYTES_MAX,
+        flotilla_node::MODULE_BYTES_MAX
+    );
+    assert_eq!(
+        format!("{}blobs/", flotilla_control::registry::http::PREFIX),
+        REGISTRY_BLOBS_PATH
+    );
+    let cluster = Cluster::start().await;
+    let module_path = support::guests().module("hello-http").unwrap();
+    let pushed =
+        flotilla_control::registry::push_file(&cluster.client, &module_path, "hello-http:0.1.0")
+            .await
+            .unwrap();
+    let node_dir = cluster.dir.path().join("node-r");
+    let blob_dir = node_dir.join("blobs");
+    let source = RegistrySource::new(cluster.client.clone(), &blob_dir).unwrap();
+    let runtime = NodeRuntime::new(support::config(&node_dir), Arc::new(source)).unwrap();
+    let agent = cluster.agent("node-r", &runtime).await;
+
+    let mut web = pod("web", "node-r", None);
+    web.spec.as_mut().unwrap().containers[0].image = Some("hello-http:0.1.0".into());
+    let pods = cluster.pods();
+    let created = pods.create(&PostParams::default(), &web).await.unwrap();
+    let pinned = format!("hello-http:0.1.0@{}", pushed.digest);
+    assert_eq!(
+        created.spec.as_ref().unwrap().containers[0]
+            .image
+            .as_deref(),
+        Some(pinned.as_str())
+    );
+    let running = wait_for(&pods, "web", "the pushed module to run", running_and_ready)
+        .await
+        .unwrap();
+    let container = &running.status.unwrap().container_statuses.unwrap()[0];
+    assert!(
+        container.image_id.contains(&pushed.digest.hex()),
+        "{container:?}"
+    );
+    let uid = created.metadata.uid.unwrap();
+    let (code, _) = support::get(&runtime, &uid, 8080, "/healthz")
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    // The node keeps the blob, named by its digest, for the next start.
+    assert!(
+        std::fs::read(blob_dir.join(pushed.digest.hex())).unwrap()
+            == std::fs::read(&module_path).unwrap(),
+        "the cached blob differs from the pushed module"
     );
 
     cluster.stop(agent).await;

@@ -10,6 +10,9 @@
 //! - `protobuf`: bodies in Kubernetes' protobuf encoding.
 //! - `status`: errors as `Status` objects.
 //! - `metrics`: Prometheus counters and latency histograms.
+//!
+//! The module registry's endpoints (`crate::registry::http`) are served by
+//! the same handler, under `/flotilla/registry/v1/`.
 
 pub mod clock;
 pub mod defaults;
@@ -59,6 +62,7 @@ pub struct ApiState {
     pub metrics: Arc<metrics::Metrics>,
     /// The power to admit new servers and agents; none over plain HTTP.
     pub join: Option<Arc<crate::join::Authority>>,
+    pub modules: Arc<crate::registry::ModuleRegistry>,
 }
 
 impl ApiState {
@@ -68,6 +72,7 @@ impl ApiState {
             registry: registry(),
             metrics: Arc::new(metrics::Metrics::default()),
             join: None,
+            modules: Arc::new(crate::registry::ModuleRegistry::default()),
         }
     }
 }
@@ -211,6 +216,9 @@ async fn route(
             "join",
             join::route(state, method, path, headers, body).await,
         );
+    }
+    if let Some(rest) = path.strip_prefix(crate::registry::http::PREFIX) {
+        return crate::registry::http::serve(state, method, rest, headers, body).await;
     }
     if let Some(group_version) = path.strip_prefix("/openapi/v3/") {
         return (

@@ -229,6 +229,7 @@ pub async fn create(
 
     let mut warnings = Vec::new();
     let mut object = prepare(target, body, params, &mut warnings)?;
+    crate::registry::admit(state, info, &mut object).await?;
     if info.namespaced {
         namespace_accepts_content(
             state,

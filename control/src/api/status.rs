@@ -84,6 +84,12 @@ impl ApiError {
         .with_details(info, name)
     }
 
+    /// Something that is not a Kubernetes object was not found (a module
+    /// in the registry); `message` says what.
+    pub fn missing(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "NotFound", message)
+    }
+
     /// A path that names no resource the server knows.
     pub fn no_route(path: &str) -> Self {
         ApiError::new(
@@ -139,6 +145,12 @@ impl ApiError {
     /// whose path does not exist).
     pub fn unprocessable(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message)
+    }
+
+    /// The server is at a bound it keeps (concurrent uploads); the
+    /// client should try again later.
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message)
     }
 
     pub fn gone(message: impl Into<String>) -> Self {
@@ -230,23 +242,28 @@ impl ApiError {
             } => ApiError::gone(format!(
                 "too old resource version: {requested} ({compacted})"
             )),
-            StorageError::Store(store) => match store {
-                flotilla_raft_store::Error::NotLeader { .. }
-                | flotilla_raft_store::Error::NoQuorum { .. }
-                | flotilla_raft_store::Error::Timeout { .. }
-                | flotilla_raft_store::Error::Stopped => ApiError::unavailable(store.to_string()),
-                flotilla_raft_store::Error::FutureRevision { requested, current } => ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "Timeout",
-                    format!("Too large resource version: {requested}, current: {current}"),
-                ),
-                flotilla_raft_store::Error::TooLarge { .. } => ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "RequestEntityTooLarge",
-                    store.to_string(),
-                ),
-                other => ApiError::internal(other.to_string()),
-            },
+            StorageError::Store(store) => ApiError::from_store(store),
+        }
+    }
+
+    /// A failure of the store itself, whatever was being worked on.
+    pub fn from_store(store: flotilla_raft_store::Error) -> Self {
+        match store {
+            flotilla_raft_store::Error::NotLeader { .. }
+            | flotilla_raft_store::Error::NoQuorum { .. }
+            | flotilla_raft_store::Error::Timeout { .. }
+            | flotilla_raft_store::Error::Stopped => ApiError::unavailable(store.to_string()),
+            flotilla_raft_store::Error::FutureRevision { requested, current } => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Timeout",
+                format!("Too large resource version: {requested}, current: {current}"),
+            ),
+            flotilla_raft_store::Error::TooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                store.to_string(),
+            ),
+            other => ApiError::internal(other.to_string()),
         }
     }
 

@@ -15,6 +15,28 @@ use flotilla_raft_store::member::ensure_cluster_ca;
 /// The kubectl the tests speak to the server with.
 pub const KUBECTL_VERSION: &str = "1.37.1";
 
+/// The images the API tests' pods name. A pod is pinned to its image's
+/// digest when it is created, so each must be in the registry;
+/// [`EMPTY_MODULE`] stands in for all of them (these servers run no nodes).
+pub const FIXTURE_IMAGES: &[&str] = &[
+    "agentd:1.0",
+    "agentd:2.0",
+    "db:1.0",
+    "db:2.0",
+    "hello:1.0",
+    "hello:2.0",
+    "hello-http:0.1.0",
+    "hello-http:1.0",
+    "hello-http:2.0",
+    "job:0.1.0",
+    "job:1.0",
+    "migrate:1.0",
+    "tick:1.0",
+];
+
+/// The smallest valid core module: the header alone.
+pub const EMPTY_MODULE: &[u8] = b"\0asm\x01\0\0\0";
+
 /// A server with its own data directory and a kubeconfig for it.
 pub struct TestServer {
     pub server: Option<Server>,
@@ -52,6 +74,12 @@ impl TestServer {
             flotilla_control::kubeconfig(&format!("http://{}", server.api_address()))
         };
         std::fs::write(&kubeconfig, contents).unwrap();
+        let client = server.client().await.unwrap();
+        for image in FIXTURE_IMAGES {
+            flotilla_control::registry::push(&client, EMPTY_MODULE, image)
+                .await
+                .unwrap();
+        }
         TestServer {
             server: Some(server),
             dir,

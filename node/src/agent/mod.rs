@@ -7,7 +7,10 @@
 //!   [`NodeRuntime`], writing their statuses back and confirming their
 //!   deletion (`pods.rs`: the watch; `worker.rs`: one pod);
 //! - serves container logs, health and metrics on a kubelet-style HTTP
-//!   endpoint (`logs.rs`).
+//!   endpoint (`logs.rs`);
+//! - gives its runtime the pods' modules: [`RegistrySource`] (`blobs.rs`)
+//!   downloads them by digest from the API server's registry and caches
+//!   them on disk.
 //!
 //! The agent borrows its runtime: stopping the agent leaves the pods
 //! running, and an agent started again on the same runtime adopts them (and
@@ -17,11 +20,13 @@
 //! ```no_run
 //! # async fn example() -> Result<(), flotilla_node::agent::AgentError> {
 //! use std::sync::Arc;
-//! use flotilla_node::agent::{Agent, AgentConfig, client_from_kubeconfig};
-//! use flotilla_node::{LocalSource, NodeConfig, NodeRuntime};
+//! use flotilla_node::agent::{Agent, AgentConfig, RegistrySource, client_from_kubeconfig};
+//! use flotilla_node::{NodeConfig, NodeRuntime};
 //!
 //! let client = client_from_kubeconfig("/var/lib/flotilla/kubeconfig".as_ref()).await?;
-//! let runtime = NodeRuntime::new(NodeConfig::new("/var/lib/flotilla/node"), Arc::new(LocalSource::files_only()))
+//! let modules = RegistrySource::new(client.clone(), "/var/lib/flotilla/node/blobs")
+//!     .expect("the blob directory can be created");
+//! let runtime = NodeRuntime::new(NodeConfig::new("/var/lib/flotilla/node"), Arc::new(modules))
 //!     .expect("the runtime starts");
 //! let agent = Agent::start(AgentConfig::new("node-1")?, client, runtime).await?;
 //! println!("logs at http://{}", agent.kubelet_address());
@@ -30,6 +35,7 @@
 //! # }
 //! ```
 
+mod blobs;
 mod error;
 mod host;
 mod lease;
@@ -50,6 +56,7 @@ use kube::api::Api;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+pub use blobs::{BLOB_DOWNLOAD_TIMEOUT, REGISTRY_BLOBS_PATH, RegistrySource};
 pub use error::{API_CALL_TIMEOUT_SECS, AgentError, Result};
 pub use lease::{LEASE_DURATION_SECS, NODE_LEASE_NAMESPACE};
 pub use node::{NODE_ARCH, NODE_OS, WASMTIME_VERSION};
