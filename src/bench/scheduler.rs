@@ -58,6 +58,9 @@ const TARGET_PODS_PER_SECOND: f64 = 5_000.0;
 const KUBE_SCHEDULER_FLOOR: f64 = 680.0;
 /// How long a case may take to bind every pod before the run fails.
 const PLACE_TIMEOUT: Duration = Duration::from_secs(600);
+/// The module the pods name, and its bytes: an empty core module.
+const IMAGE: &str = "bench-scheduler:1.0";
+const EMPTY_MODULE: &[u8] = b"\0asm\x01\0\0\0";
 /// Server tick: elections and watch progress pace (the production value).
 const TICK: Duration = Duration::from_millis(100);
 
@@ -139,6 +142,11 @@ async fn run_case(args: &SchedulerBenchArgs, nodes: usize, pods: usize) -> Resul
             &serde_json::from_value(json!({"metadata": {"name": NAMESPACE}}))?,
         )
         .await?;
+    // Pods name a module the registry holds (it refuses any other); the
+    // smallest valid one will do, as nothing runs them.
+    flotilla_control::registry::push(&client, EMPTY_MODULE.to_vec(), IMAGE)
+        .await
+        .context("pushing the pods' module")?;
     create_all(args.clients, 0..pods, |index| {
         let api: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
         async move { api.create(&PostParams::default(), &pod(index)).await }
@@ -240,7 +248,7 @@ fn pod(index: usize) -> Pod {
         "metadata": {"name": format!("pod-{index:06}"), "labels": {"app": "bench"}},
         "spec": {"containers": [{
             "name": "c",
-            "image": "hello@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "image": IMAGE,
             "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
         }]},
     });
