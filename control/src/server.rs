@@ -102,6 +102,22 @@ impl ServerConfig {
             api_tls: None,
         })
     }
+
+    /// This configuration with the API over HTTPS, its certificate issued
+    /// by the cluster CA in the store's `tls_dir` for loopback and `hosts`.
+    pub fn with_https(mut self, hosts: &[String]) -> Result<ServerConfig, ServerError> {
+        let ca = flotilla_raft_store::member::ensure_cluster_ca(&self.store.tls_dir)
+            .map_err(crate::tls::TlsError::from)?;
+        self.api_tls = Some(crate::tls::server_credentials(&ca, hosts)?);
+        Ok(self)
+    }
+
+    /// The cluster CA's certificate, PEM (what join tokens pin).
+    pub fn ca_pem(&self) -> Result<String, ServerError> {
+        let ca = flotilla_raft_store::member::ensure_cluster_ca(&self.store.tls_dir)
+            .map_err(crate::tls::TlsError::from)?;
+        Ok(ca.cert_pem().to_string())
+    }
 }
 
 /// A running server. [`Server::shutdown`] stops it.
@@ -159,6 +175,9 @@ impl Server {
         if let Some(ca) = ca {
             let authority = crate::join::Authority::new(ca, member.address())?;
             state.join = Some(std::sync::Arc::new(authority));
+        }
+        if let Some(credentials) = &own_client {
+            state.kubelet_tls = Some(crate::tls::kubelet_connector(credentials)?);
         }
         state.modules = std::sync::Arc::new(ModuleRegistry::new(registry));
         bootstrap(&state).await?;

@@ -12,7 +12,8 @@ use std::time::Duration;
 use axum::Router;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use flotilla_raft_store::transport::{ClusterCa, Credentials, certificate_common_name};
+pub use flotilla_raft_store::transport::Credentials;
+use flotilla_raft_store::transport::{ClusterCa, certificate_common_name};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -61,6 +62,16 @@ pub const CONTROLLER_NAME: &str = "system:kube-controller-manager";
 /// A client certificate for the controllers of a server.
 pub fn controller_credentials(ca: &ClusterCa) -> Result<Credentials, TlsError> {
     Ok(ca.issue(CONTROLLER_NAME, &[])?)
+}
+
+/// The API server's side of its calls to node agents (the log proxy):
+/// trusts only the cluster CA and presents `credentials`.
+pub fn kubelet_connector(
+    credentials: &Credentials,
+) -> Result<tokio_rustls::TlsConnector, TlsError> {
+    let mut config = credentials.client_config()?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// A client certificate for the cluster's administrator.

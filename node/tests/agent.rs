@@ -699,11 +699,14 @@ async fn kubelet_endpoint_refuses_to_listen_off_loopback() {
 
 /// GETs `path` from the kubelet endpoint; returns the status and the body.
 async fn get(address: SocketAddr, path: &str) -> (u16, String) {
+    try_get(address, path).await.unwrap()
+}
+
+/// As [`get`], with a failure to get an answer returned, not a panic.
+async fn try_get(address: SocketAddr, path: &str) -> Result<(u16, String), hyper::Error> {
     let stream = tokio::net::TcpStream::connect(address).await.unwrap();
     let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     let request = http::Request::get(path)
         .header(http::header::HOST, address.to_string())
@@ -711,13 +714,96 @@ async fn get(address: SocketAddr, path: &str) -> (u16, String) {
         .unwrap();
     let response = tokio::time::timeout(WAIT, sender.send_request(request))
         .await
-        .expect("an answer in time")
-        .unwrap();
+        .expect("an answer in time")?;
     let code = response.status().as_u16();
     let body = tokio::time::timeout(WAIT, response.into_body().collect())
         .await
         .expect("the whole body in time")
         .unwrap()
         .to_bytes();
-    (code, String::from_utf8_lossy(&body).into_owned())
+    Ok((code, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// An agent that joined with a token serves its endpoint over HTTPS with
+/// its node certificate, and `kubectl logs` reaches it through an API
+/// server that presents its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_joined_serves_logs_over_tls() {
+    use flotilla_control::join::{self, NodeJoinRequest, client::join_node};
+    use flotilla_node::agent::{KUBELET_SCHEME_ANNOTATION, KubeletTls};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server_config = ServerConfig::loopback(dir.path(), Duration::from_millis(20))
+        .unwrap()
+        .with_https(&[])
+        .unwrap();
+    let ca_pem = server_config.ca_pem().unwrap();
+    let registry = RegistryConfig {
+        allow_file_images: true,
+    };
+    let server = Server::start_with(server_config, registry).await.unwrap();
+    let admin = server.client().await.unwrap();
+    let url = format!("https://{}", server.api_address());
+    let token = join::create_token(&admin, &ca_pem, None, "test")
+        .await
+        .unwrap();
+    let request = NodeJoinRequest {
+        node_name: "node-t".into(),
+        addresses: vec!["127.0.0.1".into()],
+    };
+    let joined = join_node(&url, &token, &request).await.unwrap();
+    let credentials = flotilla_control::tls::Credentials {
+        ca_cert_pem: joined.ca.clone(),
+        cert_pem: joined.cert.clone(),
+        key_pem: joined.key.clone(),
+    };
+    let kubeconfig = dir.path().join("node-kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        flotilla_control::tls::kubeconfig(&url, &credentials),
+    )
+    .unwrap();
+    let as_node = flotilla_node::agent::client_from_kubeconfig(&kubeconfig)
+        .await
+        .unwrap();
+    let mut agent_config = config("node-t");
+    agent_config.kubelet_tls = Some(KubeletTls {
+        ca_pem: joined.ca.clone(),
+        cert_pem: joined.cert.clone(),
+        key_pem: joined.key.clone(),
+    });
+    let runtime = support::runtime(&dir.path().join("node-t"));
+    let agent = Agent::start(agent_config, as_node, runtime).await.unwrap();
+
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let node = nodes.get("node-t").await.unwrap();
+    assert_eq!(
+        node.metadata
+            .annotations
+            .unwrap_or_default()
+            .get(KUBELET_SCHEME_ANNOTATION)
+            .map(String::as_str),
+        Some("https")
+    );
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    pods.create(
+        &PostParams::default(),
+        &pod("primes", "node-t", Some(&["1000"])),
+    )
+    .await
+    .unwrap();
+    wait_for(&pods, "primes", "the job to succeed", phase_is("Succeeded")).await;
+    assert_eq!(
+        pods.logs("primes", &kube::api::LogParams::default())
+            .await
+            .unwrap(),
+        "sum=76127\n"
+    );
+    // Plain HTTP to the endpoint gets no answer: it speaks only TLS.
+    assert!(
+        try_get(agent.kubelet_address(), "/healthz").await.is_err(),
+        "plain HTTP was answered"
+    );
+    agent.shutdown().await;
+    server.shutdown().await;
 }

@@ -5,8 +5,9 @@
 //! The agent serves `GET /containerLogs/<namespace>/<pod>/<container>` on
 //! the port its Node reports in `status.daemonEndpoints.kubeletEndpoint`,
 //! at its `InternalIP` (or `Hostname`) address, with the query parameters
-//! below passed through. Until agents have certificates from the cluster
-//! CA, that endpoint is plain HTTP and only reached on loopback.
+//! below passed through. An agent that joined with a token serves HTTPS
+//! with its node certificate, and the API server presents its own; one
+//! without serves plain HTTP and is only reached on loopback.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -79,7 +80,7 @@ pub async fn proxy(
         subresource: None,
     };
     let node = objects::get(state, &node_target).await?.body;
-    let address = kubelet_address(&node, node_name)?;
+    let (scheme, address) = kubelet_address(&node, node_name)?;
 
     let mut query: Vec<String> = PASSED_THROUGH
         .iter()
@@ -106,18 +107,28 @@ pub async fn proxy(
         .await
         .map_err(|e| unreachable(&e))?
         .map_err(|e| unreachable(&e))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| unreachable(&e))?;
-    tokio::spawn(connection);
     let request = hyper::Request::get(&path)
         .header(hyper::header::HOST, address.to_string())
         .body(Empty::<Bytes>::new())
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let response = tokio::time::timeout(NODE_TIMEOUT, sender.send_request(request))
-        .await
-        .map_err(|e| unreachable(&e))?
-        .map_err(|e| unreachable(&e))?;
+    let response = match scheme {
+        Scheme::Https => {
+            let connector = state.kubelet_tls.as_ref().ok_or_else(|| {
+                ApiError::unavailable(format!(
+                    "node {node_name} serves HTTPS, and this API server, serving plain HTTP, \
+                     has no certificate to present to it"
+                ))
+            })?;
+            let server_name = rustls_pki_types::ServerName::from(address.ip());
+            let stream = tokio::time::timeout(NODE_TIMEOUT, connector.connect(server_name, stream))
+                .await
+                .map_err(|e| unreachable(&e))?
+                .map_err(|e| unreachable(&e))?;
+            send(stream, request).await
+        }
+        Scheme::Http => send(stream, request).await,
+    }
+    .map_err(|e| unreachable(&e))?;
     let status = response.status();
     if !status.is_success() {
         // The agent says what is wrong (no such container, no previous
@@ -135,6 +146,35 @@ pub async fn proxy(
     )
         .into_response())
 }
+
+/// Sends `request` on `stream` (HTTP/1.1) and waits for the answer's head.
+async fn send<S>(
+    stream: S,
+    request: hyper::Request<Empty<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    tokio::time::timeout(NODE_TIMEOUT, sender.send_request(request))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// How a node's agent serves: HTTPS once it joined with a token (the
+/// node's [`KUBELET_SCHEME_ANNOTATION`]), plain HTTP on loopback before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
+}
+
+/// The annotation agents set on their Node (see `flotilla-node`).
+const KUBELET_SCHEME_ANNOTATION: &str = "flotilla.dev/kubelet-scheme";
 
 /// The container to read: the one named, or the only one.
 fn container<'p>(pod: &'p Value, name: &str, wanted: Option<&'p str>) -> Result<&'p str, ApiError> {
@@ -166,8 +206,12 @@ fn container<'p>(pod: &'p Value, name: &str, wanted: Option<&'p str>) -> Result<
     }
 }
 
-/// Where the node's agent serves logs.
-fn kubelet_address(node: &Value, node_name: &str) -> Result<SocketAddr, ApiError> {
+/// How and where the node's agent serves logs.
+fn kubelet_address(node: &Value, node_name: &str) -> Result<(Scheme, SocketAddr), ApiError> {
+    let scheme = match node["metadata"]["annotations"][KUBELET_SCHEME_ANNOTATION].as_str() {
+        Some("https") => Scheme::Https,
+        _ => Scheme::Http,
+    };
     let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
         .as_u64()
         .and_then(|p| u16::try_from(p).ok())
@@ -188,13 +232,13 @@ fn kubelet_address(node: &Value, node_name: &str) -> Result<SocketAddr, ApiError
                 .find_map(|a| a["address"].as_str()?.parse::<IpAddr>().ok())
         })
         .ok_or_else(|| ApiError::unavailable(format!("node {node_name} reports no address")))?;
-    if !ip.is_loopback() {
+    if scheme == Scheme::Http && !ip.is_loopback() {
         return Err(ApiError::unavailable(format!(
-            "node {node_name} is at {ip}: reading logs from a node off this machine needs \
-             node certificates, which agents do not have yet"
+            "node {node_name} is at {ip} and serves plain HTTP: reading logs from a node off \
+             this machine needs the node to join with a token, which gives it a certificate"
         )));
     }
-    Ok(SocketAddr::new(ip, port))
+    Ok((scheme, SocketAddr::new(ip, port)))
 }
 
 /// Percent-encodes a query value (RFC 3986 unreserved characters pass).
@@ -240,9 +284,9 @@ mod tests {
         }});
         assert_eq!(
             kubelet_address(&node, "n1").unwrap(),
-            "127.0.0.1:10250".parse().unwrap()
+            (Scheme::Http, "127.0.0.1:10250".parse().unwrap())
         );
-        let remote = json!({"status": {
+        let mut remote = json!({"status": {
             "addresses": [{"type": "InternalIP", "address": "10.0.0.7"}],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
         }});
@@ -250,7 +294,12 @@ mod tests {
             kubelet_address(&remote, "n2")
                 .unwrap_err()
                 .message
-                .contains("node certificates")
+                .contains("join with a token")
+        );
+        remote["metadata"] = json!({"annotations": {KUBELET_SCHEME_ANNOTATION: "https"}});
+        assert_eq!(
+            kubelet_address(&remote, "n2").unwrap(),
+            (Scheme::Https, "10.0.0.7:10250".parse().unwrap())
         );
         assert!(kubelet_address(&json!({}), "n3").is_err());
         assert_eq!(encode("2026-01-01T00:00:00Z"), "2026-01-01T00%3A00%3A00Z");

@@ -62,6 +62,9 @@ pub struct ApiState {
     pub metrics: Arc<metrics::Metrics>,
     /// The power to admit new servers and agents; none over plain HTTP.
     pub join: Option<Arc<crate::join::Authority>>,
+    /// How this server reaches agents that serve HTTPS; none over plain
+    /// HTTP, where only agents on loopback are reached.
+    pub kubelet_tls: Option<tokio_rustls::TlsConnector>,
     pub modules: Arc<crate::registry::ModuleRegistry>,
 }
 
@@ -72,6 +75,7 @@ impl ApiState {
             registry: registry(),
             metrics: Arc::new(metrics::Metrics::default()),
             join: None,
+            kubelet_tls: None,
             modules: Arc::new(crate::registry::ModuleRegistry::default()),
         }
     }

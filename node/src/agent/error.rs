@@ -17,13 +17,16 @@ pub enum AgentError {
     /// The API client could not be built from the configuration.
     #[error("cannot build the API client: {source}")]
     Client { source: kube::Error },
-    /// The kubelet endpoint was asked to listen off loopback; it has no TLS
-    /// until nodes get certificates from the cluster.
+    /// The kubelet endpoint was asked to listen off loopback without TLS.
     #[error(
-        "the kubelet endpoint serves plain HTTP until nodes get certificates from the cluster, \
-         so it listens on loopback only; {address} is not a loopback address"
+        "without a node certificate the kubelet endpoint serves plain HTTP, so it listens on \
+         loopback only; {address} is not a loopback address (join the cluster with a token to \
+         get a certificate)"
     )]
     NotLoopback { address: SocketAddr },
+    /// The node's certificate could not be used.
+    #[error("the kubelet endpoint's TLS setup failed: {reason}")]
+    Tls { reason: String },
     /// The kubelet endpoint could not bind its address.
     #[error("cannot listen on {address}: {source}")]
     Listen {

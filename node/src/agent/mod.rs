@@ -43,6 +43,7 @@ mod logs;
 mod metrics;
 mod node;
 mod pods;
+mod tls;
 mod worker;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -60,6 +61,7 @@ pub use blobs::{BLOB_DOWNLOAD_TIMEOUT, REGISTRY_BLOBS_PATH, RegistrySource};
 pub use error::{API_CALL_TIMEOUT_SECS, AgentError, Result};
 pub use lease::{LEASE_DURATION_SECS, NODE_LEASE_NAMESPACE};
 pub use node::{NODE_ARCH, NODE_OS, WASMTIME_VERSION};
+pub use tls::{KUBELET_SCHEME_ANNOTATION, KubeletTls};
 
 use crate::{BackoffConfig, NodeRuntime};
 
@@ -123,6 +125,10 @@ pub struct AgentConfig {
     pub node_status_interval: Duration,
     /// Back-off between retries of a failed API call.
     pub retry: BackoffConfig,
+    /// The node's certificate from the cluster: with it the kubelet
+    /// endpoint serves HTTPS and may listen anywhere; without it, plain
+    /// HTTP on loopback only.
+    pub kubelet_tls: Option<KubeletTls>,
 }
 
 impl AgentConfig {
@@ -144,6 +150,7 @@ impl AgentConfig {
                 max: Duration::from_secs(10),
                 reset_after: Duration::from_secs(60),
             },
+            kubelet_tls: None,
         })
     }
 }
@@ -187,7 +194,12 @@ impl Agent {
         client: kube::Client,
         runtime: NodeRuntime,
     ) -> Result<Agent> {
-        if !config.kubelet_listen.ip().is_loopback() {
+        let acceptor = config
+            .kubelet_tls
+            .as_ref()
+            .map(KubeletTls::acceptor)
+            .transpose()?;
+        if acceptor.is_none() && !config.kubelet_listen.ip().is_loopback() {
             return Err(AgentError::NotLoopback {
                 address: config.kubelet_listen,
             });
@@ -238,8 +250,13 @@ impl Agent {
         });
         tasks.spawn(
             async move {
-                if let Err(error) = axum::serve(listener, router).await {
-                    tracing::error!(%error, "kubelet endpoint failed");
+                match acceptor {
+                    Some(acceptor) => tls::serve(listener, acceptor, router).await,
+                    None => {
+                        if let Err(error) = axum::serve(listener, router).await {
+                            tracing::error!(%error, "kubelet endpoint failed");
+                        }
+                    }
                 }
             }
             .instrument(

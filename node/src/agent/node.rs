@@ -46,6 +46,21 @@ pub fn labels(config: &AgentConfig) -> BTreeMap<String, String> {
     ])
 }
 
+/// How the API server reaches the kubelet endpoint: over HTTPS once the
+/// node has a certificate (an annotation, as Kubernetes' kubelets always
+/// serve HTTPS and have no field to say otherwise).
+fn annotations(config: &AgentConfig) -> BTreeMap<String, String> {
+    let scheme = if config.kubelet_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    BTreeMap::from([(
+        super::tls::KUBELET_SCHEME_ANNOTATION.to_owned(),
+        scheme.to_owned(),
+    )])
+}
+
 /// The node's status as of `now`; it has been ready since `ready_since`.
 pub fn status(config: &AgentConfig, ready_since: Timestamp, now: Timestamp) -> NodeStatus {
     let resources = BTreeMap::from([
@@ -178,6 +193,7 @@ async fn register_once(
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             labels: Some(labels(config)),
+            annotations: Some(annotations(config)),
             ..ObjectMeta::default()
         },
         ..Node::default()
@@ -192,7 +208,10 @@ async fn register_once(
     {
         Ok(_) => tracing::info!(node = name, "node registered"),
         Err(error) if error.api_code() == Some(409) => {
-            let patch = json!({ "metadata": { "labels": labels(config) } });
+            let patch = json!({ "metadata": {
+                "labels": labels(config),
+                "annotations": annotations(config),
+            } });
             call(
                 "update",
                 &object,

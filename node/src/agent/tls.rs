@@ -1,0 +1,117 @@
+//! HTTPS for the kubelet endpoint once the node has a certificate from the
+//! cluster (given at join): the endpoint presents the node's certificate
+//! and answers only clients with a certificate from the same CA, which is
+//! what the API server presents when it proxies `kubectl logs`.
+//!
+//! This module knows TLS and the accept loop; what is served is `logs.rs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use super::error::{AgentError, Result};
+
+/// The node annotation that tells the API server to reach this node's
+/// kubelet endpoint over HTTPS.
+pub const KUBELET_SCHEME_ANNOTATION: &str = "flotilla.dev/kubelet-scheme";
+/// Connections served at once; more wait in the accept queue.
+const CONNECTIONS_MAX: usize = 256;
+/// A client that has not finished its handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The node's certificate, its key and the cluster CA, all PEM.
+#[derive(Clone)]
+pub struct KubeletTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for KubeletTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeletTls").finish_non_exhaustive()
+    }
+}
+
+impl KubeletTls {
+    /// A rustls acceptor that requires a client certificate from the CA.
+    pub fn acceptor(&self) -> Result<TlsAcceptor> {
+        let invalid = |what: &str, error: &dyn std::fmt::Display| AgentError::Tls {
+            reason: format!("{what}: {error}"),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            let cert = cert.map_err(|e| invalid("the CA certificate", &e))?;
+            roots
+                .add(cert)
+                .map_err(|e| invalid("the CA certificate", &e))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| invalid("the client verifier", &e))?;
+        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| invalid("the node certificate", &e))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| invalid("the node key", &e))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid("TLS versions", &e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| invalid("the node certificate", &e))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+}
+
+/// Serves `router` over TLS on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, router: Router) {
+    let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accepting a kubelet connection failed");
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(router.clone());
+        connections.spawn(async move {
+            let _permit = permit;
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let served = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = served {
+                tracing::debug!(%peer, %error, "kubelet connection ended");
+            }
+        });
+    }
+}
