@@ -98,9 +98,19 @@ struct ServerArgs {
     /// only on a loopback address.
     #[arg(long)]
     plain_http: bool,
-    /// This member's store id (see `flotilla store`).
+    /// This member's store id (see `flotilla store`). A server that joins
+    /// is given one instead.
     #[arg(long, default_value_t = 1)]
     id: u64,
+    /// Join the cluster of the server at this URL (`https://HOST:6443`)
+    /// instead of creating one. Needs --token. Ignored once the data
+    /// directory holds a store.
+    #[arg(long, value_name = "URL", requires = "token")]
+    join: Option<String>,
+    /// A join token (`flotilla token create`, or the first server's
+    /// `<data-dir>/token`).
+    #[arg(long, env = "FLOTILLA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// The UDP address of this member's store endpoint (QUIC).
     #[arg(long, default_value = "127.0.0.1:7001")]
     store_listen: SocketAddr,
@@ -115,9 +125,23 @@ struct ServerArgs {
 
 #[derive(Args, Debug)]
 struct AgentArgs {
-    /// The kubeconfig to reach the API server with (`flotilla server`
-    /// writes one into its data directory).
-    #[arg(long, default_value = "flotilla-data/kubeconfig")]
+    /// Join the cluster of the server at this URL (`https://HOST:6443`):
+    /// the node gets a certificate, keeps it in its data directory and
+    /// serves its endpoint over HTTPS. Needs --token the first time.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// A join token (`flotilla token create`, or the first server's
+    /// `<data-dir>/token`).
+    #[arg(long, env = "FLOTILLA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Without --server: the kubeconfig to reach the API server with
+    /// (`flotilla server` writes one into its data directory; plain HTTP
+    /// servers on loopback, for development).
+    #[arg(
+        long,
+        default_value = "flotilla-data/kubeconfig",
+        conflicts_with = "server"
+    )]
     kubeconfig: PathBuf,
     /// The node's name. Defaults to the host's name.
     #[arg(long)]
@@ -126,7 +150,8 @@ struct AgentArgs {
     #[arg(long, default_value = "flotilla-node")]
     data_dir: PathBuf,
     /// The TCP address of the kubelet endpoint (container logs, /healthz,
-    /// /metrics). Plain HTTP, so loopback only for now.
+    /// /metrics). HTTPS with the node's certificate when joined with
+    /// --server; otherwise plain HTTP, on loopback only.
     #[arg(long, default_value_t = flotilla_node::agent::KUBELET_LISTEN_DEFAULT)]
     kubelet_listen: SocketAddr,
     /// The node's InternalIP, where the API server reaches the kubelet
@@ -232,21 +257,43 @@ async fn run_store(args: StoreArgs) -> Result<()> {
 
 async fn run_server(args: ServerArgs) -> Result<()> {
     let tls_dir = args.data_dir.join("ca");
+    let store_dir = args.data_dir.join("store");
+    let joining = match (&args.join, store_dir.exists()) {
+        (Some(url), false) => Some(join_cluster(&args, url, &tls_dir).await?),
+        (Some(_), true) => {
+            tracing::info!("the data directory holds a store already; --join is ignored");
+            None
+        }
+        (None, _) => None,
+    };
     let ca = flotilla_raft_store::member::ensure_cluster_ca(&tls_dir)
         .with_context(|| format!("preparing the cluster CA in {}", tls_dir.display()))?;
-    let peers = if args.peers.is_empty() {
-        vec![PeerSpec {
-            id: args.id,
+    // A joined server keeps the id it was given; restarts read it back.
+    let id_file = args.data_dir.join("member-id");
+    let id = match &joining {
+        Some(joined) => joined.id,
+        None => match std::fs::read_to_string(&id_file) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .with_context(|| format!("reading the member id in {}", id_file.display()))?,
+            Err(_) => args.id,
+        },
+    };
+    let peers = match &joining {
+        Some(joined) => joined.peers.clone(),
+        None if args.peers.is_empty() => vec![PeerSpec {
+            id,
             address: args.store_listen,
-        }]
-    } else {
-        args.peers
+        }],
+        None => args.peers.clone(),
     };
     let store = MemberConfig {
-        id: args.id,
-        data_dir: args.data_dir.join("store"),
+        id,
+        data_dir: store_dir,
         listen: args.store_listen,
         initial_members: peers,
+        join: joining.is_some(),
         tls_dir,
         tick_interval: std::time::Duration::from_millis(args.tick_ms),
         ..MemberConfig::default()
@@ -264,6 +311,9 @@ async fn run_server(args: ServerArgs) -> Result<()> {
             .context("issuing the admin client certificate")?;
         (Some(server), Some(admin))
     };
+    // A joining server's member is added once it runs (the store could
+    // lose its quorum otherwise); the server's start waits for that.
+    let adding = joining.map(|joined| tokio::spawn(joined.add_member));
     let server = flotilla_control::Server::start(flotilla_control::ServerConfig {
         store,
         api_listen: args.api_listen,
@@ -272,10 +322,18 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     })
     .await
     .context("starting the server")?;
+    if let Some(adding) = adding {
+        adding
+            .await
+            .context("joining the store")?
+            .context("joining the store")?;
+        std::fs::write(&id_file, format!("{id}\n"))
+            .with_context(|| format!("writing {}", id_file.display()))?;
+    }
     // Every server is a candidate; the controllers run on the elected one.
     let controllers = server
         .start_controllers(flotilla_control::controllers::ControllersConfig {
-            identity: format!("server-{}", args.id),
+            identity: format!("server-{id}"),
             election: flotilla_control::controllers::election::ElectionConfig::default(),
             nodes: flotilla_control::controllers::nodes::NodeTimings::default(),
             job_backoff: std::time::Duration::from_secs(10),
@@ -307,6 +365,18 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         kubeconfig = %kubeconfig.display(),
         "server running; Ctrl-C stops it"
     );
+    if admin.is_some() {
+        let token_file = args.data_dir.join("token");
+        let client = server.client().await.context("connecting to the API")?;
+        flotilla_control::join::ensure_server_token(&client, ca.cert_pem(), &token_file)
+            .await
+            .context("creating the join token")?;
+        tracing::info!(
+            "join more: flotilla server --join {url} --token $(cat {token}) …, \
+             flotilla agent --server {url} --token $(cat {token})",
+            token = token_file.display()
+        );
+    }
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
@@ -315,9 +385,115 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     Ok(())
 }
 
+/// What a server that joins takes from the cluster it joins.
+struct Joined {
+    id: u64,
+    peers: Vec<PeerSpec>,
+    /// Adds this server's store member once it runs.
+    add_member: std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'static>>,
+}
+
+/// Asks the server at `url` to admit this one; writes the cluster CA it
+/// answers with into `tls_dir`.
+async fn join_cluster(args: &ServerArgs, url: &str, tls_dir: &std::path::Path) -> Result<Joined> {
+    use flotilla_control::join::{self, MemberAddRequest, ServerJoinRequest, token::JoinToken};
+    let text = args.token.as_deref().context("--join needs --token")?;
+    let token = JoinToken::parse(text).context("reading --token")?;
+    let store_address = args.store_listen.to_string();
+    let request = ServerJoinRequest {
+        store_address: store_address.clone(),
+    };
+    let admission = join::client::join_server(url, &token, &request)
+        .await
+        .with_context(|| format!("joining {url}"))?;
+    let ca = flotilla_raft_store::transport::ClusterCa::from_pem(
+        admission.ca.clone(),
+        &admission.ca_key,
+    )
+    .context("reading the cluster CA")?;
+    ca.save(tls_dir)
+        .with_context(|| format!("writing the cluster CA to {}", tls_dir.display()))?;
+    let mut peers = Vec::new();
+    for member in &admission.members {
+        let address = member
+            .address
+            .parse()
+            .with_context(|| format!("member {} has address {:?}", member.id, member.address))?;
+        peers.push(PeerSpec {
+            id: member.id,
+            address,
+        });
+    }
+    tracing::info!(id = admission.id, "admitted; starting the store member");
+    let (url, id) = (url.to_string(), admission.id);
+    let add_member = Box::pin(async move {
+        let request = MemberAddRequest { id, store_address };
+        join::client::add_server_member(&url, &token, &request)
+            .await
+            .map(|_| ())
+            .with_context(|| format!("adding store member {id} through {url}"))
+    });
+    Ok(Joined {
+        id,
+        peers,
+        add_member,
+    })
+}
+
+/// The node's kubeconfig and certificate: those kept in its data
+/// directory, or new ones from joining `url` with the token.
+async fn node_credentials(
+    args: &AgentArgs,
+    url: &str,
+    config: &flotilla_node::agent::AgentConfig,
+) -> Result<(PathBuf, flotilla_node::agent::KubeletTls)> {
+    use flotilla_control::join::{self, NodeJoinRequest, token::JoinToken};
+    use flotilla_control::tls::Credentials;
+    let pki = args.data_dir.join("pki");
+    let kubeconfig = args.data_dir.join("kubeconfig");
+    let credentials = match Credentials::load(&pki, "node") {
+        Ok(credentials) if kubeconfig.exists() => credentials,
+        _ => {
+            let text = args
+                .token
+                .as_deref()
+                .context("the first join of a node needs --token")?;
+            let token = JoinToken::parse(text).context("reading --token")?;
+            let request = NodeJoinRequest {
+                node_name: config.node_name.clone(),
+                addresses: vec![config.node_ip.to_string()],
+            };
+            let joined = join::client::join_node(url, &token, &request)
+                .await
+                .with_context(|| format!("joining {url}"))?;
+            let credentials = Credentials {
+                ca_cert_pem: joined.ca,
+                cert_pem: joined.cert,
+                key_pem: joined.key,
+            };
+            credentials
+                .save(&pki, "node")
+                .with_context(|| format!("writing the node certificate to {}", pki.display()))?;
+            std::fs::write(
+                &kubeconfig,
+                flotilla_control::tls::kubeconfig(url, &credentials),
+            )
+            .with_context(|| format!("writing {}", kubeconfig.display()))?;
+            tracing::info!(node = %config.node_name, "joined the cluster");
+            credentials
+        }
+    };
+    let tls = flotilla_node::agent::KubeletTls {
+        ca_pem: credentials.ca_cert_pem,
+        cert_pem: credentials.cert_pem,
+        key_pem: credentials.key_pem,
+    };
+    Ok((kubeconfig, tls))
+}
+
 async fn run_agent(args: AgentArgs) -> Result<()> {
     use flotilla_node::agent::{Agent, AgentConfig};
-    let node_name = match args.node_name {
+    let node_name = match args.node_name.clone() {
         Some(name) => name,
         None => flotilla_node::agent::hostname().context("naming the node")?,
     };
@@ -333,13 +509,24 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
     config.capacity.pods = args.max_pods;
     config.lease_renew_interval = std::time::Duration::from_secs(args.lease_renew_secs);
     config.node_status_interval = std::time::Duration::from_secs(args.node_status_secs);
-    let client = flotilla_node::agent::client_from_kubeconfig(&args.kubeconfig)
+    let kubeconfig = match &args.server {
+        Some(url) => {
+            let (kubeconfig, tls) = node_credentials(&args, url, &config).await?;
+            config.kubelet_tls = Some(tls);
+            kubeconfig
+        }
+        None => args.kubeconfig.clone(),
+    };
+    let client = flotilla_node::agent::client_from_kubeconfig(&kubeconfig)
         .await
         .context("connecting to the API server")?;
-    // Images are `file://` paths until the module registry comes.
+    // Modules come from the cluster's registry, by digest, cached on disk.
+    let source =
+        flotilla_node::agent::RegistrySource::new(client.clone(), args.data_dir.join("blobs"))
+            .context("preparing the module cache")?;
     let runtime = flotilla_node::NodeRuntime::new(
         flotilla_node::NodeConfig::new(&args.data_dir),
-        std::sync::Arc::new(flotilla_node::LocalSource::files_only()),
+        std::sync::Arc::new(source),
     )
     .context("starting the node runtime")?;
     let agent = Agent::start(config, client, runtime)
