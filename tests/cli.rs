@@ -1,6 +1,7 @@
 //! The `flotilla` client verbs, run as the built binary against a real
-//! API server started in this process on loopback (plain HTTP). The test
-//! reads back what a verb did through kube-rs.
+//! API server started in this process on loopback (plain HTTP), with the
+//! controllers where a test needs them. The test reads back what a verb did
+//! through kube-rs, and waits on watch events, never on a timer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,9 +9,13 @@ use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use flotilla_control::controllers::election::ElectionConfig;
+use flotilla_control::controllers::nodes::NodeTimings;
+use flotilla_control::controllers::{Controllers, ControllersConfig};
 use flotilla_control::{Server, ServerConfig};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Service};
 use kube::api::Api;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
@@ -23,6 +28,7 @@ struct Cluster {
     server: Server,
     client: kube::Client,
     kubeconfig: PathBuf,
+    controllers: Option<Controllers>,
     dir: tempfile::TempDir,
 }
 
@@ -40,8 +46,36 @@ impl Cluster {
             server,
             client,
             kubeconfig,
+            controllers: None,
             dir,
         }
+    }
+
+    /// A cluster whose controllers are running and leading.
+    async fn with_controllers() -> Cluster {
+        let mut cluster = Cluster::start().await;
+        let controllers = cluster
+            .server
+            .start_controllers(ControllersConfig {
+                identity: "test".into(),
+                election: ElectionConfig {
+                    lease_duration: Duration::from_millis(1_500),
+                    renew_deadline: Duration::from_millis(1_000),
+                    retry_period: Duration::from_millis(100),
+                    ..ElectionConfig::default()
+                },
+                nodes: NodeTimings::default(),
+                job_backoff: Duration::from_millis(50),
+            })
+            .await
+            .unwrap();
+        let mut leading = controllers.leading();
+        tokio::time::timeout(WAIT, leading.wait_for(|leads| *leads))
+            .await
+            .expect("the controllers did not lead in time")
+            .unwrap();
+        cluster.controllers = Some(controllers);
+        cluster
     }
 
     /// Runs `flotilla ARGS --kubeconfig …` with `input` on stdin.
@@ -106,8 +140,27 @@ impl Cluster {
     }
 
     async fn stop(self) {
+        drop(self.controllers);
         self.server.shutdown().await;
     }
+}
+
+/// The first object of `api` (listed or changed later) that `wanted`
+/// accepts, as the watch reports it; fails after [`WAIT`].
+async fn first_seen<K>(api: &Api<K>, what: &str, wanted: impl Fn(&K) -> bool) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    use kube::runtime::{WatchStreamExt, watcher};
+    let mut seen = Box::pin(
+        watcher(api.clone(), watcher::Config::default())
+            .applied_objects()
+            .filter_map(|object| std::future::ready(object.ok().filter(|object| wanted(object)))),
+    );
+    tokio::time::timeout(WAIT, seen.next())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .unwrap_or_else(|| panic!("the watch ended while waiting for {what}"))
 }
 
 const MANIFEST: &str = r#"
@@ -317,5 +370,115 @@ async fn run_scale_logs_and_delete_speak_to_the_api() {
     );
     let unknown = cluster.fails(&["delete", "gizmo", "x"]).await;
     assert!(unknown.contains("unknown kind \"gizmo\""), "{unknown}");
+    cluster.stop().await;
+}
+
+/// Plays the kubelet for pods no agent runs: every pod that appears is
+/// reported Running and Ready; a pod being deleted is let go at once.
+fn spawn_fake_kubelet(client: kube::Client) -> tokio::task::JoinHandle<()> {
+    use kube::api::{DeleteParams, Patch, PatchParams};
+    use kube::runtime::{WatchStreamExt, watcher};
+    tokio::spawn(async move {
+        let pods: Api<Pod> = Api::namespaced(client, "default");
+        let mut applied = watcher(pods.clone(), watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        while let Some(Ok(pod)) = applied.next().await {
+            let name = pod.metadata.name.clone().unwrap();
+            if pod.metadata.deletion_timestamp.is_some() {
+                let _ = pods
+                    .delete(&name, &DeleteParams::default().grace_period(0))
+                    .await;
+                continue;
+            }
+            if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+                continue;
+            }
+            let patch = json!({"status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": "True"}
+            ]}});
+            let _ = pods
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_status_history_undo_and_describe_with_the_controllers() {
+    let cluster = Cluster::with_controllers().await;
+    let kubelet = spawn_fake_kubelet(cluster.client.clone());
+    let file = cluster.write("web.yaml", MANIFEST);
+    cluster.ok(&["apply", "-f", &file]).await;
+    let status = cluster
+        .ok(&["rollout", "status", "deployment/web", "--timeout", "60s"])
+        .await;
+    assert_eq!(status, "deployment \"web\" successfully rolled out\n");
+
+    let updated = MANIFEST.replace("hello:1.0", "hello:2.0");
+    let output = cluster
+        .ok_with_input(&["apply", "-f", "-"], Some(&updated))
+        .await;
+    assert!(
+        output.contains("deployment.apps/web configured"),
+        "{output}"
+    );
+    let status = cluster
+        .flotilla(&["rollout", "status", "deploy", "web"], None)
+        .await;
+    assert!(status.status.success(), "{status:?}");
+    let history = cluster.ok(&["rollout", "history", "deployment/web"]).await;
+    let revisions: Vec<&str> = history
+        .lines()
+        .skip(2)
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    assert_eq!(revisions, ["1", "2"], "{history}");
+    let first = cluster
+        .ok(&["rollout", "history", "deployment/web", "--revision", "1"])
+        .await;
+    assert!(first.contains("image: hello:1.0"), "{first}");
+
+    let undone = cluster.ok(&["rollout", "undo", "deployment/web"]).await;
+    assert_eq!(undone, "deployment.apps/web rolled back\n");
+    cluster.ok(&["rollout", "status", "deployment/web"]).await;
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), "default");
+    let web = deployments.get("web").await.unwrap();
+    let image = web.spec.template.spec.unwrap().containers[0].image.clone();
+    assert_eq!(image.as_deref(), Some("hello:1.0"));
+    assert_eq!(
+        web.metadata.annotations.unwrap()["deployment.kubernetes.io/revision"],
+        "3"
+    );
+    let again = cluster
+        .ok(&["rollout", "undo", "deployment/web", "--to-revision", "3"])
+        .await;
+    assert!(again.contains("skipped rollback"), "{again}");
+
+    // The controller's events about the Deployment show in describe.
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), "default");
+    first_seen(&events, "a ScalingReplicaSet event", |event| {
+        event.reason.as_deref() == Some("ScalingReplicaSet")
+    })
+    .await;
+    let described = cluster.ok(&["describe", "deployment", "web"]).await;
+    for expected in [
+        "Name:",
+        "web",
+        "Replicas:",
+        "Events:",
+        "ScalingReplicaSet",
+        "hello:1.0",
+    ] {
+        assert!(
+            described.contains(expected),
+            "{expected} missing:\n{described}"
+        );
+    }
+    let status = cluster
+        .fails(&["rollout", "status", "deployment/absent"])
+        .await;
+    assert!(status.contains("NotFound"), "{status}");
+    kubelet.abort();
     cluster.stop().await;
 }

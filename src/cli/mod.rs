@@ -1,5 +1,5 @@
 //! The client verbs of the `flotilla` binary (`apply`, `get`, `describe`,
-//! `delete`, `logs`, `scale`, `run`, `nodes`): what kubectl
+//! `delete`, `logs`, `scale`, `rollout`, `run`, `nodes`): what kubectl
 //! does, for people without it and for what it cannot do. Every verb is an
 //! API client through kube-rs and nothing else; none knows the store, the
 //! controllers or the node runtime.
@@ -22,6 +22,7 @@ mod manifest;
 mod merge;
 mod nodes;
 mod output;
+mod rollout;
 mod run;
 mod scale;
 mod session;
@@ -40,6 +41,15 @@ pub enum Verb {
     Delete(delete::Args),
     Logs(logs::Args),
     Scale(scale::Args),
+    /// Watch, list and undo a Deployment's rollouts.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  flotilla rollout status deployment/web
+  flotilla rollout history deployment/web
+  flotilla rollout undo deployment/web --to-revision 1"
+    )]
+    Rollout(rollout::Command),
     Run(run::Args),
     Nodes(nodes::Args),
 }
@@ -60,6 +70,7 @@ async fn dispatch(verb: Verb) -> Result<()> {
         Verb::Delete(args) => delete::run(args).await,
         Verb::Logs(args) => logs::run(args).await,
         Verb::Scale(args) => scale::run(args).await,
+        Verb::Rollout(command) => rollout::run(command).await,
         Verb::Run(args) => run::run(args).await,
         Verb::Nodes(args) => nodes::run(args).await,
     }
