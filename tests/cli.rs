@@ -296,6 +296,9 @@ async fn get_prints_tables_yaml_json_and_names() {
     assert!(several.contains("deployment.apps/web"), "{several}");
     assert!(several.starts_with("NAMESPACE"), "{several}");
 
+    let all = cluster.ok(&["get", "all"]).await;
+    assert!(all.contains("deployment.apps/web"), "{all}");
+    assert!(!all.contains("configmap/"), "{all}");
     let unknown = cluster.fails(&["get", "flurbs"]).await;
     assert!(unknown.contains("unknown kind \"flurbs\""), "{unknown}");
     let missing = cluster.fails(&["get", "deploy", "nope"]).await;

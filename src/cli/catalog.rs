@@ -18,6 +18,8 @@ pub struct Resource {
     pub namespaced: bool,
     pub singular: String,
     pub short_names: Vec<String>,
+    /// Groups of kinds a name can stand for (`all`).
+    pub categories: Vec<String>,
     /// Whether this is the group's preferred version, which is the one a
     /// bare name (`get deploy`) means.
     pub preferred: bool,
@@ -144,6 +146,25 @@ impl Catalog {
         }
     }
 
+    /// The resources a name stands for: the one it names, else every
+    /// preferred resource in the category of that name (`all`), as
+    /// `kubectl get all` reads it.
+    pub fn resolve_many(&self, typed: &str) -> Result<Vec<&Resource>> {
+        let named = self.resolve(typed);
+        if named.is_ok() {
+            return named.map(|resource| vec![resource]);
+        }
+        let in_category: Vec<&Resource> = self
+            .resources
+            .iter()
+            .filter(|resource| resource.preferred && resource.categories.iter().any(|c| c == typed))
+            .collect();
+        if in_category.is_empty() {
+            return named.map(|resource| vec![resource]);
+        }
+        Ok(in_category)
+    }
+
     /// The resource a manifest's `apiVersion` and `kind` name.
     pub fn for_kind(&self, api_version: &str, kind: &str) -> Result<&Resource> {
         let found = self
@@ -217,6 +238,7 @@ fn resource(entry: &APIResource, group: &str, version: &str, preferred: bool) ->
         namespaced: entry.namespaced,
         singular,
         short_names: entry.short_names.clone().unwrap_or_default(),
+        categories: entry.categories.clone().unwrap_or_default(),
         preferred,
     }
 }
@@ -238,9 +260,13 @@ mod tests {
             group_version: "v1".into(),
             resources: vec![entry("pods", "Pod", &["po"]), entry("pods/log", "Pod", &[])],
         };
+        let deployments = APIResource {
+            categories: Some(vec!["all".into()]),
+            ..entry("deployments", "Deployment", &["deploy"])
+        };
         let apps = APIResourceList {
             group_version: "apps/v1".into(),
-            resources: vec![entry("deployments", "Deployment", &["deploy"])],
+            resources: vec![deployments],
         };
         add(&mut resources, &core, true);
         add(&mut resources, &apps, true);
@@ -266,6 +292,14 @@ mod tests {
         let error = catalog.resolve("flurb").unwrap_err().to_string();
         assert!(error.contains("unknown kind \"flurb\""), "{error}");
         assert_eq!(catalog.resources.len(), 2, "subresources are not kinds");
+        let all: Vec<String> = catalog
+            .resolve_many("all")
+            .unwrap()
+            .iter()
+            .map(|r| r.display())
+            .collect();
+        assert_eq!(all, ["deployment.apps"]);
+        assert!(catalog.resolve_many("flurb").is_err());
     }
 
     #[test]

@@ -22,12 +22,14 @@ const TABLE_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
 /// List objects, or show some by name.
 ///
 /// Kinds resolve by plural, singular, kind or short name (`pods`, `pod`,
-/// `Pod`, `po`), optionally with their group (`deployments.apps`).
+/// `Pod`, `po`), optionally with their group (`deployments.apps`), or by
+/// category (`all`: pods, services, deployments, …).
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:
   flotilla get pods
   flotilla get deploy web -o yaml
   flotilla get deploy,svc -l app=web
+  flotilla get all
   flotilla get pods -A -o wide
   flotilla get deployment/web service/web -o name")]
 pub struct Args {
@@ -56,7 +58,9 @@ pub async fn run(args: Args) -> Result<()> {
         if namespace.is_none() && !names.is_empty() {
             bail!("an object cannot be fetched by name across all namespaces; drop -A");
         }
-        resolved.push((catalog.resolve(kind)?, names));
+        for resource in catalog.resolve_many(kind)? {
+            resolved.push((resource, names));
+        }
     }
     let query = Query {
         session: &session,
