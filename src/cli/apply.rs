@@ -62,10 +62,12 @@ async fn apply_one(session: &Session, catalog: &Catalog, manifest: &Manifest) ->
     let api = resource.api(&session.client, Some(&namespace));
     let name = manifest.name();
     let shown = resource.object_name(name);
-    let mut modified = merge::annotated(&manifest.object);
+    let mut object = manifest.object.clone();
     if resource.namespaced {
-        modified["metadata"]["namespace"] = Value::String(namespace.clone());
+        // Recorded in the annotation too, as kubectl records it.
+        object["metadata"]["namespace"] = Value::String(namespace.clone());
     }
+    let modified = merge::annotated(&object);
     let live = match api.get(name).await {
         Ok(live) => serde_json::to_value(live).context("reading the live object")?,
         Err(error) if is_not_found(&error) => {

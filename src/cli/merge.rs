@@ -17,26 +17,19 @@ use serde_json::{Map, Value};
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// `manifest` as it will be sent: carrying its own JSON (without the
-/// annotation itself) in [`LAST_APPLIED`], as kubectl writes it (compact,
-/// newline-terminated), so the two tools read each other's.
+/// annotation itself) in [`LAST_APPLIED`], byte for byte as kubectl writes
+/// it (keys sorted, compact, an `annotations` map even when empty, a
+/// final newline), so that either tool finds the other's apply
+/// unchanged.
 pub fn annotated(manifest: &Value) -> Value {
-    let mut bare = manifest.clone();
-    if let Some(annotations) = bare
-        .pointer_mut("/metadata/annotations")
-        .and_then(Value::as_object_mut)
-    {
-        annotations.remove(LAST_APPLIED);
-        if annotations.is_empty()
-            && let Some(metadata) = bare["metadata"].as_object_mut()
-        {
-            metadata.remove("annotations");
-        }
-    }
-    let text = format!("{bare}\n");
-    let mut annotated = bare;
+    let mut annotated = manifest.clone();
     let metadata = ensure_object(&mut annotated, "metadata");
-    let annotations = ensure_object(metadata, "annotations");
-    if let Value::Object(annotations) = annotations {
+    if let Value::Object(annotations) = ensure_object(metadata, "annotations") {
+        annotations.remove(LAST_APPLIED);
+    }
+    // serde_json's maps keep keys sorted, as Go's encoder writes them.
+    let text = format!("{annotated}\n");
+    if let Value::Object(annotations) = &mut annotated["metadata"]["annotations"] {
         annotations.insert(LAST_APPLIED.into(), Value::String(text));
     }
     annotated
@@ -152,7 +145,12 @@ mod tests {
     fn the_annotation_holds_the_manifest_without_itself() {
         let manifest = deployment("a:1", json!({}));
         let sent = annotated(&manifest);
-        let recorded = last_applied(&sent).unwrap();
+        let mut recorded = last_applied(&sent).unwrap();
+        assert_eq!(recorded["metadata"]["annotations"], json!({}));
+        recorded["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("annotations");
         assert_eq!(recorded, manifest);
         assert!(
             sent["metadata"]["annotations"][LAST_APPLIED]
@@ -162,6 +160,23 @@ mod tests {
         );
         // Applying the annotated object again records the same text.
         assert_eq!(annotated(&sent), sent);
+    }
+
+    #[test]
+    fn the_annotation_is_the_text_kubectl_writes() {
+        // As kubectl 1.37 recorded this manifest (after setting its namespace).
+        let manifest = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "interop", "namespace": "default", "labels": {"a": "1", "d": "4"}},
+            "data": {"x": "1", "z": "3"},
+        });
+        let kubectl = "{\"apiVersion\":\"v1\",\"data\":{\"x\":\"1\",\"z\":\"3\"},\"kind\":\"ConfigMap\",\
+                       \"metadata\":{\"annotations\":{},\"labels\":{\"a\":\"1\",\"d\":\"4\"},\
+                       \"name\":\"interop\",\"namespace\":\"default\"}}\n";
+        assert_eq!(
+            annotated(&manifest)["metadata"]["annotations"][LAST_APPLIED],
+            kubectl
+        );
     }
 
     #[test]
