@@ -1,8 +1,10 @@
 //! The `flotilla` binary: command-line parsing and process wiring only. Each
-//! subcommand hands its flags to the crate that does the work.
+//! process subcommand hands its flags to the crate that does the work; the
+//! client verbs (`apply`, `get`, …) live in `cli/`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -10,6 +12,7 @@ use flotilla_raft_store::member::{Member, MemberConfig, PeerSpec};
 
 #[cfg(feature = "bench")]
 mod bench;
+mod cli;
 
 /// Flotilla: a WebAssembly-native orchestrator that speaks the Kubernetes API.
 #[derive(Parser, Debug)]
@@ -51,6 +54,8 @@ enum Command {
     #[cfg(feature = "bench")]
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    #[command(flatten)]
+    Client(cli::Verb),
 }
 
 #[derive(Args, Debug)]
@@ -198,27 +203,32 @@ fn parse_peer(text: &str) -> Result<PeerSpec, String> {
     Ok(PeerSpec { id, address })
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
-    init_tracing();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // A client's stderr is for its own messages: library logs only when
+    // they are warnings.
+    let client = matches!(cli.command, Command::Client(_));
+    init_tracing(if client { "warn" } else { "info" });
     runtime.block_on(run(cli.command))
 }
 
-fn init_tracing() {
+fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
 }
 
-async fn run(command: Command) -> Result<()> {
-    match command {
+async fn run(command: Command) -> Result<ExitCode> {
+    let outcome = match command {
+        // Client verbs report their own errors, readably, and pick the code.
+        Command::Client(verb) => return Ok(cli::run(verb).await),
         Command::Store(args) => run_store(args).await,
         Command::Server(args) => run_server(args).await,
         Command::Agent(args) => run_agent(args).await,
@@ -228,7 +238,8 @@ async fn run(command: Command) -> Result<()> {
         }
         #[cfg(feature = "bench")]
         Command::Bench(command) => bench::run(command).await,
-    }
+    };
+    outcome.map(|()| ExitCode::SUCCESS)
 }
 
 async fn run_store(args: StoreArgs) -> Result<()> {
