@@ -24,6 +24,9 @@ use tokio::io::AsyncWriteExt;
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A one-member server on loopback, a kubeconfig for it, and a client.
+/// An empty core module: what the test pods' images name.
+const EMPTY_MODULE: &[u8] = b"\0asm\x01\0\0\0";
+
 struct Cluster {
     server: Server,
     client: kube::Client,
@@ -42,6 +45,13 @@ impl Cluster {
         let url = format!("http://{}", server.api_address());
         std::fs::write(&kubeconfig, flotilla_control::server::kubeconfig(&url)).unwrap();
         let client = server.client().await.unwrap();
+        // The registry refuses pods whose images it does not hold; these
+        // pods never run, so the smallest module stands in for them.
+        for image in ["hello:1.0", "hello:2.0"] {
+            flotilla_control::registry::push(&client, EMPTY_MODULE, image)
+                .await
+                .unwrap();
+        }
         Cluster {
             server,
             client,
