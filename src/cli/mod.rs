@@ -1,5 +1,5 @@
 //! The client verbs of the `flotilla` binary (`apply`, `get`, `describe`,
-//! `delete`, `logs`, `scale`, `rollout`, `run`, `nodes`): what kubectl
+//! `delete`, `logs`, `scale`, `rollout`, `run`, `nodes`, `push`, `token`): what kubectl
 //! does, for people without it and for what it cannot do. Every verb is an
 //! API client through kube-rs and nothing else; none knows the store, the
 //! controllers or the node runtime.
@@ -22,10 +22,12 @@ mod manifest;
 mod merge;
 mod nodes;
 mod output;
+mod push;
 mod rollout;
 mod run;
 mod scale;
 mod session;
+mod token;
 
 use std::process::ExitCode;
 
@@ -52,6 +54,9 @@ pub enum Verb {
     Rollout(rollout::Command),
     Run(run::Args),
     Nodes(nodes::Args),
+    Push(push::Args),
+    #[command(subcommand)]
+    Token(token::Command),
 }
 
 /// Runs one verb; its error, if any, is printed for a person.
@@ -73,5 +78,7 @@ async fn dispatch(verb: Verb) -> Result<()> {
         Verb::Rollout(command) => rollout::run(command).await,
         Verb::Run(args) => run::run(args).await,
         Verb::Nodes(args) => nodes::run(args).await,
+        Verb::Push(args) => push::run(args).await,
+        Verb::Token(command) => token::run(command).await,
     }
 }
