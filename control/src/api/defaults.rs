@@ -8,6 +8,32 @@ use crate::resources::ResourceInfo;
 
 /// Fills `object`'s unset fields. Runs on create and update, before
 /// validation, so validation sees the object as it will be stored.
+/// What Kubernetes sets on a new Job once it has its uid (its
+/// `generateSelector`): unless `spec.manualSelector` is true and a selector
+/// is given, the selector is the Job's own uid, and the template carries
+/// the labels that match it, so `kubectl logs job/NAME` finds its pods.
+pub fn job_selector(object: &mut Value) {
+    let uid = object["metadata"]["uid"].clone();
+    let name = object["metadata"]["name"].clone();
+    let spec = &mut object["spec"];
+    if spec["manualSelector"].as_bool() == Some(true) && spec["selector"].is_object() {
+        return;
+    }
+    spec["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+    let labels = &mut spec["template"]["metadata"]["labels"];
+    if !labels.is_object() {
+        *labels = json!({});
+    }
+    for (key, value) in [
+        ("batch.kubernetes.io/controller-uid", &uid),
+        ("batch.kubernetes.io/job-name", &name),
+        ("controller-uid", &uid),
+        ("job-name", &name),
+    ] {
+        labels[key] = value.clone();
+    }
+}
+
 pub fn apply(info: &ResourceInfo, object: &mut Value) {
     match info.kind {
         "Pod" => pod_spec(&mut object["spec"]),

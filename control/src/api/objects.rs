@@ -270,6 +270,10 @@ pub async fn create(
             .as_str()
             .unwrap_or_default()
             .to_string();
+        if info.kind == "Job" {
+            // After naming: the template's job-name label is the final name.
+            defaults::job_selector(&mut object);
+        }
         if params.dry_run()? {
             return Ok(Reply::created(object).with_warnings(warnings));
         }

@@ -299,6 +299,19 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.code, axum::Json(self.to_status())).into_response()
+        let mut response = (self.code, axum::Json(self.to_status())).into_response();
+        // A store electing a new leader answers within a second or two;
+        // client-go (kubectl) and kube-rs retry a 503 or 429 that says
+        // when, as they do against kube-apiserver.
+        if matches!(
+            self.code,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
