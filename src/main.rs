@@ -126,6 +126,18 @@ struct ServerArgs {
     /// Raft tick interval in milliseconds (elections time out after 10 ticks).
     #[arg(long, default_value_t = 100)]
     tick_ms: u64,
+    /// How long a node may go without renewing its lease before it is
+    /// marked NotReady (kube-controller-manager's flag of the same name).
+    #[arg(long, default_value = "50s", value_parser = cli::duration::parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
+    /// How long pods stay on an unreachable node before they are evicted
+    /// and replaced (Kubernetes' default toleration of 300 s).
+    #[arg(long, default_value = "300s", value_parser = cli::duration::parse_duration)]
+    pod_eviction_timeout: std::time::Duration,
+    /// How long the controllers' leader may go unrenewed before another
+    /// server takes over (kube-controller-manager's --leader-elect-lease-duration).
+    #[arg(long, default_value = "15s", value_parser = cli::duration::parse_duration)]
+    leader_elect_lease_duration: std::time::Duration,
 }
 
 #[derive(Args, Debug)]
@@ -345,8 +357,16 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     let controllers = server
         .start_controllers(flotilla_control::controllers::ControllersConfig {
             identity: format!("server-{id}"),
-            election: flotilla_control::controllers::election::ElectionConfig::default(),
-            nodes: flotilla_control::controllers::nodes::NodeTimings::default(),
+            election: election_config(args.leader_elect_lease_duration),
+            nodes: flotilla_control::controllers::nodes::NodeTimings {
+                grace: args.node_monitor_grace_period,
+                eviction: args.pod_eviction_timeout,
+                // Looked at five times per grace period, at most every 5 s.
+                monitor_period: (args.node_monitor_grace_period / 5).clamp(
+                    std::time::Duration::from_millis(50),
+                    std::time::Duration::from_secs(5),
+                ),
+            },
             job_backoff: std::time::Duration::from_secs(10),
         })
         .await
@@ -394,6 +414,19 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     drop(controllers);
     server.shutdown().await;
     Ok(())
+}
+
+/// Kubernetes' election timings scaled to `lease`: renew deadline 2/3 of
+/// it, retry period 2/15 (10 s and 2 s for the default 15 s).
+fn election_config(
+    lease: std::time::Duration,
+) -> flotilla_control::controllers::election::ElectionConfig {
+    flotilla_control::controllers::election::ElectionConfig {
+        lease_duration: lease,
+        renew_deadline: lease * 2 / 3,
+        retry_period: lease * 2 / 15,
+        ..flotilla_control::controllers::election::ElectionConfig::default()
+    }
 }
 
 /// What a server that joins takes from the cluster it joins.

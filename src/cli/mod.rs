@@ -15,6 +15,7 @@ mod apply;
 mod catalog;
 mod delete;
 mod describe;
+pub mod duration;
 mod errors;
 mod get;
 mod logs;

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use super::output::print;
 use super::session::{ClientArgs, Session};
@@ -29,7 +29,7 @@ Then, on the new machine:
 #[derive(clap::Args, Debug)]
 pub struct CreateArgs {
     /// How long the token is valid: `30m`, `24h`, `7d`; `0` for ever.
-    #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+    #[arg(long, default_value = "24h", value_parser = super::duration::parse_duration)]
     pub ttl: Duration,
     /// What the token is for, kept with it.
     #[arg(long, default_value = "created by flotilla token create")]
@@ -54,43 +54,4 @@ pub async fn run(command: Command) -> Result<()> {
             .await
             .context("creating the token")?;
     print(format!("{token}\n"))
-}
-
-/// `90s`, `30m`, `24h`, `7d`, or `0`.
-fn parse_ttl(text: &str) -> Result<Duration> {
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .with_context(|| format!("{text:?} is not a duration like 30m, 24h or 7d"))?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        _ => bail!("{text:?} is not a duration like 30m, 24h or 7d"),
-    };
-    Ok(Duration::from_secs(number.saturating_mul(seconds)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_ttl;
-    use std::time::Duration;
-
-    #[test]
-    fn lifetimes_read_as_written() {
-        assert_eq!(parse_ttl("0").unwrap(), Duration::ZERO);
-        assert_eq!(parse_ttl("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_ttl("24h").unwrap(), Duration::from_secs(86_400));
-        assert_eq!(parse_ttl("7d").unwrap(), Duration::from_secs(604_800));
-        for bad in ["", "h", "24", "1y", "-1h"] {
-            assert!(parse_ttl(bad).is_err(), "{bad}");
-        }
-    }
 }

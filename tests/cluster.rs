@@ -1,0 +1,442 @@
+//! A whole cluster of real `flotilla` processes on loopback: three servers
+//! (the first creates the cluster, two join it with its token), two agents
+//! that join with the token and get node certificates, modules pushed with
+//! `flotilla push`, and kubectl 1.37 driving Deployments and a Job. Then an
+//! agent and the raft leader are killed with SIGKILL.
+//!
+//! Kubernetes' timings are shortened through the servers' and agents'
+//! flags. Every wait follows a watch or a process's log line, bounded by
+//! `WAIT`; none sleeps.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../control/tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::watcher;
+
+/// Bound on any one wait: generous for a loaded 2-core machine.
+const WAIT: Duration = Duration::from_secs(120);
+
+/// A `flotilla` process whose log lines the test can wait for; killed with
+/// SIGKILL when dropped.
+struct Process {
+    name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &str, args: &[String], logs: &Path) -> Process {
+        let log = logs.join(format!("{name}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("KUBECONFIG")
+            .env_remove("FLOTILLA_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (send, lines) = mpsc::channel();
+        let mut file = std::fs::File::create(&log).unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(file, "{line}");
+                let _ = send.send(line);
+            }
+        });
+        Process {
+            name: name.to_string(),
+            child,
+            lines,
+            log,
+        }
+    }
+
+    /// Waits for a log line containing `needle`.
+    fn wait_for(&mut self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "{} never logged {needle:?}; its log is {}:\n{}",
+                    self.name,
+                    self.log.display(),
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_tcp() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn free_udp() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The cluster under test.
+struct Cluster {
+    root: tempfile::TempDir,
+    servers: Vec<Process>,
+    apis: Vec<SocketAddr>,
+    stores: Vec<SocketAddr>,
+    agents: Vec<Process>,
+}
+
+impl Cluster {
+    fn dir(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+
+    fn url(&self, server: usize) -> String {
+        format!("https://{}", self.apis[server])
+    }
+
+    /// The admin kubeconfig, pointed at `server`.
+    fn kubeconfig(&self, server: usize) -> PathBuf {
+        let original = std::fs::read_to_string(self.dir("server-0").join("kubeconfig")).unwrap();
+        let path = self.root.path().join(format!("kubeconfig-{server}"));
+        std::fs::write(&path, original.replace(&self.url(0), &self.url(server))).unwrap();
+        path
+    }
+
+    fn server_args(&self, index: usize) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "server",
+            "--data-dir",
+            &self.dir(&format!("server-{index}")).display().to_string(),
+            "--api-listen",
+            &self.apis[index].to_string(),
+            "--store-listen",
+            &self.stores[index].to_string(),
+            "--tick-ms",
+            "50",
+            "--node-monitor-grace-period",
+            "3s",
+            "--pod-eviction-timeout",
+            "1s",
+            "--leader-elect-lease-duration",
+            "3s",
+        ]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect();
+        if index > 0 {
+            args.extend(["--join".into(), self.url(0), "--token".into(), self.token()]);
+        }
+        args
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.dir("server-0").join("token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    fn start_agent(&mut self, index: usize) {
+        let name = format!("agent-{index}");
+        let args: Vec<String> = [
+            "agent",
+            "--server",
+            &self.url(0),
+            "--token",
+            &self.token(),
+            "--node-name",
+            &name,
+            "--data-dir",
+            &self.dir(&name).display().to_string(),
+            "--kubelet-listen",
+            "127.0.0.1:0",
+            "--lease-renew-secs",
+            "1",
+            "--node-status-secs",
+            "1",
+        ]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect();
+        let mut agent = Process::spawn(&name, &args, self.root.path());
+        agent.wait_for("agent running");
+        self.agents.push(agent);
+    }
+
+    fn start() -> Cluster {
+        let root = tempfile::tempdir().unwrap();
+        let mut cluster = Cluster {
+            apis: (0..3).map(|_| free_tcp()).collect(),
+            stores: (0..3).map(|_| free_udp()).collect(),
+            root,
+            servers: Vec::new(),
+            agents: Vec::new(),
+        };
+        for index in 0..3 {
+            let args = cluster.server_args(index);
+            let mut server = Process::spawn(&format!("server-{index}"), &args, cluster.root.path());
+            // The first server logs how to join once its token is written.
+            server.wait_for(if index == 0 {
+                "join more"
+            } else {
+                "server running"
+            });
+            cluster.servers.push(server);
+        }
+        cluster.start_agent(0);
+        cluster.start_agent(1);
+        cluster
+    }
+
+    fn flotilla(&self, args: &[&str]) -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig(0))
+            .output()
+            .unwrap();
+        succeeded("flotilla", args, output)
+    }
+
+    fn kubectl(&self, server: usize, args: &[&str]) -> String {
+        let output = Command::new(support::kubectl())
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig(server))
+            .arg("--cache-dir")
+            .arg(self.root.path().join("kube-cache"))
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .output()
+            .unwrap();
+        succeeded("kubectl", args, output)
+    }
+
+    async fn client(&self, server: usize) -> kube::Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig(server)).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+}
+
+fn succeeded(tool: &str, args: &[&str], output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "{tool} {args:?} failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Waits until the pods labelled `app=<app>` satisfy `done`.
+async fn wait_pods(client: &kube::Client, app: &str, what: &str, done: impl Fn(&[Pod]) -> bool) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let config = watcher::Config::default().labels(&format!("app={app}"));
+    let mut stream = watcher(pods.clone(), config).boxed();
+    let waited = tokio::time::timeout(WAIT, async {
+        loop {
+            let listed = pods
+                .list(&ListParams::default().labels(&format!("app={app}")))
+                .await
+                .unwrap();
+            if done(&listed.items) {
+                return;
+            }
+            // The next change to these pods.
+            stream.try_next().await.unwrap();
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting for {what}");
+}
+
+/// Ready pods not being deleted, and the nodes they run on.
+fn serving(pods: &[Pod]) -> (usize, BTreeSet<String>) {
+    let ready: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .collect();
+    let nodes = ready
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    (ready.len(), nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_server_two_agent_cluster_runs_scales_and_survives_kills() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("target"));
+    let guests = flotilla_node::guests::build_examples(repo, &target)
+        .unwrap_or_else(|error| panic!("{error}"));
+    let mut cluster = Cluster::start();
+    let client = cluster.client(0).await;
+
+    // Both agents joined with the token and registered.
+    let nodes = cluster.kubectl(0, &["get", "nodes", "-o", "name"]);
+    assert_eq!(nodes.lines().count(), 2, "{nodes}");
+
+    // Modules pushed with the CLI; the examples' manifests unchanged.
+    let hello = guests.module("hello-http").unwrap();
+    let job = guests.module("job").unwrap();
+    cluster.flotilla(&["push", &hello.display().to_string(), "hello-http:0.1.0"]);
+    cluster.flotilla(&["push", &job.display().to_string(), "job:0.1.0"]);
+    let manifest = repo.join("examples/hello-http/k8s.yaml");
+    cluster.kubectl(0, &["apply", "-f", &manifest.display().to_string()]);
+    cluster.kubectl(0, &["scale", "deployment/hello-http", "--replicas", "4"]);
+    wait_pods(
+        &client,
+        "hello-http",
+        "4 ready pods on both agents",
+        |pods| serving(pods) == (4, BTreeSet::from(["agent-0".into(), "agent-1".into()])),
+    )
+    .await;
+
+    cluster.kubectl(0, &["scale", "deployment/hello-http", "--replicas", "8"]);
+    wait_pods(&client, "hello-http", "8 ready pods", |pods| {
+        serving(pods).0 == 8
+    })
+    .await;
+    cluster.kubectl(0, &["scale", "deployment/hello-http", "--replicas", "2"]);
+    wait_pods(&client, "hello-http", "2 pods left", |pods| pods.len() == 2).await;
+
+    // A Job runs to completion, and kubectl logs shows its output.
+    let job_manifest = repo.join("examples/job/k8s.yaml");
+    cluster.kubectl(0, &["apply", "-f", &job_manifest.display().to_string()]);
+    cluster.kubectl(
+        0,
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/primes",
+            "--timeout=120s",
+        ],
+    );
+    let logs = cluster.kubectl(0, &["logs", "job/primes"]);
+    assert_eq!(logs.trim(), "sum=454396537");
+
+    // Objects written before the kills, to count after them.
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for index in 0..20 {
+        let object: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("kept-{index}")},
+            "data": {"index": index.to_string()},
+        }))
+        .unwrap();
+        config_maps
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap();
+    }
+
+    // kill -9 of an agent: its pods are replaced on the other one.
+    cluster.kubectl(0, &["scale", "deployment/hello-http", "--replicas", "4"]);
+    wait_pods(
+        &client,
+        "hello-http",
+        "4 ready pods on both agents",
+        |pods| serving(pods) == (4, BTreeSet::from(["agent-0".into(), "agent-1".into()])),
+    )
+    .await;
+    cluster.agents[1].kill();
+    wait_pods(
+        &client,
+        "hello-http",
+        "4 ready pods on agent-0 alone",
+        |pods| serving(pods) == (4, BTreeSet::from(["agent-0".into()])),
+    )
+    .await;
+
+    // kill -9 of the raft leader: kubectl keeps working through another
+    // server, and nothing written is lost.
+    let store = flotilla_raft_store::client::Client::connect(
+        cluster.stores.clone(),
+        &cluster.dir("server-0").join("ca"),
+    )
+    .await
+    .unwrap();
+    let leader = store.status().await.unwrap().leader;
+    let leader_index = cluster
+        .stores
+        .iter()
+        .position(|address| store_member_id(&cluster, *address) == Some(leader))
+        .expect("the leader is one of the three");
+    cluster.servers[leader_index].kill();
+    let survivor = (leader_index + 1) % 3;
+    let names = cluster.kubectl(survivor, &["get", "configmaps", "-o", "name"]);
+    for index in 0..20 {
+        assert!(
+            names.contains(&format!("configmap/kept-{index}")),
+            "kept-{index} is missing after the leader died:\n{names}"
+        );
+    }
+    let deployment = cluster.kubectl(
+        survivor,
+        &[
+            "get",
+            "deployment/hello-http",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ],
+    );
+    assert_eq!(deployment.trim(), "4");
+    cluster.kubectl(survivor, &["create", "configmap", "after-the-kill"]);
+}
+
+/// The member id of the server whose store listens at `address`: the first
+/// server is 1, joined servers keep theirs in `member-id`.
+fn store_member_id(cluster: &Cluster, address: SocketAddr) -> Option<u64> {
+    let index = cluster.stores.iter().position(|a| *a == address)?;
+    if index == 0 {
+        return Some(1);
+    }
+    let text =
+        std::fs::read_to_string(cluster.dir(&format!("server-{index}")).join("member-id")).ok()?;
+    text.trim().parse().ok()
+}
