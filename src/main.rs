@@ -334,6 +334,12 @@ async fn run_server(args: ServerArgs) -> Result<()> {
             .context("issuing the admin client certificate")?;
         (Some(server), Some(admin))
     };
+    if joining.is_some() {
+        // Before the member starts: a restart must come back as this id.
+        std::fs::create_dir_all(&args.data_dir)
+            .and_then(|()| std::fs::write(&id_file, format!("{id}\n")))
+            .with_context(|| format!("writing {}", id_file.display()))?;
+    }
     // A joining server's member is added once it runs (the store could
     // lose its quorum otherwise); the server's start waits for that.
     let adding = joining.map(|joined| tokio::spawn(joined.add_member));
@@ -350,8 +356,6 @@ async fn run_server(args: ServerArgs) -> Result<()> {
             .await
             .context("joining the store")?
             .context("joining the store")?;
-        std::fs::write(&id_file, format!("{id}\n"))
-            .with_context(|| format!("writing {}", id_file.display()))?;
     }
     // Every server is a candidate; the controllers run on the elected one.
     let controllers = server

@@ -1433,25 +1433,33 @@ async fn a_deposed_scheduler_cannot_bind() {
     }))
     .unwrap();
     let lease = leases.create(&PostParams::default(), &lease).await.unwrap();
-    let fence_of = |lease: &Lease| LeaseFence {
-        namespace: "kube-system".into(),
-        name: "flotilla-control-plane".into(),
-        resource_version: lease
-            .metadata
-            .resource_version
-            .as_deref()
-            .unwrap()
-            .parse()
-            .unwrap(),
+    let fence_of = |lease: &Lease| {
+        let spec = lease.spec.clone().unwrap();
+        LeaseFence {
+            namespace: "kube-system".into(),
+            name: "flotilla-control-plane".into(),
+            holder: spec.holder_identity.unwrap(),
+            transitions: i64::from(spec.lease_transitions.unwrap_or(0)),
+        }
     };
     let stale = fence_of(&lease);
+    // A take-over, as the election writes it.
     let mut taken = lease.clone();
-    taken.spec.as_mut().unwrap().holder_identity = Some("leader".into());
+    let spec = taken.spec.as_mut().unwrap();
+    spec.holder_identity = Some("leader".into());
+    spec.lease_transitions = Some(1);
     let taken = leases
         .replace("flotilla-control-plane", &PostParams::default(), &taken)
         .await
         .unwrap();
     let current = fence_of(&taken);
+    // The new leader renews: its term, and so its fence, is unchanged.
+    let mut renewed = taken.clone();
+    renewed.spec.as_mut().unwrap().lease_duration_seconds = Some(16);
+    leases
+        .replace("flotilla-control-plane", &PostParams::default(), &renewed)
+        .await
+        .unwrap();
 
     let nodes: Api<Node> = Api::all(client.clone());
     nodes

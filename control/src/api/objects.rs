@@ -354,7 +354,7 @@ async fn bind(
         })?
         .to_string();
     let dry_run = params.dry_run()?;
-    let fence = fence_of(state, &body)?;
+    let fence = fence_of(&body)?;
     update_fenced_with(
         state,
         target,
@@ -382,21 +382,45 @@ async fn bind(
     })))
 }
 
-/// The store key and revision of the Lease a request's
-/// [`FENCE_ANNOTATION`] names, if it names one.
-fn fence_of(state: &ApiState, body: &Value) -> Result<Option<Fence>, ApiError> {
+/// The leader's term a request's [`FENCE_ANNOTATION`] names, if any.
+fn fence_of(body: &Value) -> Result<Option<LeaseFence>, ApiError> {
     let Some(value) = body["metadata"]["annotations"][FENCE_ANNOTATION].as_str() else {
         return Ok(None);
     };
-    let lease = LeaseFence::parse(value).map_err(ApiError::bad_request)?;
+    LeaseFence::parse(value)
+        .map(Some)
+        .map_err(ApiError::bad_request)
+}
+
+/// The Lease `fence` names, checked to still name its term, as the store
+/// key and revision a write compares: a renewal after this read makes the
+/// write retry, a take-over makes this check fail.
+async fn current_fence(state: &ApiState, fence: &LeaseFence) -> Result<Fence, ApiError> {
     let leases = state
         .registry
         .find("coordination.k8s.io", "v1", "leases")
         .ok_or_else(|| ApiError::internal("the Lease resource is not served"))?;
-    Ok(Some(Fence {
-        key: key(leases, Some(&lease.namespace), &lease.name),
-        mod_revision: lease.resource_version,
-    }))
+    let key = key(leases, Some(&fence.namespace), &fence.name);
+    let lost = || {
+        ApiError::conflict_message(format!(
+            "the Lease {}/{} named by {FENCE_ANNOTATION} is no longer held by {} in term {}; \
+             the writer no longer leads",
+            fence.namespace, fence.name, fence.holder, fence.transitions
+        ))
+    };
+    let stored = state
+        .storage
+        .get(&key)
+        .await
+        .map_err(|error| ApiError::from_storage(error, leases, &fence.name))?
+        .ok_or_else(lost)?;
+    if !fence.holds(&decode(&stored)?) {
+        return Err(lost());
+    }
+    Ok(Fence {
+        key,
+        mod_revision: stored.mod_revision,
+    })
 }
 
 /// `PUT`: replace an object, its status, or its scale.
@@ -525,13 +549,14 @@ pub async fn update_with(
     update_fenced_with(state, target, name, precondition, None, dry_run, change).await
 }
 
-/// As [`update_with`], and the write also requires `fence` to be unchanged.
+/// As [`update_with`], and the write also requires the leader's term
+/// `fence` names to hold when it commits.
 async fn update_fenced_with(
     state: &ApiState,
     target: &Target<'_>,
     name: &str,
     precondition: Option<i64>,
-    fence: Option<&Fence>,
+    fence: Option<&LeaseFence>,
     dry_run: bool,
     change: impl Fn(&Value) -> Result<Value, ApiError>,
 ) -> Result<Value, ApiError> {
@@ -565,9 +590,10 @@ async fn update_fenced_with(
         let outcome = if finished {
             state.storage.delete(&key, stored.mod_revision).await
         } else if let Some(fence) = fence {
+            let fence = current_fence(state, fence).await?;
             state
                 .storage
-                .update_fenced(&key, encode(&next)?, stored.mod_revision, fence)
+                .update_fenced(&key, encode(&next)?, stored.mod_revision, &fence)
                 .await
         } else {
             state
@@ -581,6 +607,8 @@ async fn update_fenced_with(
                 return Ok(next);
             }
             Err(StorageError::Conflict { .. }) if precondition.is_none() => continue,
+            // The Lease was renewed since it was checked: check it again.
+            Err(StorageError::Fenced { .. }) => continue,
             Err(error) => return Err(ApiError::from_storage(error, info, name)),
         }
     }

@@ -231,8 +231,8 @@ impl ApiError {
             StorageError::Conflict { .. } => ApiError::conflict(info, name),
             StorageError::Fenced { .. } => ApiError::conflict_message(format!(
                 "Operation cannot be fulfilled on {} \"{name}\": the Lease named by \
-                 {FENCE_ANNOTATION} has changed since its resourceVersion was read; \
-                 the writer no longer holds it",
+                 {FENCE_ANNOTATION} kept changing while the write was checked against it; \
+                 try again",
                 info.qualified_plural()
             ))
             .with_details(info, name),

@@ -10,7 +10,7 @@
 //! renew within the renew deadline steps down before its lease can expire
 //! elsewhere; what it still writes in that moment is fenced by the
 //! `resourceVersion` preconditions of the writes themselves, and its
-//! bindings by the Lease's own revision (`fence`, see [`crate::fence`]).
+//! bindings by its term (`fence`, see [`crate::fence`]).
 //!
 //! This module knows the Lease and the clock, nothing of what the leader
 //! does.
@@ -53,8 +53,8 @@ impl Default for ElectionConfig {
 }
 
 /// Runs the election for `identity` until dropped; `leading` says whether
-/// this member leads now, and `fence` the Lease as this member last wrote
-/// it while leading (see [`crate::fence`]).
+/// this member leads now, and `fence` the term it leads in (see
+/// [`crate::fence`]).
 pub struct Elector {
     pub leading: watch::Receiver<bool>,
     pub fence: watch::Receiver<Option<LeaseFence>>,
@@ -112,8 +112,13 @@ impl Candidate {
                     }
                     renewed_at = Some(Instant::now());
                     // The fence first: a leader's writes must never go out
-                    // with a token older than the Lease it holds.
-                    tell_fence.send_replace(self.fence_of(&lease));
+                    // with a token of an older term. Renewals keep the term.
+                    let fence = self.fence_of(&lease);
+                    tell_fence.send_if_modified(|current| {
+                        let changed = *current != fence;
+                        *current = fence;
+                        changed
+                    });
                     tell.send_replace(true);
                 }
                 Ok(None) => {
@@ -140,13 +145,14 @@ impl Candidate {
         }
     }
 
-    /// The fencing token of the Lease as this member wrote it.
+    /// The fencing token of this member's term, from the Lease it wrote.
     fn fence_of(&self, lease: &Lease) -> Option<LeaseFence> {
-        let resource_version = lease.metadata.resource_version.as_deref()?.parse().ok()?;
+        let spec = lease.spec.as_ref()?;
         Some(LeaseFence {
             namespace: self.config.namespace.clone(),
             name: self.config.lease_name.clone(),
-            resource_version,
+            holder: spec.holder_identity.clone()?,
+            transitions: i64::from(spec.lease_transitions.unwrap_or(0)),
         })
     }
 
