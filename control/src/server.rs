@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::api::{self, ApiState};
+use crate::controllers::ipam::IpamConfig;
 use crate::controllers::{Controllers, ControllersConfig};
 use crate::registry::{ModuleRegistry, RegistryConfig};
 use crate::storage::Storage;
@@ -284,7 +285,18 @@ impl Server {
         &self,
         config: ControllersConfig,
     ) -> Result<Controllers, ServerError> {
-        Ok(Controllers::start(self.client().await?, config))
+        self.start_controllers_with(config, IpamConfig::default())
+            .await
+    }
+
+    /// As [`Server::start_controllers`], with Node podCIDRs cut from
+    /// `ipam`'s cluster CIDR (by default 10.244.0.0/16 in /24s).
+    pub async fn start_controllers_with(
+        &self,
+        config: ControllersConfig,
+        ipam: IpamConfig,
+    ) -> Result<Controllers, ServerError> {
+        Ok(Controllers::start_with(self.client().await?, config, ipam))
     }
 
     pub async fn shutdown(self) {
