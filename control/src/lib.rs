@@ -21,4 +21,4 @@ pub mod server;
 pub mod storage;
 pub mod tls;
 
-pub use server::{Server, ServerConfig, ServerError, kubeconfig};
+pub use server::{Server, ServerConfig, ServerError, ServerOptions, kubeconfig};

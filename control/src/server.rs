@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::api::{self, ApiState};
+use crate::controllers::ipam::IpamConfig;
 use crate::controllers::{Controllers, ControllersConfig};
 use crate::registry::{ModuleRegistry, RegistryConfig};
 use crate::storage::Storage;
@@ -47,6 +48,12 @@ pub enum ServerError {
     Client(String),
     #[error("cannot admit newcomers: {0}")]
     Join(#[from] crate::join::JoinError),
+    #[error(
+        "the service CIDR {0} must be a /{min} to a /{max}",
+        min = crate::api::services::SERVICE_CIDR_PREFIX_MIN,
+        max = crate::api::services::SERVICE_CIDR_PREFIX_MAX
+    )]
+    ServiceCidr(ipnet::Ipv4Net),
 }
 
 #[derive(Clone, Debug)]
@@ -120,6 +127,38 @@ impl ServerConfig {
     }
 }
 
+/// What a server is started with besides its [`ServerConfig`]: a second
+/// argument of [`Server::start_with`], not `ServerConfig` fields, so that
+/// callers building `ServerConfig` literally keep compiling. A
+/// [`RegistryConfig`] converts into it, with the other defaults.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub registry: RegistryConfig,
+    /// Where Services' ClusterIPs come from (kube-apiserver's
+    /// `--service-cluster-ip-range`): a /12 to a /29, by default
+    /// [`SERVICE_CIDR_DEFAULT`](crate::api::services::SERVICE_CIDR_DEFAULT),
+    /// 10.96.0.0/12. Every server of a cluster must be given the same.
+    pub service_cidr: ipnet::Ipv4Net,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            registry: RegistryConfig::default(),
+            service_cidr: crate::api::services::SERVICE_CIDR_DEFAULT,
+        }
+    }
+}
+
+impl From<RegistryConfig> for ServerOptions {
+    fn from(registry: RegistryConfig) -> Self {
+        ServerOptions {
+            registry,
+            ..ServerOptions::default()
+        }
+    }
+}
+
 /// A running server. [`Server::shutdown`] stops it.
 pub struct Server {
     member: Member,
@@ -133,21 +172,24 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts a member with the registry's defaults (no `file://` images).
+    /// Starts a member with the defaults of [`ServerOptions`] (no `file://`
+    /// images, ClusterIPs from 10.96.0.0/12).
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
-        Server::start_with(config, RegistryConfig::default()).await
+        Server::start_with(config, ServerOptions::default()).await
     }
 
-    /// Starts a member whose module registry behaves as `registry` says
-    /// (`flotilla up` allows `file://` images). It is a second argument,
-    /// not a `ServerConfig` field, so that callers building `ServerConfig`
-    /// literally keep compiling.
+    /// Starts a member with `options`: a [`RegistryConfig`] (`flotilla up`
+    /// allows `file://` images) or a whole [`ServerOptions`].
     pub async fn start_with(
         config: ServerConfig,
-        registry: RegistryConfig,
+        options: impl Into<ServerOptions>,
     ) -> Result<Server, ServerError> {
+        let options = options.into();
         if config.api_tls.is_none() && !config.api_listen.ip().is_loopback() {
             return Err(ServerError::NotLoopback(config.api_listen));
+        }
+        if !crate::api::services::valid_service_cidr(options.service_cidr) {
+            return Err(ServerError::ServiceCidr(options.service_cidr));
         }
         let listener = TcpListener::bind(config.api_listen)
             .await
@@ -179,7 +221,8 @@ impl Server {
         if let Some(credentials) = &own_client {
             state.kubelet_tls = Some(crate::tls::kubelet_connector(credentials)?);
         }
-        state.modules = std::sync::Arc::new(ModuleRegistry::new(registry));
+        state.modules = std::sync::Arc::new(ModuleRegistry::new(options.registry));
+        state.service_cidr = options.service_cidr;
         bootstrap(&state).await?;
 
         let compactor = tokio::spawn(compact_periodically(
@@ -242,7 +285,18 @@ impl Server {
         &self,
         config: ControllersConfig,
     ) -> Result<Controllers, ServerError> {
-        Ok(Controllers::start(self.client().await?, config))
+        self.start_controllers_with(config, IpamConfig::default())
+            .await
+    }
+
+    /// As [`Server::start_controllers`], with Node podCIDRs cut from
+    /// `ipam`'s cluster CIDR (by default 10.240.0.0/12 in /22s).
+    pub async fn start_controllers_with(
+        &self,
+        config: ControllersConfig,
+        ipam: IpamConfig,
+    ) -> Result<Controllers, ServerError> {
+        Ok(Controllers::start_with(self.client().await?, config, ipam))
     }
 
     pub async fn shutdown(self) {

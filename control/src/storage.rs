@@ -38,6 +38,10 @@ pub enum StorageError {
     /// The revision asked for is older than the store keeps.
     #[error("revision {requested} has been compacted; the oldest available is {compacted}")]
     Compacted { requested: i64, compacted: i64 },
+    /// A key claimed with the write (an allocated address) is held
+    /// already, by another object.
+    #[error("{} is taken already", String::from_utf8_lossy(key))]
+    Claimed { key: Vec<u8> },
     #[error("the store failed: {0}")]
     Store(#[from] StoreError),
 }
@@ -67,6 +71,15 @@ pub struct Page {
 pub struct Fence {
     pub key: Vec<u8>,
     pub mod_revision: i64,
+}
+
+/// A key written in the same transaction as an object, and only if no key
+/// is there: what makes an allocation (a Service's ClusterIP) unique
+/// among any number of API servers, and never outlive its object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
 }
 
 /// raft-store as the API server uses it: in-process, through the member's
@@ -156,10 +169,62 @@ impl Storage {
         Ok(revision_of(&response))
     }
 
+    /// As [`Storage::create`], writing every claim with the object in one
+    /// transaction, and only if none of their keys exists either. Tells
+    /// which failed: the object's key (`AlreadyExists`) before a claim's
+    /// (`Claimed`).
+    pub async fn create_claiming(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+        claims: &[Claim],
+    ) -> Result<i64> {
+        let keys = std::iter::once(key).chain(claims.iter().map(|claim| claim.key.as_slice()));
+        let compare = keys
+            .clone()
+            .map(|key| compare_mod_revision(key, 0))
+            .collect();
+        let failure = keys.clone().map(range).collect();
+        let mut success = vec![put(key, value)];
+        success.extend(
+            claims
+                .iter()
+                .map(|claim| put(&claim.key, claim.value.clone())),
+        );
+        let response = self
+            .service
+            .txn(TxnRequest {
+                compare,
+                success,
+                failure,
+            })
+            .await?;
+        if response.succeeded {
+            return Ok(revision_of(&response));
+        }
+        let found = ranges_of(&response);
+        if found.first().copied().flatten().is_some() {
+            return Err(StorageError::AlreadyExists);
+        }
+        let held = claims
+            .iter()
+            .zip(found.iter().skip(1))
+            .find(|(_, revision)| revision.is_some());
+        match held {
+            Some((claim, _)) => Err(StorageError::Claimed {
+                key: claim.key.clone(),
+            }),
+            // Gone again between the compare and the ranges: a race lost
+            // to a delete, which the caller retries like any conflict.
+            None => Err(StorageError::Conflict { current: 0 }),
+        }
+    }
+
     /// Replaces the object at `key` if it is still at `expected` (its
     /// mod_revision); returns the new revision.
     pub async fn update(&self, key: &[u8], value: Vec<u8>, expected: i64) -> Result<i64> {
-        self.guarded(key, expected, None, put(key, value)).await
+        self.guarded(key, expected, None, vec![put(key, value)])
+            .await
     }
 
     /// As [`Storage::update`], and only if `fence` is also still at the
@@ -172,22 +237,30 @@ impl Storage {
         expected: i64,
         fence: &Fence,
     ) -> Result<i64> {
-        self.guarded(key, expected, Some(fence), put(key, value))
+        self.guarded(key, expected, Some(fence), vec![put(key, value)])
             .await
     }
 
     /// Deletes the object at `key` if it is still at `expected`; returns
     /// the deleting revision.
     pub async fn delete(&self, key: &[u8], expected: i64) -> Result<i64> {
-        let delete = RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(
-                DeleteRangeRequest {
-                    key: key.to_vec(),
-                    ..Default::default()
-                },
-            )),
-        };
-        self.guarded(key, expected, None, delete).await
+        self.delete_releasing(key, expected, &[]).await
+    }
+
+    /// As [`Storage::delete`], deleting the object's claims (see
+    /// [`Storage::create_claiming`]) in the same transaction, so an
+    /// allocation is freed exactly when its object goes.
+    pub async fn delete_releasing(
+        &self,
+        key: &[u8],
+        expected: i64,
+        claims: &[Vec<u8>],
+    ) -> Result<i64> {
+        let deletes = std::iter::once(key)
+            .chain(claims.iter().map(Vec::as_slice))
+            .map(delete_op)
+            .collect();
+        self.guarded(key, expected, None, deletes).await
     }
 
     /// Runs `op` if `key` is still at `expected` (and `fence` at its
@@ -198,7 +271,7 @@ impl Storage {
         key: &[u8],
         expected: i64,
         fence: Option<&Fence>,
-        op: RequestOp,
+        ops: Vec<RequestOp>,
     ) -> Result<i64> {
         let mut compare = vec![compare_mod_revision(key, expected)];
         let mut failure = vec![range(key)];
@@ -210,7 +283,7 @@ impl Storage {
             .service
             .txn(TxnRequest {
                 compare,
-                success: vec![op],
+                success: ops,
                 failure,
             })
             .await?;
@@ -319,6 +392,17 @@ fn put(key: &[u8], value: Vec<u8>) -> RequestOp {
             value,
             ..Default::default()
         })),
+    }
+}
+
+fn delete_op(key: &[u8]) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(
+            DeleteRangeRequest {
+                key: key.to_vec(),
+                ..Default::default()
+            },
+        )),
     }
 }
 

@@ -1538,3 +1538,75 @@ async fn a_deposed_scheduler_cannot_bind() {
     leader.abort();
     server.stop().await;
 }
+
+fn pod_cidr(node: &k8s_openapi::api::core::v1::Node) -> Option<String> {
+    let spec = node.spec.as_ref()?;
+    let cidr = spec.pod_cidr.clone()?;
+    assert_eq!(spec.pod_cidrs.as_deref(), Some(&[cidr.clone()][..]));
+    Some(cidr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_get_distinct_pod_cidrs_and_freed_ones_are_reused() {
+    use flotilla_control::controllers::ipam::IpamConfig;
+    use k8s_openapi::api::core::v1::{Event, Node};
+    use std::collections::{BTreeMap, HashSet};
+
+    let server = TestServer::start().await;
+    let client = client(&server).await;
+    // A /22 cut into /24s: room for four nodes.
+    let ipam = IpamConfig::new("10.250.0.0/22".parse().unwrap(), 24).unwrap();
+    let config = ControllersConfig {
+        identity: "test".into(),
+        election: fast_election(),
+        nodes: NodeTimings::default(),
+        job_backoff: Duration::from_millis(50),
+    };
+    let controllers = Controllers::start_with(client.clone(), config, ipam);
+    wait_for(&mut controllers.leading(), true).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let create = |name: &'static str| {
+        let nodes = nodes.clone();
+        async move {
+            let node = fake_node(name, "2", json!({}));
+            nodes.create(&PostParams::default(), &node).await.unwrap();
+        }
+    };
+    for name in ["a", "b", "c", "d"] {
+        create(name).await;
+    }
+    let all = wait_until(&nodes, "four podCIDRs", |nodes| {
+        nodes.iter().filter(|node| pod_cidr(node).is_some()).count() == 4
+    })
+    .await;
+    let ranges: BTreeMap<String, String> = all
+        .iter()
+        .map(|node| (node.metadata.name.clone().unwrap(), pod_cidr(node).unwrap()))
+        .collect();
+    let distinct: HashSet<&String> = ranges.values().collect();
+    assert_eq!(distinct.len(), 4, "{ranges:?}");
+    assert!(distinct.iter().all(|range| range.starts_with("10.250.")));
+
+    // The cluster CIDR is full: the fifth node is told so, and gets the
+    // range of a node deleted after.
+    create("e").await;
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    wait_until(&events, "a CIDRNotAvailable event", |events| {
+        events.iter().any(|event| {
+            event.reason.as_deref() == Some("CIDRNotAvailable")
+                && event.involved_object.name.as_deref() == Some("e")
+        })
+    })
+    .await;
+    assert_eq!(pod_cidr(&nodes.get("e").await.unwrap()), None);
+    nodes.delete("b", &DeleteParams::default()).await.unwrap();
+    let freed = ranges["b"].clone();
+    wait_until(&nodes, "node e to get node b's range", |nodes| {
+        nodes.iter().any(|node| {
+            node.metadata.name.as_deref() == Some("e") && pod_cidr(node) == Some(freed.clone())
+        })
+    })
+    .await;
+    drop(controllers);
+    server.stop().await;
+}

@@ -385,3 +385,139 @@ async fn compacted_revisions_are_410_gone() {
     );
     server.stop().await;
 }
+
+fn service(name: &str, cluster_ip: Option<&str>) -> k8s_openapi::api::core::v1::Service {
+    let mut spec = json!({"selector": {"app": name}, "ports": [{"port": 80}]});
+    if let Some(ip) = cluster_ip {
+        spec["clusterIP"] = json!(ip);
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn cluster_ip_of(service: &k8s_openapi::api::core::v1::Service) -> std::net::Ipv4Addr {
+    let spec = service.spec.as_ref().unwrap();
+    let ip = spec.cluster_ip.clone().unwrap();
+    assert_eq!(spec.cluster_ips.as_deref(), Some(&[ip.clone()][..]));
+    ip.parse().unwrap()
+}
+
+fn refused_on_cluster_ip(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status)
+        if status.code == 422 && status.message.contains("spec.clusterIP"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_get_distinct_cluster_ips_and_give_them_back() {
+    use k8s_openapi::api::core::v1::Service;
+    use std::collections::HashSet;
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        flotilla_control::ServerConfig::loopback(dir.path(), Duration::from_millis(20)).unwrap();
+    // A /27: the network, the broadcast and the first host (kept for the
+    // `kubernetes` Service) leave 29 addresses to hand out.
+    let range: ipnet::Ipv4Net = "10.0.0.0/27".parse().unwrap();
+    let options = flotilla_control::ServerOptions {
+        service_cidr: range,
+        ..flotilla_control::ServerOptions::default()
+    };
+    let server = flotilla_control::Server::start_with(config, options)
+        .await
+        .unwrap();
+    let services: Api<Service> = Api::default_namespaced(server.client().await.unwrap());
+    let params = PostParams::default();
+
+    // Concurrent creations race for addresses; none is given twice.
+    let names: Vec<String> = (0..29).map(|i| format!("s{i}")).collect();
+    let first: Vec<Service> = names[..8].iter().map(|name| service(name, None)).collect();
+    let racing = first.iter().map(|one| services.create(&params, one));
+    let mut created = futures::future::try_join_all(racing).await.unwrap();
+    for name in &names[8..] {
+        created.push(
+            services
+                .create(&params, &service(name, None))
+                .await
+                .unwrap(),
+        );
+    }
+    let addresses: HashSet<_> = created.iter().map(cluster_ip_of).collect();
+    assert_eq!(addresses.len(), 29, "{addresses:?}");
+    let reserved = [
+        range.network(),
+        range.broadcast(),
+        "10.0.0.1".parse().unwrap(),
+    ];
+    assert!(
+        addresses
+            .iter()
+            .all(|ip| range.contains(ip) && !reserved.contains(ip))
+    );
+
+    // The range is full; a deleted Service's address is free again.
+    let error = services
+        .create(&params, &service("full", None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, kube::Error::Api(status) if status.code == 500 && status.message.contains("range is full")),
+        "{error:?}"
+    );
+    let freed = cluster_ip_of(&created[3]);
+    services
+        .delete("s3", &DeleteParams::default())
+        .await
+        .unwrap();
+    let again = services
+        .create(&params, &service("again", None))
+        .await
+        .unwrap();
+    assert_eq!(cluster_ip_of(&again), freed);
+
+    // A requested address: honoured when free, refused when held or
+    // outside the range.
+    let asked = services
+        .create(&params, &service("asked", Some("10.0.0.1")))
+        .await
+        .unwrap();
+    assert_eq!(cluster_ip_of(&asked).to_string(), "10.0.0.1");
+    let held = cluster_ip_of(&created[0]).to_string();
+    for refused in [held.as_str(), "10.0.1.5", "10.0.0.31", "not-an-ip"] {
+        let error = services
+            .create(&params, &service("refused", Some(refused)))
+            .await
+            .unwrap_err();
+        assert!(refused_on_cluster_ip(&error), "{refused}: {error:?}");
+    }
+    // Headless Services take nothing.
+    let headless = services
+        .create(&params, &service("headless", Some("None")))
+        .await
+        .unwrap();
+    let spec = headless.spec.unwrap();
+    assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(spec.cluster_ips, Some(vec!["None".to_owned()]));
+
+    // The address is immutable; a replacement that leaves it out keeps it.
+    let mut replacement = service("asked", None);
+    replacement.metadata.resource_version = asked.metadata.resource_version.clone();
+    let replaced = services
+        .replace("asked", &params, &replacement)
+        .await
+        .unwrap();
+    assert_eq!(cluster_ip_of(&replaced).to_string(), "10.0.0.1");
+    let error = services
+        .patch(
+            "asked",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"clusterIP": "10.0.0.9", "clusterIPs": ["10.0.0.9"]}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(refused_on_cluster_ip(&error), "{error:?}");
+    server.shutdown().await;
+}

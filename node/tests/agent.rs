@@ -15,6 +15,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flotilla_control::controllers::election::ElectionConfig;
+use flotilla_control::controllers::nodes::NodeTimings;
+use flotilla_control::controllers::{Controllers, ControllersConfig};
 use flotilla_control::registry::RegistryConfig;
 use flotilla_control::{Server, ServerConfig};
 use flotilla_node::agent::{
@@ -23,7 +26,7 @@ use flotilla_node::agent::{
 use flotilla_node::{BackoffConfig, NodeRuntime};
 use http_body_util::BodyExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::wait::{Condition, await_condition, conditions};
 use serde_json::json;
@@ -34,6 +37,25 @@ struct Cluster {
     server: Server,
     client: kube::Client,
     dir: tempfile::TempDir,
+    /// The elected loops: node IPAM gives the node the podCIDR its pods'
+    /// addresses come from, and the Endpoints controller lists them.
+    controllers: Controllers,
+}
+
+/// The control loops with an election short enough for tests.
+async fn start_controllers(server: &Server) -> Controllers {
+    let config = ControllersConfig {
+        identity: "test".into(),
+        election: ElectionConfig {
+            lease_duration: Duration::from_millis(1_500),
+            renew_deadline: Duration::from_millis(1_000),
+            retry_period: Duration::from_millis(100),
+            ..ElectionConfig::default()
+        },
+        nodes: NodeTimings::default(),
+        job_backoff: Duration::from_millis(50),
+    };
+    server.start_controllers(config).await.unwrap()
 }
 
 impl Cluster {
@@ -54,10 +76,12 @@ impl Cluster {
         let client = flotilla_node::agent::client_from_kubeconfig(&kubeconfig)
             .await
             .unwrap();
+        let controllers = start_controllers(&server).await;
         Cluster {
             server,
             client,
             dir,
+            controllers,
         }
     }
 
@@ -92,6 +116,7 @@ impl Cluster {
 
     async fn stop(self, agent: Agent) {
         agent.shutdown().await;
+        drop(self.controllers);
         self.server.shutdown().await;
     }
 }
@@ -154,6 +179,31 @@ fn pod(name: &str, node: &str, job_args: Option<&[&str]>) -> Pod {
     let spec = pod.spec.as_mut().unwrap();
     spec.node_name = Some(node.to_owned());
     pod
+}
+
+/// The pod's address, which `status.podIPs` repeats.
+fn pod_ip(pod: &Pod) -> std::net::Ipv4Addr {
+    let status = pod.status.as_ref().unwrap();
+    let ip = status.pod_ip.clone().expect("a pod IP");
+    let ips: Vec<String> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|p| p.ip.clone())
+        .collect();
+    assert_eq!(ips, std::slice::from_ref(&ip));
+    ip.parse().unwrap()
+}
+
+/// The node's podCIDR, once the IPAM controller has given it.
+async fn node_cidr(cluster: &Cluster, node: &str) -> ipnet::Ipv4Net {
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    let given = wait_for(&nodes, node, "the node's podCIDR", |n: Option<&Node>| {
+        n.and_then(|n| n.spec.as_ref()?.pod_cidr.as_ref()).is_some()
+    })
+    .await
+    .unwrap();
+    given.spec.unwrap().pod_cidr.unwrap().parse().unwrap()
 }
 
 fn condition_true(pod: &Pod, kind: &str) -> bool {
@@ -340,6 +390,42 @@ async fn pod_runs_reports_status_and_goes_when_deleted_gracefully() {
         .unwrap();
     assert_eq!(code, 200);
 
+    // Its address is from the node's podCIDR (not the network or gateway
+    // one), and a Service selecting it lists it in its Endpoints.
+    let address = pod_ip(&running);
+    let range = node_cidr(&cluster, "node-b").await;
+    assert!(range.contains(&address), "{address} is not in {range}");
+    assert!(![range.network(), range.hosts().next().unwrap()].contains(&address));
+    let ready_addresses = |endpoints: Option<&Endpoints>| {
+        endpoints
+            .and_then(|e| e.subsets.as_ref())
+            .into_iter()
+            .flatten()
+            .flat_map(|subset| subset.addresses.iter().flatten())
+            .map(|a| a.ip.clone())
+            .collect::<Vec<_>>()
+    };
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), "default");
+    let selector = running.metadata.labels.clone().unwrap_or_default();
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"selector": selector, "ports": [{"port": 80, "targetPort": 8080}]},
+    }))
+    .unwrap();
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    let endpoints: Api<Endpoints> = Api::namespaced(cluster.client.clone(), "default");
+    let wanted = vec![address.to_string()];
+    wait_for(
+        &endpoints,
+        "web",
+        "the Endpoints to list the pod",
+        move |e: Option<&Endpoints>| ready_addresses(e) == wanted,
+    )
+    .await;
+
     // `kubectl delete pod web`: graceful, so the API keeps the pod until
     // the node has stopped it and deleted it with a zero grace period.
     pods.delete("web", &DeleteParams::default()).await.unwrap();
@@ -428,6 +514,7 @@ async fn restarted_agent_adopts_its_pods_and_removes_those_deleted_meanwhile() {
         uids.insert(name, created.metadata.uid.unwrap());
         wait_for(&pods, name, "the pod to run", running_and_ready).await;
     }
+    let kept_address = pod_ip(&pods.get("keep").await.unwrap());
 
     // The agent goes away; its pods keep running. Meanwhile one is deleted
     // with a zero grace period, so the API forgets it without the node.
@@ -460,6 +547,16 @@ async fn restarted_agent_adopts_its_pods_and_removes_those_deleted_meanwhile() {
     let status = kept.status();
     assert_eq!(status.phase.as_deref(), Some("Running"));
     assert_eq!(status.container_statuses.unwrap()[0].restart_count, 0);
+    // The adopted pod keeps its address, recovered from its status, and a
+    // pod started after the restart is not given it again.
+    pods.create(&PostParams::default(), &pod("fresh", "node-c", None))
+        .await
+        .unwrap();
+    let fresh = wait_for(&pods, "fresh", "the new pod to run", running_and_ready)
+        .await
+        .unwrap();
+    assert_ne!(pod_ip(&fresh), kept_address);
+    assert_eq!(pod_ip(&pods.get("keep").await.unwrap()), kept_address);
     // Adopted pods are still served by the endpoint and deleted gracefully.
     pods.delete("keep", &DeleteParams::default()).await.unwrap();
     wait_for(
@@ -742,6 +839,7 @@ async fn an_agent_that_joined_serves_logs_over_tls() {
         allow_file_images: true,
     };
     let server = Server::start_with(server_config, registry).await.unwrap();
+    let controllers = start_controllers(&server).await;
     let admin = server.client().await.unwrap();
     let url = format!("https://{}", server.api_address());
     let token = join::create_token(&admin, &ca_pem, None, "test")
@@ -805,5 +903,6 @@ async fn an_agent_that_joined_serves_logs_over_tls() {
         "plain HTTP was answered"
     );
     agent.shutdown().await;
+    drop(controllers);
     server.shutdown().await;
 }

@@ -29,6 +29,7 @@ pub mod path;
 pub mod protobuf;
 pub mod request;
 pub mod selector;
+pub mod services;
 pub mod status;
 pub mod table;
 pub mod validation;
@@ -66,6 +67,8 @@ pub struct ApiState {
     /// HTTP, where only agents on loopback are reached.
     pub kubelet_tls: Option<tokio_rustls::TlsConnector>,
     pub modules: Arc<crate::registry::ModuleRegistry>,
+    /// Where Services' ClusterIPs come from (`services.rs`).
+    pub service_cidr: ipnet::Ipv4Net,
 }
 
 impl ApiState {
@@ -77,6 +80,7 @@ impl ApiState {
             join: None,
             kubelet_tls: None,
             modules: Arc::new(crate::registry::ModuleRegistry::default()),
+            service_cidr: services::SERVICE_CIDR_DEFAULT,
         }
     }
 }

@@ -12,7 +12,7 @@ use super::clock::now;
 use super::patch;
 use super::request::{FieldValidation, Params, resource_version};
 use super::status::{ApiError, FieldError};
-use super::{ApiState, Reply, defaults, validation};
+use super::{ApiState, Reply, defaults, services, validation};
 use crate::api::path::Target;
 use crate::fence::{FENCE_ANNOTATION, LeaseFence};
 use crate::resources::ResourceInfo;
@@ -20,8 +20,9 @@ use crate::storage::{Fence, StorageError, Stored};
 
 /// Attempts of one write against concurrent writers before giving up.
 const WRITE_ATTEMPTS_MAX: usize = 8;
-/// Attempts to find a free name for `generateName`.
-const GENERATE_NAME_ATTEMPTS_MAX: usize = 4;
+/// Attempts to create an object whose generated name (`generateName`) or
+/// picked ClusterIP another writer took meanwhile.
+const CREATE_ATTEMPTS_MAX: usize = 8;
 /// Characters of a generated name suffix, as Kubernetes picks them (no
 /// vowels, no look-alikes).
 const NAME_SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -256,12 +257,16 @@ pub async fn create(
     }
     reset_status_on_create(info, &mut object);
 
-    let attempts = if given_name {
-        1
+    let address = if services::is_service(info) {
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        services::wanted(state.service_cidr, &object)
+            .map_err(|error| ApiError::invalid(info, name, vec![error]))?
     } else {
-        GENERATE_NAME_ATTEMPTS_MAX
+        services::Wanted::Nothing
     };
-    for attempt in 1..=attempts {
+    // A generated name or a picked address taken meanwhile is picked
+    // again; a name or an address the client chose is not.
+    for attempt in 1..=CREATE_ATTEMPTS_MAX {
         if !given_name {
             let prefix = generate_name.as_deref().unwrap_or_default();
             object["metadata"]["name"] = json!(format!("{prefix}{}", name_suffix()));
@@ -274,24 +279,38 @@ pub async fn create(
             // After naming: the template's job-name label is the final name.
             defaults::job_selector(&mut object);
         }
+        let (picked, claims) = services::assign(state, &address, &mut object).await?;
         if params.dry_run()? {
             return Ok(Reply::created(object).with_warnings(warnings));
         }
+        let last = attempt == CREATE_ATTEMPTS_MAX;
         match state
             .storage
-            .create(&stored_key(target, &name), encode(&object)?)
+            .create_claiming(&stored_key(target, &name), encode(&object)?, &claims)
             .await
         {
             Ok(revision) => {
                 object["metadata"]["resourceVersion"] = json!(revision.to_string());
-                tracing::debug!(resource = info.plural, %name, revision, "created");
+                tracing::debug!(resource = info.plural, %name, revision, ?picked, "created");
                 return Ok(Reply::created(object).with_warnings(warnings));
             }
-            Err(StorageError::AlreadyExists) if attempt < attempts => continue,
+            Err(StorageError::AlreadyExists) if !given_name && !last => continue,
+            Err(StorageError::Claimed { .. }) if address == services::Wanted::Any && !last => {
+                continue;
+            }
+            Err(error @ StorageError::Claimed { .. }) => {
+                return Err(match picked {
+                    Some(picked) => ApiError::invalid(info, &name, vec![services::taken(picked)]),
+                    None => ApiError::from_storage(error, info, &name),
+                });
+            }
+            Err(StorageError::Conflict { .. }) if !last => continue,
             Err(error) => return Err(ApiError::from_storage(error, info, &name)),
         }
     }
-    Err(ApiError::internal("no free generated name was found"))
+    Err(ApiError::internal(
+        "no free generated name or address was found",
+    ))
 }
 
 fn name_suffix() -> String {
@@ -574,6 +593,10 @@ async fn update_fenced_with(
             let generation = current["metadata"]["generation"].as_i64().unwrap_or(0);
             next["metadata"]["generation"] = json!(generation + 1);
         }
+        if services::is_service(info) {
+            services::keep_address(&current, &mut next)
+                .map_err(|error| ApiError::invalid(info, name, vec![error]))?;
+        }
         let errors = validation::validate(info, &next);
         if !errors.is_empty() {
             return Err(ApiError::invalid(info, name, errors));
@@ -588,7 +611,11 @@ async fn update_fenced_with(
                 .is_none_or(|f| f.is_empty())
             && !pod_awaits_its_node(info, &next);
         let outcome = if finished {
-            state.storage.delete(&key, stored.mod_revision).await
+            let claims = services::claims_of(info, &next);
+            state
+                .storage
+                .delete_releasing(&key, stored.mod_revision, &claims)
+                .await
         } else if let Some(fence) = fence {
             let fence = current_fence(state, fence).await?;
             state
@@ -842,7 +869,12 @@ pub async fn delete(
             if dry_run {
                 return Ok(Reply::ok(current));
             }
-            match state.storage.delete(&key, stored.mod_revision).await {
+            let claims = services::claims_of(info, &current);
+            match state
+                .storage
+                .delete_releasing(&key, stored.mod_revision, &claims)
+                .await
+            {
                 Ok(_) => return Ok(Reply::ok(current)),
                 Err(StorageError::Conflict { .. }) => continue,
                 Err(error) => return Err(ApiError::from_storage(error, info, &name)),

@@ -229,6 +229,11 @@ impl ApiError {
             StorageError::NotFound => ApiError::not_found(info, name),
             StorageError::AlreadyExists => ApiError::already_exists(info, name),
             StorageError::Conflict { .. } => ApiError::conflict(info, name),
+            StorageError::Claimed { key } => ApiError::conflict_message(format!(
+                "{} \"{name}\" cannot be created: {} is held by another object",
+                info.qualified_plural(),
+                String::from_utf8_lossy(&key)
+            )),
             StorageError::Fenced { .. } => ApiError::conflict_message(format!(
                 "Operation cannot be fulfilled on {} \"{name}\": the Lease named by \
                  {FENCE_ANNOTATION} kept changing while the write was checked against it; \

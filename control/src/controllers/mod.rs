@@ -1,5 +1,5 @@
 //! The control loops of `flotilla server`: the scheduler, the garbage
-//! collector, the node lifecycle and Endpoints controllers, and the
+//! collector, the node lifecycle, node IPAM and Endpoints controllers, and the
 //! Deployment, ReplicaSet, DaemonSet, StatefulSet, Job, CronJob and
 //! ServiceAccount controllers.
 //!
@@ -16,6 +16,7 @@ pub mod election;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
+pub mod ipam;
 pub mod job;
 pub mod nodes;
 pub mod replicaset;
@@ -51,11 +52,23 @@ pub struct Controllers {
 
 impl Controllers {
     pub fn start(client: kube::Client, config: ControllersConfig) -> Self {
+        Controllers::start_with(client, config, ipam::IpamConfig::default())
+    }
+
+    /// As [`Controllers::start`], with Node podCIDRs cut from `ipam`'s
+    /// cluster CIDR. A second argument, not a `ControllersConfig` field, so
+    /// that callers building `ControllersConfig` literally keep compiling.
+    pub fn start_with(
+        client: kube::Client,
+        config: ControllersConfig,
+        ipam: ipam::IpamConfig,
+    ) -> Self {
         let elector = Elector::start(client.clone(), config.identity, config.election);
         let leading = elector.leading.clone();
         let timings = Timings {
             nodes: config.nodes,
             job_backoff: config.job_backoff,
+            ipam,
         };
         let fence = elector.fence.clone();
         let task = tokio::spawn(lead_while_elected(client, leading, fence, timings));
@@ -76,11 +89,12 @@ impl Drop for Controllers {
 
 /// Runs the loops whenever `leading` says so, and stops them the moment it
 /// does not.
-/// The durations the loops run by.
+/// The durations and ranges the loops run by.
 #[derive(Clone, Debug)]
 struct Timings {
     nodes: nodes::NodeTimings,
     job_backoff: std::time::Duration,
+    ipam: ipam::IpamConfig,
 }
 
 async fn lead_while_elected(
@@ -300,6 +314,7 @@ async fn run_loops(
 ) {
     tokio::join!(
         gc::GarbageCollector::new(client.clone()).run(),
+        ipam::run(client.clone(), timings.ipam),
         cronjob::run(client.clone()),
         daemonset::run(client.clone()),
         deployment::run(client.clone()),

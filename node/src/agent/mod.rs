@@ -5,7 +5,8 @@
 //! - renews the node's lease in `kube-node-lease` (`lease.rs`);
 //! - watches the pods bound to the node and runs them in the
 //!   [`NodeRuntime`], writing their statuses back and confirming their
-//!   deletion (`pods.rs`: the watch; `worker.rs`: one pod);
+//!   deletion (`pods.rs`: the watch; `worker.rs`: one pod), each with an
+//!   address from the Node's podCIDR (`ipam.rs`);
 //! - serves container logs, health and metrics on a kubelet-style HTTP
 //!   endpoint (`logs.rs`);
 //! - gives its runtime the pods' modules: [`RegistrySource`] (`blobs.rs`)
@@ -38,6 +39,7 @@
 mod blobs;
 mod error;
 mod host;
+mod ipam;
 mod lease;
 mod logs;
 mod metrics;
@@ -235,8 +237,14 @@ impl Agent {
                 .run(metrics.clone())
                 .instrument(tracing::info_span!(parent: &span, "lease")),
         );
+        let addresses = ipam::PodAddresses::default();
+        tasks.spawn(
+            ipam::follow_node(client.clone(), config.node_name.clone(), addresses.clone())
+                .instrument(tracing::info_span!(parent: &span, "pod_cidr")),
+        );
         let context = Arc::new(pods::PodContext {
             client,
+            addresses,
             runtime: runtime.clone(),
             config: config.clone(),
             metrics: metrics.clone(),

@@ -26,6 +26,8 @@ use crate::NodeRuntime;
 /// What the pod loop and its workers share.
 pub struct PodContext {
     pub client: kube::Client,
+    /// The pods' addresses from the Node's podCIDR.
+    pub addresses: super::ipam::PodAddresses,
     pub runtime: NodeRuntime,
     pub config: AgentConfig,
     pub metrics: Arc<Metrics>,
@@ -95,6 +97,9 @@ pub async fn run(context: Arc<PodContext>) {
                     if let Some(listed) = listed.take() {
                         workers.keep_only(&listed);
                     }
+                    // Every listed pod's address is recovered (in `apply`):
+                    // new ones may be given without taking a held one.
+                    context.addresses.recovered();
                 }
                 Some(Ok(Event::Apply(pod))) => workers.apply(pod),
                 Some(Ok(Event::Delete(pod))) => {
@@ -140,12 +145,26 @@ impl Workers {
         let Some(uid) = pod.metadata.uid.clone() else {
             return;
         };
+        self.recover_address(&uid, &pod);
         let pod = Arc::new(pod);
         match self.desired.get(&uid) {
             Some(sender) => {
                 sender.send_replace(Desired::Run(pod));
             }
             None => self.spawn(uid, Desired::Run(pod)),
+        }
+    }
+
+    /// A pod that runs (or is to run) keeps the address it reported, also
+    /// across an agent restart; one that finished has let it go.
+    fn recover_address(&self, uid: &str, pod: &Pod) {
+        let Some(status) = pod.status.as_ref() else {
+            return;
+        };
+        let finished = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+        let address = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok());
+        if let (false, Some(address)) = (finished, address) {
+            self.context.addresses.recover(uid, address);
         }
     }
 

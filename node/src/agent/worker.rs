@@ -1,17 +1,20 @@
 //! One pod's worker: it starts the pod in the runtime (or adopts it, when
 //! an earlier agent in this process started it), writes its status through
 //! the `pods/{name}/status` subresource whenever the runtime's status
-//! changes, and takes it down when the API deletes it.
+//! changes, and takes it down when the API deletes it. Before the pod
+//! runs it gets its address (`ipam.rs`), which the status reports as
+//! `podIP` and which is released when the pod goes.
 //!
 //! A worker is the only one acting on its pod, so the steps for one pod
 //! never run twice at once. It looks at the latest desired state, not at
 //! the event that woke it, so a missed event costs nothing. It knows the
 //! API objects of one pod; the watch and the other pods are `pods.rs`'s.
 
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{HostIP, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{HostIP, Pod, PodIP, PodStatus};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use serde_json::json;
 use tokio::sync::watch;
@@ -45,6 +48,8 @@ pub struct Worker {
     reported: Option<PodStatus>,
     /// Consecutive failed writes, for the back-off.
     failures: u32,
+    /// The pod's address, once it has one.
+    address: Option<Ipv4Addr>,
 }
 
 /// How a step left the pod.
@@ -63,6 +68,7 @@ impl Worker {
             name: None,
             reported: None,
             failures: 0,
+            address: None,
         }
     }
 
@@ -83,6 +89,13 @@ impl Worker {
                 self.terminate(&pod, &mut desired).await;
                 return self.uid;
             }
+            if self.address.is_none() && !is_terminal(&pod) {
+                match self.acquire_address(&pod, &mut desired).await {
+                    Next::Continue if self.address.is_some() => {}
+                    Next::Continue => continue,
+                    Next::Done => return self.uid,
+                }
+            }
             if handle.is_none() && !is_terminal(&pod) {
                 handle = self.start(&pod).await;
             }
@@ -97,30 +110,72 @@ impl Worker {
         }
     }
 
-    /// Starts the pod. A pod this node cannot run is reported Failed, as
-    /// kubelet reports a pod it rejects.
+    /// Gets the pod its address: the one it holds, or a new one once the
+    /// node has a podCIDR (kubelet, too, runs no pod that needs the network
+    /// before then). The wait ends early when the desired state changes,
+    /// so a pod deleted meanwhile is not held up. An exhausted range fails
+    /// the pod with `PodIPsExhausted`.
+    async fn acquire_address(&mut self, pod: &Pod, desired: &mut watch::Receiver<Desired>) -> Next {
+        let addresses = self.context.addresses.clone();
+        let uid = self.uid.clone();
+        let acquired = tokio::select! {
+            acquired = addresses.acquire(&uid) => acquired,
+            next = wait_changed(desired) => return next,
+        };
+        match acquired {
+            Ok(address) => {
+                tracing::debug!(%address, "pod address");
+                self.address = Some(address);
+                Next::Continue
+            }
+            Err(exhausted) => {
+                tracing::warn!(%exhausted, "pod gets no address");
+                self.reject(pod, "PodIPsExhausted", exhausted.to_string())
+                    .await;
+                wait_changed(desired).await
+            }
+        }
+    }
+
+    /// Starts the pod, its status saying its address (the downward API's
+    /// `status.podIP` reads it). A pod this node cannot run is reported
+    /// Failed, as kubelet reports a pod it rejects.
     async fn start(&mut self, pod: &Pod) -> Option<PodHandle> {
-        match self.context.runtime.run_pod(pod, &PodInputs::default()) {
+        let mut addressed = pod.clone();
+        if let Some(address) = self.address {
+            addressed.status.get_or_insert_default().pod_ip = Some(address.to_string());
+        }
+        match self
+            .context
+            .runtime
+            .run_pod(&addressed, &PodInputs::default())
+        {
             Ok(handle) => {
                 tracing::info!("pod started");
                 Some(handle)
             }
             Err(error) => {
-                self.context.metrics.error(ErrorKind::Pod);
-                tracing::warn!(%error, "cannot run pod");
-                let rejected = PodStatus {
-                    phase: Some("Failed".to_owned()),
-                    reason: Some("UnsupportedPodSpec".to_owned()),
-                    message: Some(error.to_string()),
-                    ..PodStatus::default()
-                };
-                if let Err(error) = self.write_status(pod, &rejected).await {
-                    tracing::warn!(%error, "cannot report the rejected pod");
-                }
-                self.reported = Some(rejected);
+                self.reject(pod, "UnsupportedPodSpec", error.to_string())
+                    .await;
                 None
             }
         }
+    }
+
+    /// Reports the pod Failed for `reason`, without running it.
+    async fn reject(&mut self, pod: &Pod, reason: &str, message: String) {
+        self.context.metrics.error(ErrorKind::Pod);
+        tracing::warn!(reason, %message, "cannot run pod");
+        let rejected = PodStatus {
+            phase: Some("Failed".to_owned()),
+            reason: Some(reason.to_owned()),
+            message: Some(message),
+            ..PodStatus::default()
+        };
+        if let Err(error) = self.write_status(pod, &rejected).await {
+            tracing::warn!(%error, "cannot report the rejected pod");
+        }
+        self.reported = Some(rejected);
     }
 
     /// Writes the runtime's status if it changed, then waits for the next
@@ -173,7 +228,12 @@ impl Worker {
     /// keeping what the runtime does not know, with a precondition on the
     /// uid so a newer pod of the same name is never written to.
     async fn write_status(&self, pod: &Pod, status: &PodStatus) -> Result<()> {
-        let merged = merged_status(pod.status.as_ref(), status, &self.context.config);
+        let merged = merged_status(
+            pod.status.as_ref(),
+            status,
+            &self.context.config,
+            self.address,
+        );
         let patch: json_patch::Patch = serde_json::from_value(json!([
             { "op": "test", "path": "/metadata/uid", "value": self.uid },
             { "op": "add", "path": "/status", "value": merged },
@@ -217,6 +277,7 @@ impl Worker {
             self.remove_locally().await;
         }
         self.confirm_deleted(pod, desired).await;
+        self.context.addresses.release(&self.uid);
     }
 
     /// Deletes the pod with a zero grace period, retrying with back-off
@@ -278,6 +339,7 @@ impl Worker {
         if let Some((namespace, name)) = &self.name {
             self.context.directory.remove(namespace, name, &self.uid);
         }
+        self.context.addresses.release(&self.uid);
     }
 }
 
@@ -291,14 +353,22 @@ async fn wait_changed(desired: &mut watch::Receiver<Desired>) -> Next {
 }
 
 /// The status to write: the runtime's view of phase, conditions and
-/// containers, this node's address, and what only the API knows (QoS
-/// class, nominated node, resource claims) kept from the API's copy.
+/// containers, this node's address and the pod's, and what only the API
+/// knows (QoS class, nominated node, resource claims) kept from the API's
+/// copy.
 fn merged_status(
     api: Option<&PodStatus>,
     runtime: &PodStatus,
     config: &super::AgentConfig,
+    address: Option<Ipv4Addr>,
 ) -> PodStatus {
     let mut status = runtime.clone();
+    if let Some(address) = address {
+        status.pod_ips = Some(vec![PodIP {
+            ip: address.to_string(),
+        }]);
+        status.pod_ip = Some(address.to_string());
+    }
     let host_ip = config.node_ip.to_string();
     status.host_ips = Some(vec![HostIP {
         ip: host_ip.clone(),
