@@ -23,6 +23,7 @@ pub mod fit;
 pub mod quantity;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, stream};
@@ -32,7 +33,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use self::fit::Candidate;
@@ -47,8 +48,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A pod that fit nowhere is tried again after this even if nothing in the
 /// cluster seemed to change.
 const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(60);
-/// Bindings in flight at once.
-const BINDINGS_IN_FLIGHT: usize = 32;
+/// Bindings in flight at once: enough for the store to commit many in one
+/// fsync (raft-store groups the proposals of one Ready).
+const BINDINGS_IN_FLIGHT: usize = 128;
+/// `Scheduled` events being written at once. They are written beside the
+/// bindings, not before the next one; past this many, an event is dropped
+/// (logged), as client-go's event broadcaster drops under load.
+const EVENTS_IN_FLIGHT: usize = 64;
 /// Pods placed per cycle; the rest wait for the next one.
 const CYCLE_PODS_MAX: usize = 1_024;
 /// How often back-offs are looked at when nothing else happens.
@@ -76,6 +82,8 @@ pub struct Scheduler {
     client: kube::Client,
     fencing: Fencing,
     recorder: Recorder,
+    /// Permits for `Scheduled` events in flight.
+    events: Arc<Semaphore>,
     nodes: Store<Node>,
     pods: Store<Pod>,
     /// Pod uid → the node this scheduler bound it to, until the cache says so.
@@ -133,6 +141,7 @@ pub async fn run(client: kube::Client, fencing: Fencing) {
         recorder: Recorder::new(client.clone(), SCHEDULER_NAME),
         client,
         fencing,
+        events: Arc::new(Semaphore::new(EVENTS_IN_FLIGHT)),
         nodes,
         pods,
         assumed: HashMap::new(),
@@ -295,22 +304,17 @@ impl Scheduler {
         };
         let client = self.client.clone();
         let recorder = self.recorder.clone();
+        let events = self.events.clone();
         let outcomes: Vec<(Pod, String, Result<(), kube::Error>)> = stream::iter(decisions)
             .map(|(pod, node)| {
                 let client = client.clone();
                 let recorder = recorder.clone();
+                let events = events.clone();
                 let fence = fence.as_ref();
                 async move {
                     let outcome = bind(&client, &pod, &node, fence).await;
                     if outcome.is_ok() {
-                        let message = format!(
-                            "Successfully assigned {}/{} to {node}",
-                            pod.namespace().unwrap_or_default(),
-                            pod.name_any()
-                        );
-                        recorder
-                            .record(&pod, EventType::Normal, "Scheduled", message)
-                            .await;
+                        record_scheduled(&recorder, &events, &pod, &node);
                     }
                     (pod, node, outcome)
                 }
@@ -435,6 +439,30 @@ pub fn feasible_nodes_to_find(nodes: usize) -> usize {
     }
     let percentage = 50usize.saturating_sub(nodes / 125).max(5);
     (nodes * percentage / 100).max(MIN_NODES)
+}
+
+/// Records that `pod` was bound to `node`, in the background; dropped when
+/// [`EVENTS_IN_FLIGHT`] are already being written.
+fn record_scheduled(recorder: &Recorder, events: &Arc<Semaphore>, pod: &Pod, node: &str) {
+    let Ok(permit) = events.clone().try_acquire_owned() else {
+        tracing::debug!(
+            pod = pod.name_any(),
+            "too many events in flight; Scheduled dropped"
+        );
+        return;
+    };
+    let message = format!(
+        "Successfully assigned {}/{} to {node}",
+        pod.namespace().unwrap_or_default(),
+        pod.name_any()
+    );
+    let (recorder, pod) = (recorder.clone(), pod.clone());
+    tokio::spawn(async move {
+        recorder
+            .record(&pod, EventType::Normal, "Scheduled", message)
+            .await;
+        drop(permit);
+    });
 }
 
 /// Finished pods hold no room.
