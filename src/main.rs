@@ -138,6 +138,18 @@ struct ServerArgs {
     /// server takes over (kube-controller-manager's --leader-elect-lease-duration).
     #[arg(long, default_value = "15s", value_parser = cli::duration::parse_duration)]
     leader_elect_lease_duration: std::time::Duration,
+    /// Where Services' ClusterIPs come from (kube-apiserver's
+    /// --service-cluster-ip-range). Every server must be given the same.
+    #[arg(long, default_value_t = flotilla_control::api::services::SERVICE_CIDR_DEFAULT)]
+    service_cidr: ipnet::Ipv4Net,
+    /// The range nodes' pod ranges are cut from (kube-controller-manager's
+    /// --cluster-cidr).
+    #[arg(long, default_value_t = flotilla_control::controllers::ipam::CLUSTER_CIDR_DEFAULT)]
+    cluster_cidr: ipnet::Ipv4Net,
+    /// The prefix length of each node's pod range
+    /// (kube-controller-manager's --node-cidr-mask-size).
+    #[arg(long, default_value_t = flotilla_control::controllers::ipam::NODE_MASK_DEFAULT)]
+    node_cidr_mask_size: u8,
 }
 
 #[derive(Args, Debug)]
@@ -343,12 +355,24 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     // A joining server's member is added once it runs (the store could
     // lose its quorum otherwise); the server's start waits for that.
     let adding = joining.map(|joined| tokio::spawn(joined.add_member));
-    let server = flotilla_control::Server::start(flotilla_control::ServerConfig {
-        store,
-        api_listen: args.api_listen,
-        compaction_interval: flotilla_control::server::COMPACTION_INTERVAL_DEFAULT,
-        api_tls,
-    })
+    let ipam = flotilla_control::controllers::ipam::IpamConfig::new(
+        args.cluster_cidr,
+        args.node_cidr_mask_size,
+    )
+    .context("--cluster-cidr and --node-cidr-mask-size")?;
+    let options = flotilla_control::ServerOptions {
+        service_cidr: args.service_cidr,
+        ..flotilla_control::ServerOptions::default()
+    };
+    let server = flotilla_control::Server::start_with(
+        flotilla_control::ServerConfig {
+            store,
+            api_listen: args.api_listen,
+            compaction_interval: flotilla_control::server::COMPACTION_INTERVAL_DEFAULT,
+            api_tls,
+        },
+        options,
+    )
     .await
     .context("starting the server")?;
     if let Some(adding) = adding {
@@ -359,20 +383,23 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     }
     // Every server is a candidate; the controllers run on the elected one.
     let controllers = server
-        .start_controllers(flotilla_control::controllers::ControllersConfig {
-            identity: format!("server-{id}"),
-            election: election_config(args.leader_elect_lease_duration),
-            nodes: flotilla_control::controllers::nodes::NodeTimings {
-                grace: args.node_monitor_grace_period,
-                eviction: args.pod_eviction_timeout,
-                // Looked at five times per grace period, at most every 5 s.
-                monitor_period: (args.node_monitor_grace_period / 5).clamp(
-                    std::time::Duration::from_millis(50),
-                    std::time::Duration::from_secs(5),
-                ),
+        .start_controllers_with(
+            flotilla_control::controllers::ControllersConfig {
+                identity: format!("server-{id}"),
+                election: election_config(args.leader_elect_lease_duration),
+                nodes: flotilla_control::controllers::nodes::NodeTimings {
+                    grace: args.node_monitor_grace_period,
+                    eviction: args.pod_eviction_timeout,
+                    // Looked at five times per grace period, at most every 5 s.
+                    monitor_period: (args.node_monitor_grace_period / 5).clamp(
+                        std::time::Duration::from_millis(50),
+                        std::time::Duration::from_secs(5),
+                    ),
+                },
+                job_backoff: std::time::Duration::from_secs(10),
             },
-            job_backoff: std::time::Duration::from_secs(10),
-        })
+            ipam,
+        )
         .await
         .context("starting the controllers")?;
     let kubeconfig = args.data_dir.join("kubeconfig");
