@@ -142,11 +142,16 @@ impl State {
 }
 
 /// Follows this Node's `spec.podCIDR` into `addresses`, until dropped.
-pub async fn follow_node(client: kube::Client, node_name: String, addresses: PodAddresses) {
+pub async fn follow_node(
+    client: kube::Client,
+    node_name: String,
+    addresses: PodAddresses,
+    retry: crate::BackoffConfig,
+) {
     let nodes: Api<Node> = Api::all(client);
     let selector = format!("metadata.name={node_name}");
     let events = watcher::watcher(nodes, watcher::Config::default().fields(&selector))
-        .default_backoff()
+        .backoff(super::backoff::for_watches(&retry))
         .applied_objects();
     let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {

@@ -36,6 +36,7 @@
 //! # }
 //! ```
 
+mod backoff;
 mod blobs;
 mod error;
 mod host;
@@ -239,8 +240,13 @@ impl Agent {
         );
         let addresses = ipam::PodAddresses::default();
         tasks.spawn(
-            ipam::follow_node(client.clone(), config.node_name.clone(), addresses.clone())
-                .instrument(tracing::info_span!(parent: &span, "pod_cidr")),
+            ipam::follow_node(
+                client.clone(),
+                config.node_name.clone(),
+                addresses.clone(),
+                config.retry.clone(),
+            )
+            .instrument(tracing::info_span!(parent: &span, "pod_cidr")),
         );
         let context = Arc::new(pods::PodContext {
             client,

@@ -77,8 +77,8 @@ impl PodDirectory {
 pub async fn run(context: Arc<PodContext>) {
     let pods: Api<Pod> = Api::all(context.client.clone());
     let selector = format!("spec.nodeName={}", context.config.node_name);
-    let events =
-        watcher::watcher(pods, watcher::Config::default().fields(&selector)).default_backoff();
+    let events = watcher::watcher(pods, watcher::Config::default().fields(&selector))
+        .backoff(super::backoff::for_watches(&context.config.retry));
     let mut events = std::pin::pin!(events);
     let mut workers = Workers::new(context.clone());
     // The uids listed since the watch (re)started; `Some` during a relist.
