@@ -288,6 +288,19 @@ async fn wait_pods(client: &kube::Client, app: &str, what: &str, done: impl Fn(&
     assert!(waited.is_ok(), "timed out waiting for {what}");
 }
 
+/// Scales hello-http to 4 and waits until they serve, spread over both
+/// agents.
+async fn four_on_both_agents(cluster: &Cluster, client: &kube::Client) {
+    cluster.kubectl(0, &["scale", "deployment/hello-http", "--replicas", "4"]);
+    wait_pods(
+        client,
+        "hello-http",
+        "4 ready pods on both agents",
+        |pods| serving(pods) == (4, BTreeSet::from(["agent-0".into(), "agent-1".into()])),
+    )
+    .await;
+}
+
 /// Ready pods not being deleted, and the nodes they run on.
 fn serving(pods: &[Pod]) -> (usize, BTreeSet<String>) {
     let ready: Vec<&Pod> = pods
@@ -329,14 +342,7 @@ async fn a_three_server_two_agent_cluster_runs_scales_and_survives_kills() {
     cluster.flotilla(&["push", &job.display().to_string(), "job:0.1.0"]);
     let manifest = repo.join("examples/hello-http/k8s.yaml");
     cluster.kubectl(0, &["apply", "-f", &manifest.display().to_string()]);
-    cluster.kubectl(0, &["scale", "deployment/hello-http", "--replicas", "4"]);
-    wait_pods(
-        &client,
-        "hello-http",
-        "4 ready pods on both agents",
-        |pods| serving(pods) == (4, BTreeSet::from(["agent-0".into(), "agent-1".into()])),
-    )
-    .await;
+    four_on_both_agents(&cluster, &client).await;
 
     cluster.kubectl(0, &["scale", "deployment/hello-http", "--replicas", "8"]);
     wait_pods(&client, "hello-http", "8 ready pods", |pods| {
@@ -376,14 +382,7 @@ async fn a_three_server_two_agent_cluster_runs_scales_and_survives_kills() {
     }
 
     // kill -9 of an agent: its pods are replaced on the other one.
-    cluster.kubectl(0, &["scale", "deployment/hello-http", "--replicas", "4"]);
-    wait_pods(
-        &client,
-        "hello-http",
-        "4 ready pods on both agents",
-        |pods| serving(pods) == (4, BTreeSet::from(["agent-0".into(), "agent-1".into()])),
-    )
-    .await;
+    four_on_both_agents(&cluster, &client).await;
     cluster.agents[1].kill();
     wait_pods(
         &client,

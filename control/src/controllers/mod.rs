@@ -215,6 +215,31 @@ where
     Ok(())
 }
 
+/// Sets one of `pod`'s status conditions (a strategic merge patch, so the
+/// others stay); a failure is logged as `what` and otherwise ignored, since
+/// the next pass sets it again.
+pub async fn set_pod_condition(
+    client: &kube::Client,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    condition: serde_json::Value,
+    what: &str,
+) {
+    use kube::ResourceExt;
+    let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+    let patch = serde_json::json!({"status": {"conditions": [condition]}});
+    if let Err(error) = api
+        .patch_status(
+            &pod.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(patch),
+        )
+        .await
+    {
+        tracing::debug!(pod = pod.name_any(), %error, "could not {what}");
+    }
+}
+
 /// The reference that makes `owner` (with `uid`) an object's controller.
 pub fn controller_reference<K>(
     owner: &K,

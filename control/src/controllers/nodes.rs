@@ -202,18 +202,8 @@ async fn mark_unreachable(
         .list(&ListParams::default().fields(&format!("spec.nodeName={name}")))
         .await?;
     for pod in on_node {
-        let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
-        let patch = json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "NodeNotReady", "lastTransitionTime": now}]}});
-        if let Err(error) = api
-            .patch_status(
-                &pod.name_any(),
-                &PatchParams::default(),
-                &Patch::Strategic(patch),
-            )
-            .await
-        {
-            tracing::debug!(pod = pod.name_any(), %error, "could not mark the pod not ready");
-        }
+        let condition = json!({"type": "Ready", "status": "False", "reason": "NodeNotReady", "lastTransitionTime": now});
+        super::set_pod_condition(client, &pod, condition, "mark the pod not ready").await;
     }
     Ok(())
 }

@@ -29,7 +29,7 @@ use std::time::Duration;
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
@@ -409,22 +409,12 @@ impl Scheduler {
             .flatten()
             .any(|c| c.type_ == "PodScheduled" && c.message.as_deref() == Some(message.as_str()));
         if !already {
-            let patch = json!({"status": {"conditions": [{
+            let condition = json!({
                 "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                 "message": message, "lastTransitionTime": k8s_openapi::jiff::Timestamp::now(),
-            }]}});
-            let api: Api<Pod> =
-                Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
-            if let Err(error) = api
-                .patch_status(
-                    &pod.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Strategic(patch),
-                )
-                .await
-            {
-                tracing::debug!(%error, "could not mark the pod unschedulable");
-            }
+            });
+            super::set_pod_condition(&self.client, pod, condition, "mark the pod unschedulable")
+                .await;
         }
     }
 }
