@@ -184,9 +184,19 @@ struct AgentArgs {
     #[arg(long, default_value_t = flotilla_node::agent::KUBELET_LISTEN_DEFAULT)]
     kubelet_listen: SocketAddr,
     /// The node's InternalIP, where the API server reaches the kubelet
-    /// endpoint. Defaults to the endpoint's address.
+    /// endpoint and other nodes reach the mesh. Defaults to the endpoint's
+    /// address.
     #[arg(long)]
     node_ip: Option<std::net::IpAddr>,
+    /// The UDP address of the pod network's mesh (QUIC between nodes, with
+    /// the node's certificate). Defaults to --kubelet-listen's address and
+    /// port, over UDP.
+    #[arg(long)]
+    mesh_listen: Option<SocketAddr>,
+    /// Where Services' nodePorts listen (kube-proxy's
+    /// --nodeport-addresses). Defaults to --node-ip.
+    #[arg(long)]
+    node_port_address: Option<std::net::IpAddr>,
     /// CPU the node offers, in millicores. Defaults to the host's CPUs.
     #[arg(long)]
     cpu_millis: Option<u64>,
@@ -575,6 +585,8 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
     let mut config = AgentConfig::new(node_name).context("inspecting the host")?;
     config.kubelet_listen = args.kubelet_listen;
     config.node_ip = args.node_ip.unwrap_or(args.kubelet_listen.ip());
+    config.mesh_listen = args.mesh_listen.unwrap_or(args.kubelet_listen);
+    config.node_port_address = args.node_port_address;
     if let Some(cpu_millis) = args.cpu_millis {
         config.capacity.cpu_millis = cpu_millis;
     }
@@ -599,12 +611,16 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
     let source =
         flotilla_node::agent::RegistrySource::new(client.clone(), args.data_dir.join("blobs"))
             .context("preparing the module cache")?;
-    let runtime = flotilla_node::NodeRuntime::new(
+    // The pod network carries the guests' outgoing requests, so the
+    // runtime is made with it.
+    let network = flotilla_node::net::PodNetwork::new(config.node_name.clone());
+    let runtime = flotilla_node::NodeRuntime::with_outgoing_http(
         flotilla_node::NodeConfig::new(&args.data_dir),
         std::sync::Arc::new(source),
+        std::sync::Arc::new(network.clone()),
     )
     .context("starting the node runtime")?;
-    let agent = Agent::start(config, client, runtime)
+    let agent = Agent::start_with_network(config, client, runtime, Some(network))
         .await
         .context("starting the agent")?;
     tracing::info!(

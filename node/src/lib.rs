@@ -12,6 +12,8 @@
 //! - `sandbox.rs`: what a guest is given, and the limits it runs under;
 //! - `pod.rs`: the container lifecycle (restarts, back-off, stop);
 //! - `probes.rs`, `logs.rs`, `status.rs`;
+//! - `net/`: the pod network: routing guests' requests to siblings, pods
+//!   and Services, the QUIC mesh between nodes, NodePort listeners;
 //! - `agent/`: the node agent (`flotilla agent`), which registers the node
 //!   with the API server and runs the pods bound to it in a [`NodeRuntime`].
 //!
@@ -37,6 +39,7 @@ mod engine;
 mod error;
 pub mod guests;
 mod logs;
+pub mod net;
 mod pod;
 mod probes;
 mod runtime;
@@ -58,7 +61,9 @@ pub use logs::{
 pub use pod::{
     BACKOFF_INITIAL_SECS, BACKOFF_MAX_SECS, BACKOFF_RESET_SECS, BackoffConfig, PodHandle,
 };
-pub use runtime::{LogFollower, NodeConfig, NodeRuntime, REQUEST_TIMEOUT_SECS_DEFAULT};
+pub use runtime::{
+    LogFollower, NodeConfig, NodeRuntime, REQUEST_TIMEOUT_SECS_DEFAULT, WeakNodeRuntime,
+};
 pub use sandbox::{DenyOutgoing, OutgoingFuture, OutgoingHttp};
 pub use source::{ImageRef, LocalSource, MODULE_BYTES_MAX, ModuleSource, fetch_verified};
 pub use spec::{

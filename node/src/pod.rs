@@ -588,6 +588,16 @@ impl PodHandle {
         self.shared.status()
     }
 
+    /// The pod's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.shared.plan.namespace
+    }
+
+    /// The pod's address in the pod network, if it has one.
+    pub fn pod_ip(&self) -> Option<std::net::IpAddr> {
+        self.shared.plan.pod_ip
+    }
+
     /// Service requests being handled in the pod now (all containers):
     /// zero means the pod is idle, which scale-to-zero and draining look at.
     pub fn requests_in_flight(&self) -> usize {

@@ -7,6 +7,7 @@
 //! objects and report the statuses it returns.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -82,11 +83,27 @@ struct RuntimeInner {
     /// module from compiling it twice.
     prepared: tokio::sync::Mutex<HashMap<String, Prepared>>,
     pods: Mutex<HashMap<String, PodEntry>>,
+    /// Pods by address, for the pod network: uid of the pod holding each
+    /// `status.podIP`.
+    addresses: Mutex<HashMap<IpAddr, String>>,
 }
 
 struct PodEntry {
     shared: Arc<PodShared>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// A [`NodeRuntime`] that may have been dropped.
+#[derive(Clone)]
+pub struct WeakNodeRuntime {
+    inner: std::sync::Weak<RuntimeInner>,
+}
+
+impl WeakNodeRuntime {
+    /// The runtime, while it lives.
+    pub fn upgrade(&self) -> Option<NodeRuntime> {
+        self.inner.upgrade().map(|inner| NodeRuntime { inner })
+    }
 }
 
 /// A follower of a container's log: the backlog first, then new lines.
@@ -135,6 +152,7 @@ impl NodeRuntime {
                 outgoing,
                 prepared: tokio::sync::Mutex::new(HashMap::new()),
                 pods: Mutex::new(HashMap::new()),
+                addresses: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -173,6 +191,9 @@ impl NodeRuntime {
             })
             .collect();
         tokio::spawn(enforce_active_deadline(shared.clone()));
+        if let Some(ip) = shared.plan.pod_ip {
+            lock(&self.inner.addresses).insert(ip, uid.clone());
+        }
         pods.insert(
             uid,
             PodEntry {
@@ -195,6 +216,19 @@ impl NodeRuntime {
         self.pod(uid).ok_or_else(|| Error::PodNotFound {
             uid: uid.to_owned(),
         })
+    }
+
+    /// The uid of the pod on this node whose address is `ip`.
+    pub fn pod_at(&self, ip: IpAddr) -> Option<String> {
+        lock(&self.inner.addresses).get(&ip).cloned()
+    }
+
+    /// A handle that does not keep the runtime alive, for what the runtime
+    /// itself holds (the pod network carries guests' requests back into it).
+    pub fn downgrade(&self) -> WeakNodeRuntime {
+        WeakNodeRuntime {
+            inner: Arc::downgrade(&self.inner),
+        }
     }
 
     /// The uids of the pods on this node.
@@ -234,7 +268,14 @@ impl NodeRuntime {
     /// Stops a pod if needed and forgets it, deleting its volumes.
     pub async fn remove_pod(&self, uid: &str) -> Result<PodStatus> {
         let status = self.stop_pod(uid, None).await?;
-        lock(&self.inner.pods).remove(uid);
+        if let Some(entry) = lock(&self.inner.pods).remove(uid)
+            && let Some(ip) = entry.shared.plan.pod_ip
+        {
+            let mut addresses = lock(&self.inner.addresses);
+            if addresses.get(&ip).is_some_and(|holder| holder == uid) {
+                addresses.remove(&ip);
+            }
+        }
         let dir = self.inner.pod_dir(uid);
         if let Err(error) = std::fs::remove_dir_all(&dir)
             && error.kind() != std::io::ErrorKind::NotFound

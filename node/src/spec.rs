@@ -63,6 +63,9 @@ pub struct PodPlan {
     pub containers: Vec<ContainerPlan>,
     /// Volumes by name.
     pub volumes: BTreeMap<String, VolumePlan>,
+    /// `status.podIP`, the pod's address in the pod network, once the
+    /// node gave it one.
+    pub pod_ip: Option<std::net::IpAddr>,
 }
 
 /// One container.
@@ -174,7 +177,17 @@ impl PodPlan {
             .map(|volume| Ok((volume.name.clone(), volume_plan(volume, inputs)?)))
             .collect::<Result<BTreeMap<_, _>>>()?;
         check_mounts(&containers, &volumes)?;
+        let pod_ip = pod
+            .status
+            .as_ref()
+            .and_then(|status| status.pod_ip.as_deref())
+            .map(|ip| {
+                ip.parse()
+                    .map_err(|_| invalid(format!("status.podIP {ip:?} is not an IP address")))
+            })
+            .transpose()?;
         Ok(Self {
+            pod_ip,
             restart_policy: restart_policy(spec.restart_policy.as_deref())?,
             grace_period: seconds(
                 spec.termination_grace_period_seconds

@@ -27,6 +27,9 @@ pub enum AgentError {
     /// The node's certificate could not be used.
     #[error("the kubelet endpoint's TLS setup failed: {reason}")]
     Tls { reason: String },
+    /// The node could not join the pod network's mesh.
+    #[error("cannot join the mesh: {source}")]
+    Mesh { source: crate::net::MeshError },
     /// The kubelet endpoint could not bind its address.
     #[error("cannot listen on {address}: {source}")]
     Listen {

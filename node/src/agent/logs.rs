@@ -35,6 +35,8 @@ pub struct Endpoint {
     pub runtime: NodeRuntime,
     pub directory: PodDirectory,
     pub metrics: Arc<Metrics>,
+    /// The pod network, whose counters `/metrics` shows too.
+    pub network: Option<crate::net::PodNetwork>,
 }
 
 /// The endpoint's routes.
@@ -239,11 +241,11 @@ async fn metrics(State(endpoint): State<Endpoint>) -> Response {
         .filter_map(|uid| endpoint.runtime.pod_status(uid))
         .filter(|status| status.phase.as_deref() == Some("Running"))
         .count();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        endpoint.metrics.render(running),
-    )
-        .into_response()
+    let mut text = endpoint.metrics.render(running);
+    if let Some(network) = &endpoint.network {
+        text.push_str(&network.metrics().render());
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 #[cfg(test)]

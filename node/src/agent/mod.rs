@@ -44,6 +44,7 @@ mod ipam;
 mod lease;
 mod logs;
 mod metrics;
+mod network;
 mod node;
 mod pods;
 mod tls;
@@ -66,6 +67,7 @@ pub use lease::{LEASE_DURATION_SECS, NODE_LEASE_NAMESPACE};
 pub use node::{NODE_ARCH, NODE_OS, WASMTIME_VERSION};
 pub use tls::{KUBELET_SCHEME_ANNOTATION, KubeletTls};
 
+use crate::net::PodNetwork;
 use crate::{BackoffConfig, NodeRuntime};
 
 /// The kubelet endpoint's address by default: kubelet's port, on loopback
@@ -129,9 +131,19 @@ pub struct AgentConfig {
     /// Back-off between retries of a failed API call.
     pub retry: BackoffConfig,
     /// The node's certificate from the cluster: with it the kubelet
-    /// endpoint serves HTTPS and may listen anywhere; without it, plain
-    /// HTTP on loopback only.
+    /// endpoint serves HTTPS and may listen anywhere, and the node joins
+    /// the pod network's mesh; without it, plain HTTP on loopback only,
+    /// and no mesh.
     pub kubelet_tls: Option<KubeletTls>,
+    /// Where the mesh listens (UDP; port 0: any free port). The Node
+    /// advertises the port bound, at its InternalIP.
+    pub mesh_listen: SocketAddr,
+    /// Where NodePort listeners bind; the node's InternalIP by default
+    /// (kube-proxy's `--nodeport-addresses`).
+    pub node_port_address: Option<IpAddr>,
+    /// The mesh port actually bound, once the mesh runs (for the Node's
+    /// annotation).
+    pub(crate) mesh_port: Option<u16>,
 }
 
 impl AgentConfig {
@@ -154,6 +166,10 @@ impl AgentConfig {
                 reset_after: Duration::from_secs(60),
             },
             kubelet_tls: None,
+            // UDP beside the kubelet's TCP port: the two never clash.
+            mesh_listen: KUBELET_LISTEN_DEFAULT,
+            node_port_address: None,
+            mesh_port: None,
         })
     }
 }
@@ -184,6 +200,8 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
 /// does, without waiting for them.
 pub struct Agent {
     kubelet_address: SocketAddr,
+    mesh_port: Option<u16>,
+    network: Option<PodNetwork>,
     tasks: JoinSet<()>,
 }
 
@@ -191,11 +209,24 @@ impl Agent {
     /// Binds the kubelet endpoint, registers the node (retrying while the
     /// API is not reachable yet), and starts the lease, heartbeat, pod and
     /// endpoint tasks.
-    #[tracing::instrument(skip_all, fields(node = %config.node_name))]
     pub async fn start(
+        config: AgentConfig,
+        client: kube::Client,
+        runtime: NodeRuntime,
+    ) -> Result<Agent> {
+        Self::start_with_network(config, client, runtime, None).await
+    }
+
+    /// Like [`Agent::start`], also routing the pod network: `network`
+    /// (the carrier the runtime was created with) gets its table from the
+    /// API, joins the mesh when the node has a certificate, and serves the
+    /// Services' nodePorts on the node's address.
+    #[tracing::instrument(skip_all, fields(node = %config.node_name))]
+    pub async fn start_with_network(
         mut config: AgentConfig,
         client: kube::Client,
         runtime: NodeRuntime,
+        network: Option<PodNetwork>,
     ) -> Result<Agent> {
         let acceptor = config
             .kubelet_tls
@@ -219,6 +250,16 @@ impl Agent {
         })?;
         // The Node advertises the port actually bound (port 0 in tests).
         config.kubelet_listen = kubelet_address;
+        if let (Some(network), Some(tls)) = (&network, &config.kubelet_tls) {
+            network.attach_runtime(&runtime);
+            let address = network
+                .start_mesh(config.mesh_listen, tls.mesh_tls()?)
+                .map_err(|source| AgentError::Mesh { source })?;
+            config.mesh_port = Some(address.port());
+        } else if let Some(network) = &network {
+            network.attach_runtime(&runtime);
+            tracing::info!("no node certificate: pods reach only this node's pods");
+        }
 
         let ready_since = Timestamp::now();
         let nodes: Api<Node> = Api::all(client.clone());
@@ -248,6 +289,7 @@ impl Agent {
             )
             .instrument(tracing::info_span!(parent: &span, "pod_cidr")),
         );
+        let client_for_network = client.clone();
         let context = Arc::new(pods::PodContext {
             client,
             addresses,
@@ -257,10 +299,27 @@ impl Agent {
             directory: directory.clone(),
         });
         tasks.spawn(pods::run(context).instrument(tracing::info_span!(parent: &span, "pods")));
+        if let Some(network) = &network {
+            tasks.spawn(
+                network::follow(
+                    client_for_network,
+                    network.table().clone(),
+                    config.retry.clone(),
+                )
+                .instrument(tracing::info_span!(parent: &span, "network")),
+            );
+            let address = config.node_port_address.unwrap_or(config.node_ip);
+            tasks.spawn(
+                network
+                    .serve_node_ports(address)
+                    .instrument(tracing::info_span!(parent: &span, "node_ports", %address)),
+            );
+        }
         let router = logs::router(logs::Endpoint {
             runtime,
             directory,
             metrics,
+            network: network.clone(),
         });
         tasks.spawn(
             async move {
@@ -280,6 +339,8 @@ impl Agent {
         tracing::info!(%kubelet_address, "agent running");
         Ok(Agent {
             kubelet_address,
+            mesh_port: config.mesh_port,
+            network,
             tasks,
         })
     }
@@ -289,8 +350,17 @@ impl Agent {
         self.kubelet_address
     }
 
-    /// Stops the agent's tasks. The pods keep running in the runtime.
+    /// The UDP port the node's mesh listens on, when it is in the mesh.
+    pub fn mesh_port(&self) -> Option<u16> {
+        self.mesh_port
+    }
+
+    /// Stops the agent's tasks and leaves the mesh. The pods keep running
+    /// in the runtime.
     pub async fn shutdown(mut self) {
         self.tasks.shutdown().await;
+        if let Some(network) = &self.network {
+            network.close();
+        }
     }
 }

@@ -55,10 +55,18 @@ fn annotations(config: &AgentConfig) -> BTreeMap<String, String> {
     } else {
         "http"
     };
-    BTreeMap::from([(
+    let mut annotations = BTreeMap::from([(
         super::tls::KUBELET_SCHEME_ANNOTATION.to_owned(),
         scheme.to_owned(),
-    )])
+    )]);
+    // Where other nodes' routers reach this one's pods.
+    if let Some(port) = config.mesh_port {
+        annotations.insert(
+            crate::net::MESH_PORT_ANNOTATION.to_owned(),
+            port.to_string(),
+        );
+    }
+    annotations
 }
 
 /// The node's status as of `now`; it has been ready since `ready_since`.

@@ -46,9 +46,47 @@ impl std::fmt::Debug for KubeletTls {
 impl KubeletTls {
     /// A rustls acceptor that requires a client certificate from the CA.
     pub fn acceptor(&self) -> Result<TlsAcceptor> {
-        let invalid = |what: &str, error: &dyn std::fmt::Display| AgentError::Tls {
-            reason: format!("{what}: {error}"),
-        };
+        let versions = rustls::DEFAULT_VERSIONS;
+        let mut config = self.server_config(versions)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+
+    /// TLS for the pod network's mesh: the node's certificate on both
+    /// ends, the cluster CA to verify the other (QUIC needs TLS 1.3).
+    pub fn mesh_tls(&self) -> Result<crate::net::MeshTls> {
+        let versions = &[&rustls::version::TLS13];
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(versions)
+            .map_err(|e| invalid("TLS versions", &e))?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(self.chain()?, self.key()?)
+            .map_err(|e| invalid("the node certificate", &e))?;
+        Ok(crate::net::MeshTls {
+            server: self.server_config(versions)?,
+            client,
+        })
+    }
+
+    /// Presents the node's certificate; requires one from the CA.
+    fn server_config(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Result<rustls::ServerConfig> {
+        let provider = provider();
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider.clone())
+                .build()
+                .map_err(|e| invalid("the client verifier", &e))?;
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .map_err(|e| invalid("TLS versions", &e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain()?, self.key()?)
+            .map_err(|e| invalid("the node certificate", &e))
+    }
+
+    fn roots(&self) -> Result<rustls::RootCertStore> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
             let cert = cert.map_err(|e| invalid("the CA certificate", &e))?;
@@ -56,24 +94,28 @@ impl KubeletTls {
                 .add(cert)
                 .map_err(|e| invalid("the CA certificate", &e))?;
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| invalid("the client verifier", &e))?;
-        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+        Ok(roots)
+    }
+
+    fn chain(&self) -> Result<Vec<CertificateDer<'static>>> {
+        CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| invalid("the node certificate", &e))?;
-        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
-            .map_err(|e| invalid("the node key", &e))?;
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| invalid("TLS versions", &e))?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .map_err(|e| invalid("the node certificate", &e))?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(TlsAcceptor::from(Arc::new(config)))
+            .map_err(|e| invalid("the node certificate", &e))
+    }
+
+    fn key(&self) -> Result<PrivateKeyDer<'static>> {
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| invalid("the node key", &e))
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn invalid(what: &str, error: &dyn std::fmt::Display) -> AgentError {
+    AgentError::Tls {
+        reason: format!("{what}: {error}"),
     }
 }
 

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "all/support.rs"]
+#[path = "../all/support.rs"]
 #[allow(dead_code)]
 mod support;
 
@@ -906,3 +906,5 @@ async fn an_agent_that_joined_serves_logs_over_tls() {
     drop(controllers);
     server.shutdown().await;
 }
+
+mod network;

@@ -1,0 +1,135 @@
+//! The agent's side of the pod network: it keeps the node's
+//! [`RoutingTable`] current from the API, as kube-proxy does, by watching
+//! Services, EndpointSlices and Nodes.
+//!
+//! Each watch relists after a disconnect; what the relist no longer shows
+//! is removed from the table, so a Service deleted while the API was away
+//! does not linger. Routing itself is `crate::net`'s; this module only
+//! translates watch events into table updates.
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Resource;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use serde::de::DeserializeOwned;
+
+use crate::BackoffConfig;
+use crate::net::RoutingTable;
+
+/// `namespace/name`, or `""/name` for a cluster-scoped object.
+type Key = (String, String);
+
+/// How one kind's events change the table.
+trait Follow: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static {
+    fn apply(table: &RoutingTable, object: &Self);
+    fn remove(table: &RoutingTable, key: &Key);
+    fn keys(table: &RoutingTable) -> Vec<Key>;
+}
+
+impl Follow for Service {
+    fn apply(table: &RoutingTable, service: &Self) {
+        table.upsert_service(service);
+    }
+    fn remove(table: &RoutingTable, (namespace, name): &Key) {
+        table.remove_service(namespace, name);
+    }
+    fn keys(table: &RoutingTable) -> Vec<Key> {
+        table.service_keys()
+    }
+}
+
+impl Follow for EndpointSlice {
+    fn apply(table: &RoutingTable, slice: &Self) {
+        table.upsert_slice(slice);
+    }
+    fn remove(table: &RoutingTable, (namespace, name): &Key) {
+        table.remove_slice(namespace, name);
+    }
+    fn keys(table: &RoutingTable) -> Vec<Key> {
+        table.slice_keys()
+    }
+}
+
+impl Follow for Node {
+    fn apply(table: &RoutingTable, node: &Self) {
+        table.upsert_node(node);
+    }
+    fn remove(table: &RoutingTable, (_, name): &Key) {
+        table.remove_node(name);
+    }
+    fn keys(table: &RoutingTable) -> Vec<Key> {
+        table
+            .node_names()
+            .into_iter()
+            .map(|name| (String::new(), name))
+            .collect()
+    }
+}
+
+/// Keeps `table` current until dropped.
+pub async fn follow(client: kube::Client, table: RoutingTable, retry: BackoffConfig) {
+    tokio::join!(
+        follow_kind::<Service>(Api::all(client.clone()), table.clone(), &retry),
+        follow_kind::<EndpointSlice>(Api::all(client.clone()), table.clone(), &retry),
+        follow_kind::<Node>(Api::all(client), table, &retry),
+    );
+}
+
+fn key_of<K: Resource>(object: &K, cluster_scoped: bool) -> Option<Key> {
+    let meta = object.meta();
+    let namespace = if cluster_scoped {
+        String::new()
+    } else {
+        meta.namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned())
+    };
+    Some((namespace, meta.name.clone()?))
+}
+
+async fn follow_kind<K>(api: Api<K>, table: RoutingTable, retry: &BackoffConfig)
+where
+    K: Follow,
+    K::DynamicType: Default,
+{
+    let cluster_scoped = K::kind(&K::DynamicType::default()) == "Node";
+    let events = watcher::watcher(api, watcher::Config::default())
+        .backoff(super::backoff::for_watches(retry));
+    let mut events = std::pin::pin!(events);
+    let mut relisted: Option<HashSet<Key>> = None;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Apply(object)) => K::apply(&table, &object),
+            Ok(watcher::Event::Delete(object)) => {
+                if let Some(key) = key_of(&object, cluster_scoped) {
+                    K::remove(&table, &key);
+                }
+            }
+            Ok(watcher::Event::Init) => relisted = Some(HashSet::new()),
+            Ok(watcher::Event::InitApply(object)) => {
+                K::apply(&table, &object);
+                if let (Some(seen), Some(key)) =
+                    (relisted.as_mut(), key_of(&object, cluster_scoped))
+                {
+                    seen.insert(key);
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                let Some(seen) = relisted.take() else {
+                    continue;
+                };
+                for key in K::keys(&table) {
+                    if !seen.contains(&key) {
+                        K::remove(&table, &key);
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "network watch failed; relisting"),
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! The QUIC mesh between nodes: one quinn connection per pair of nodes
+//! that talk, one bidirectional stream per request.
+//!
+//! Both ends present node certificates from the cluster CA (mutual TLS):
+//! a node without one, or with one from another CA, is refused in the
+//! handshake. A stream opens with a fixed header naming the pod address
+//! and port the request is for (and the calling pod, for policy), then
+//! carries one HTTP/1.1 exchange, so bodies stream with QUIC's flow
+//! control as backpressure.
+//!
+//! This module knows QUIC, TLS and the stream format; what a request does
+//! on arrival is the [`InboundHandler`] it is given.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use quinn::VarInt;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use tracing::Instrument;
+
+use crate::workload::{RequestBody, ResponseBody};
+
+/// The ALPN protocol of mesh connections: a peer speaking anything else
+/// (a raft member, a stray client) fails the handshake.
+pub const MESH_ALPN: &[u8] = b"flotilla-mesh/1";
+
+/// Requests in flight on one connection; opening one more waits, which is
+/// the mesh's backpressure towards a busy node.
+const STREAMS_PER_CONNECTION_MAX: u32 = 4096;
+/// A connection with no traffic and no answered keep-alive for this long
+/// is dead: its node is gone or cut off.
+const IDLE_TIMEOUT_MS: u64 = 10_000;
+/// Keep-alives well inside the idle timeout.
+const KEEP_ALIVE_INTERVAL_MS: u64 = 2_000;
+/// A handshake slower than this fails, so a dead node is noticed at once
+/// rather than after the idle timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a response's head may take on the calling side. The serving
+/// node bounds the guest's time itself; this bounds a node that stopped
+/// answering without closing the connection.
+const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Stream header: version, target address (16), target port (2), source
+/// address (16, unspecified when there is none).
+const HEADER_BYTES: usize = 1 + 16 + 2 + 16;
+const HEADER_VERSION: u8 = 1;
+
+/// What a node does with a request that arrived over the mesh: serve it
+/// from the pod at `target`, on behalf of `source`.
+pub type InboundHandler = Arc<
+    dyn Fn(
+            SocketAddr,
+            Option<IpAddr>,
+            http::Request<RequestBody>,
+        ) -> Pin<Box<dyn Future<Output = http::Response<ResponseBody>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Why a request over the mesh failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// No connection to the node could be made (so the request was not
+    /// sent, and may go elsewhere).
+    #[error("cannot reach node {node} at {address}: {reason}")]
+    Connect {
+        node: String,
+        address: SocketAddr,
+        reason: String,
+    },
+    /// The connection was lost or refused the stream before the request
+    /// was written (so it may go elsewhere too).
+    #[error("node {node} refused the stream: {reason}")]
+    Stream { node: String, reason: String },
+    /// The exchange failed after the request was sent.
+    #[error("request to node {node} failed: {reason}")]
+    Exchange { node: String, reason: String },
+    /// No response head within [`RESPONSE_HEAD_TIMEOUT`].
+    #[error("node {node} sent no response within {} s", RESPONSE_HEAD_TIMEOUT.as_secs())]
+    Timeout { node: String },
+    /// The local endpoint could not be set up.
+    #[error("mesh endpoint: {reason}")]
+    Setup { reason: String },
+}
+
+impl MeshError {
+    /// Whether the request never left, so sending it elsewhere cannot
+    /// run it twice.
+    pub fn not_sent(&self) -> bool {
+        matches!(self, MeshError::Connect { .. } | MeshError::Stream { .. })
+    }
+}
+
+/// TLS for the mesh: the node's certificate for both ends, the cluster CA
+/// to verify the other.
+pub struct MeshTls {
+    pub server: rustls::ServerConfig,
+    pub client: rustls::ClientConfig,
+}
+
+/// This node's end of the mesh. Cheap to clone.
+#[derive(Clone)]
+pub struct Mesh {
+    inner: Arc<MeshInner>,
+}
+
+struct MeshInner {
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    /// One connection per node address; the per-address lock makes
+    /// concurrent first requests share one handshake.
+    connections: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>>,
+}
+
+impl Mesh {
+    /// Binds the mesh endpoint at `listen` and serves arriving requests
+    /// with `handler` until the returned mesh (all its clones) is dropped
+    /// or [`Mesh::close`]d.
+    pub fn bind(
+        listen: SocketAddr,
+        tls: MeshTls,
+        handler: InboundHandler,
+    ) -> Result<Self, MeshError> {
+        let setup = |what: &str, error: &dyn std::fmt::Display| MeshError::Setup {
+            reason: format!("{what}: {error}"),
+        };
+        let transport = Arc::new(transport_config().map_err(|e| setup("transport", &e))?);
+        let MeshTls {
+            mut server,
+            mut client,
+        } = tls;
+        server.alpn_protocols = vec![MESH_ALPN.to_vec()];
+        client.alpn_protocols = vec![MESH_ALPN.to_vec()];
+        let server_crypto =
+            QuicServerConfig::try_from(server).map_err(|e| setup("server TLS", &e))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server_config.transport_config(transport.clone());
+        let client_crypto =
+            QuicClientConfig::try_from(client).map_err(|e| setup("client TLS", &e))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client_config.transport_config(transport);
+        let endpoint = quinn::Endpoint::server(server_config, listen)
+            .map_err(|e| setup(&format!("binding {listen}"), &e))?;
+        let local = endpoint
+            .local_addr()
+            .map_err(|e| setup("local address", &e))?;
+        tokio::spawn(
+            accept_loop(endpoint.clone(), handler)
+                .instrument(tracing::info_span!("mesh", address = %local)),
+        );
+        Ok(Self {
+            inner: Arc::new(MeshInner {
+                endpoint,
+                client_config,
+                connections: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The UDP address the mesh listens on.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.endpoint.local_addr().ok()
+    }
+
+    /// Closes every connection and stops accepting.
+    pub fn close(&self) {
+        self.inner
+            .endpoint
+            .close(VarInt::from_u32(0), b"node stopping");
+    }
+
+    /// Sends `request` to the pod at `target` on the node `node_name`,
+    /// whose mesh endpoint is `address`.
+    pub async fn send(
+        &self,
+        node_name: &str,
+        address: SocketAddr,
+        target: SocketAddr,
+        source: Option<IpAddr>,
+        request: http::Request<RequestBody>,
+    ) -> Result<http::Response<ResponseBody>, MeshError> {
+        let connection = self.connection(node_name, address).await?;
+        let stream_error = |reason: String| MeshError::Stream {
+            node: node_name.to_owned(),
+            reason,
+        };
+        let (mut send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| stream_error(e.to_string()))?;
+        send.write_all(&encode_header(target, source))
+            .await
+            .map_err(|e| stream_error(e.to_string()))?;
+        let exchange_error = |reason: String| MeshError::Exchange {
+            node: node_name.to_owned(),
+            reason,
+        };
+        let io = TokioIo::new(tokio::io::join(recv, send));
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| exchange_error(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "mesh stream ended");
+            }
+        });
+        let response = tokio::time::timeout(RESPONSE_HEAD_TIMEOUT, sender.send_request(request))
+            .await
+            .map_err(|_| MeshError::Timeout {
+                node: node_name.to_owned(),
+            })?
+            .map_err(|e| exchange_error(e.to_string()))?;
+        Ok(response.map(crate::request_body))
+    }
+
+    /// The live connection to `address`, made if there is none.
+    async fn connection(
+        &self,
+        node_name: &str,
+        address: SocketAddr,
+    ) -> Result<quinn::Connection, MeshError> {
+        let slot = {
+            let mut connections = self
+                .inner
+                .connections
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            connections.entry(address).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        if let Some(connection) = slot.as_ref()
+            && connection.close_reason().is_none()
+        {
+            return Ok(connection.clone());
+        }
+        let connect_error = |reason: String| MeshError::Connect {
+            node: node_name.to_owned(),
+            address,
+            reason,
+        };
+        let connecting = self
+            .inner
+            .endpoint
+            .connect_with(self.inner.client_config.clone(), address, node_name)
+            .map_err(|e| connect_error(e.to_string()))?;
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| {
+                connect_error(format!(
+                    "no handshake within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|e| connect_error(e.to_string()))?;
+        tracing::debug!(node = node_name, %address, "mesh connection up");
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+}
+
+fn transport_config() -> Result<quinn::TransportConfig, quinn::VarIntBoundsExceeded> {
+    let mut config = quinn::TransportConfig::default();
+    config
+        .max_idle_timeout(Some(VarInt::from_u64(IDLE_TIMEOUT_MS)?.into()))
+        .keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_INTERVAL_MS)))
+        .max_concurrent_bidi_streams(VarInt::from_u32(STREAMS_PER_CONNECTION_MAX))
+        .max_concurrent_uni_streams(VarInt::from_u32(0));
+    Ok(config)
+}
+
+fn encode_header(target: SocketAddr, source: Option<IpAddr>) -> [u8; HEADER_BYTES] {
+    let mut header = [0u8; HEADER_BYTES];
+    header[0] = HEADER_VERSION;
+    header[1..17].copy_from_slice(&v6(target.ip()).octets());
+    header[17..19].copy_from_slice(&target.port().to_be_bytes());
+    let source = source.map_or(Ipv6Addr::UNSPECIFIED, v6);
+    header[19..35].copy_from_slice(&source.octets());
+    header
+}
+
+fn decode_header(header: &[u8; HEADER_BYTES]) -> Option<(SocketAddr, Option<IpAddr>)> {
+    if header[0] != HEADER_VERSION {
+        return None;
+    }
+    let address = |bytes: &[u8]| -> Option<IpAddr> {
+        let octets: [u8; 16] = bytes.try_into().ok()?;
+        let ip = Ipv6Addr::from(octets);
+        Some(ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4))
+    };
+    let target = address(&header[1..17])?;
+    let port = u16::from_be_bytes([header[17], header[18]]);
+    let source = address(&header[19..35]).filter(|ip| !ip.is_unspecified());
+    Some((SocketAddr::new(target, port), source))
+}
+
+fn v6(ip: IpAddr) -> Ipv6Addr {
+    match ip {
+        IpAddr::V4(ip) => ip.to_ipv6_mapped(),
+        IpAddr::V6(ip) => ip,
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, handler: InboundHandler) {
+    while let Some(incoming) = endpoint.accept().await {
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let connection = match incoming.await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    // A peer without a certificate from the cluster CA ends here.
+                    tracing::info!(%remote, %error, "mesh handshake refused");
+                    return;
+                }
+            };
+            serve_connection(connection, handler)
+                .instrument(tracing::debug_span!("mesh_peer", %remote))
+                .await;
+        });
+    }
+}
+
+async fn serve_connection(connection: quinn::Connection, handler: InboundHandler) {
+    loop {
+        let (send, mut recv) = match connection.accept_bi().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%error, "mesh connection ended");
+                return;
+            }
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let mut header = [0u8; HEADER_BYTES];
+            if recv.read_exact(&mut header).await.is_err() {
+                return;
+            }
+            let Some((target, source)) = decode_header(&header) else {
+                tracing::warn!("mesh stream with an unknown header version");
+                return;
+            };
+            let service =
+                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let handler = handler.clone();
+                    async move {
+                        let request = request.map(crate::request_body);
+                        Ok::<_, std::convert::Infallible>(handler(target, source, request).await)
+                    }
+                });
+            let io = TokioIo::new(tokio::io::join(recv, send));
+            let served = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+            if let Err(error) = served {
+                tracing::debug!(%error, %target, "mesh request ended early");
+            }
+        });
+    }
+}
+
+/// A response with a plain-text body, for errors the router answers itself.
+pub(crate) fn text_response(
+    status: http::StatusCode,
+    text: String,
+) -> http::Response<ResponseBody> {
+    let body = http_body_util::Full::new(Bytes::from(text))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut response = http::Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip() {
+        let target: SocketAddr = "10.240.0.7:8080".parse().unwrap();
+        let source: IpAddr = "10.240.4.2".parse().unwrap();
+        assert_eq!(
+            decode_header(&encode_header(target, Some(source))),
+            Some((target, Some(source)))
+        );
+        let v6_target: SocketAddr = "[fd00::7]:80".parse().unwrap();
+        assert_eq!(
+            decode_header(&encode_header(v6_target, None)),
+            Some((v6_target, None))
+        );
+        let mut bad = encode_header(target, None);
+        bad[0] = 9;
+        assert_eq!(decode_header(&bad), None);
+    }
+}

@@ -1,0 +1,625 @@
+//! The pod network: virtual, inside the agent. No CNI plugin, no iptables,
+//! no kube-proxy: a guest's outgoing `wasi:http` request is routed here by
+//! its authority, and so is traffic arriving at the node's NodePorts or
+//! over the mesh from other nodes.
+//!
+//! - `table.rs`: [`RoutingTable`], Services, their endpoints and the
+//!   Nodes, fed by the agent's watches;
+//! - `resolve.rs`: an authority to a [`Destination`] (sibling, pod,
+//!   Service, outside), as cluster DNS would resolve it;
+//! - `mesh.rs`: [`Mesh`], QUIC between nodes with node certificates;
+//! - `nodeport.rs`: a listener on the node's address per Service nodePort;
+//! - `metrics.rs`: the counters the agent's `/metrics` shows.
+//!
+//! [`PodNetwork`] ties them together: requests to pods on this node are
+//! served in-process by the [`NodeRuntime`], never leaving the process;
+//! requests to pods elsewhere go over the mesh. It knows nothing of the API
+//! server: the agent feeds its table.
+
+mod mesh;
+mod metrics;
+mod nodeport;
+mod resolve;
+mod table;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use hyper::body::Body;
+use tracing::Instrument;
+
+pub use mesh::{InboundHandler, MESH_ALPN, Mesh, MeshError, MeshTls};
+pub use metrics::NetworkMetrics;
+pub use resolve::{CLUSTER_DOMAIN, Destination, ResolveError, resolve};
+pub use table::{
+    EndpointRoute, Locality, MESH_PORT_ANNOTATION, NodeRoute, RoutingTable, SERVICE_NAME_LABEL,
+    ServiceKind, ServicePortRoute, ServiceRoute,
+};
+
+use crate::sandbox::{OutgoingFuture, OutgoingHttp};
+use crate::workload::{RequestBody, ResponseBody};
+use crate::{NodeRuntime, RequestOptions, WeakNodeRuntime};
+
+/// A node the mesh could not reach is skipped this long when another
+/// endpoint is ready, then tried again: how a node that recovered comes
+/// back into the rotation.
+const UNREACHABLE_COOLDOWN: Duration = Duration::from_secs(5);
+/// Further endpoints an idempotent request is sent to when the one chosen
+/// could not be reached.
+const RETRIES_MAX: usize = 2;
+
+/// Why a request could not be routed.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("request has no host to route by")]
+    NoHost,
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error("Service {namespace}/{name} has no port {port}")]
+    NoServicePort {
+        namespace: String,
+        name: String,
+        port: u16,
+    },
+    #[error("Service {namespace}/{name} has no ready endpoint for port {port}")]
+    NoEndpoints {
+        namespace: String,
+        name: String,
+        port: u16,
+    },
+    #[error("no pod at {address}")]
+    NoPod { address: SocketAddr },
+    #[error("pod {address} is on node {node}, which the mesh cannot reach: {reason}")]
+    NodeUnreachable {
+        address: SocketAddr,
+        node: String,
+        reason: String,
+    },
+    #[error(
+        "request to {host}:{port} denied: traffic leaving the cluster needs an egress allowance"
+    )]
+    EgressDenied { host: String, port: u16 },
+    #[error(transparent)]
+    Mesh(#[from] MeshError),
+    #[error(transparent)]
+    Pod(#[from] crate::Error),
+    /// The node serving `address` did not take the request (the pod is
+    /// gone or stopping there), so it may go to another endpoint.
+    #[error("pod {address} did not take the request: {reason}")]
+    Refused { address: SocketAddr, reason: String },
+    #[error("the node is stopping")]
+    Stopped,
+}
+
+/// The response header a node sets when it answers a request it did not
+/// serve (its pod is gone or not taking requests), so the sending node may
+/// try another endpoint.
+const REFUSED_HEADER: &str = "flotilla-refused";
+
+impl RouteError {
+    /// Whether the request was never served, so sending it to another
+    /// endpoint cannot run it twice.
+    fn not_served(&self) -> bool {
+        match self {
+            RouteError::Mesh(error) => error.not_sent(),
+            RouteError::NoPod { .. }
+            | RouteError::Refused { .. }
+            | RouteError::Pod(crate::Error::PodNotFound { .. })
+            | RouteError::Pod(crate::Error::NoService { .. })
+            | RouteError::Pod(crate::Error::ServiceUnavailable { .. }) => true,
+            _ => false,
+        }
+    }
+
+    /// What the calling guest sees (`wasi:http`'s error codes).
+    fn to_wasi(&self) -> wasmtime_wasi_http::Error {
+        use wasmtime_wasi_http::Error as E;
+        match self {
+            RouteError::NoHost => E::HttpRequestUriInvalid,
+            RouteError::Resolve(_) => E::DnsError {
+                rcode: Some("NXDOMAIN".to_owned()),
+                info_code: None,
+            },
+            RouteError::NoServicePort { .. } | RouteError::NoPod { .. } => E::ConnectionRefused,
+            RouteError::NoEndpoints { .. } | RouteError::NodeUnreachable { .. } => {
+                E::DestinationUnavailable
+            }
+            RouteError::EgressDenied { .. } => E::HttpRequestDenied,
+            RouteError::Mesh(MeshError::Timeout { .. }) => E::HttpResponseTimeout,
+            RouteError::Mesh(_) => E::ConnectionTerminated,
+            RouteError::Pod(crate::Error::RequestTimeout { .. }) => E::HttpResponseTimeout,
+            RouteError::Pod(crate::Error::NoService { .. }) => E::ConnectionRefused,
+            RouteError::Pod(crate::Error::ServiceUnavailable { .. }) => E::DestinationUnavailable,
+            RouteError::Pod(error) => E::InternalError(Some(error.to_string())),
+            RouteError::Refused { .. } => E::DestinationUnavailable,
+            RouteError::Stopped => E::ConnectionTerminated,
+        }
+    }
+
+    /// What an HTTP client at a NodePort, or a node across the mesh, sees.
+    fn status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            RouteError::NoHost => S::BAD_REQUEST,
+            RouteError::Resolve(_) | RouteError::NoPod { .. } => S::NOT_FOUND,
+            RouteError::EgressDenied { .. } => S::FORBIDDEN,
+            RouteError::NoServicePort { .. }
+            | RouteError::NoEndpoints { .. }
+            | RouteError::Refused { .. }
+            | RouteError::Stopped
+            | RouteError::Pod(crate::Error::ServiceUnavailable { .. })
+            | RouteError::Pod(crate::Error::NoService { .. }) => S::SERVICE_UNAVAILABLE,
+            RouteError::Mesh(MeshError::Timeout { .. })
+            | RouteError::Pod(crate::Error::RequestTimeout { .. }) => S::GATEWAY_TIMEOUT,
+            RouteError::NodeUnreachable { .. } | RouteError::Mesh(_) | RouteError::Pod(_) => {
+                S::BAD_GATEWAY
+            }
+        }
+    }
+
+    /// This error as a response with a one-line text body.
+    pub fn into_response(self) -> http::Response<ResponseBody> {
+        mesh::text_response(self.status(), format!("{self}\n"))
+    }
+}
+
+/// The node's pod network. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct PodNetwork {
+    inner: Arc<NetworkInner>,
+}
+
+struct NetworkInner {
+    node_name: String,
+    table: RoutingTable,
+    runtime: OnceLock<WeakNodeRuntime>,
+    mesh: OnceLock<Mesh>,
+    metrics: NetworkMetrics,
+    /// Nodes the mesh failed to reach, and until when they are skipped.
+    unreachable: Mutex<HashMap<String, Instant>>,
+}
+
+impl PodNetwork {
+    /// The network of the node `node_name`, with an empty table.
+    pub fn new(node_name: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(NetworkInner {
+                node_name: node_name.into(),
+                table: RoutingTable::default(),
+                runtime: OnceLock::new(),
+                mesh: OnceLock::new(),
+                metrics: NetworkMetrics::default(),
+                unreachable: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The routing table, for whoever keeps it current.
+    pub fn table(&self) -> &RoutingTable {
+        &self.inner.table
+    }
+
+    /// The network's counters.
+    pub fn metrics(&self) -> &NetworkMetrics {
+        &self.inner.metrics
+    }
+
+    /// The runtime whose pods this network serves. The runtime holds the
+    /// network (as its guests' carrier), so the network holds it weakly.
+    pub fn attach_runtime(&self, runtime: &NodeRuntime) {
+        if self.inner.runtime.set(runtime.downgrade()).is_err() {
+            tracing::warn!("the pod network already has a runtime");
+        }
+    }
+
+    /// Joins the mesh: listens at `listen` (UDP) with the node's
+    /// certificate. Returns the address bound.
+    pub fn start_mesh(&self, listen: SocketAddr, tls: MeshTls) -> Result<SocketAddr, MeshError> {
+        let network = self.clone();
+        let handler: mesh::InboundHandler = Arc::new(move |target, source, request| {
+            let network = network.clone();
+            Box::pin(async move { network.serve_inbound(target, source, request).await })
+        });
+        let mesh = Mesh::bind(listen, tls, handler)?;
+        let address = mesh.local_addr().unwrap_or(listen);
+        if self.inner.mesh.set(mesh).is_err() {
+            return Err(MeshError::Setup {
+                reason: "the node is in the mesh already".to_owned(),
+            });
+        }
+        tracing::info!(%address, "mesh listening");
+        Ok(address)
+    }
+
+    /// Closes the mesh endpoint, if there is one.
+    pub fn close(&self) {
+        if let Some(mesh) = self.inner.mesh.get() {
+            mesh.close();
+        }
+    }
+
+    /// Serves every Service nodePort on `address` until the returned
+    /// future is dropped.
+    pub fn serve_node_ports(
+        &self,
+        address: IpAddr,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        nodeport::run(self.clone(), address)
+    }
+
+    fn runtime(&self) -> Result<NodeRuntime, RouteError> {
+        self.inner
+            .runtime
+            .get()
+            .and_then(WeakNodeRuntime::upgrade)
+            .ok_or(RouteError::Stopped)
+    }
+
+    /// Routes a request a guest of the pod `pod_uid` sent.
+    pub async fn send_from_pod(
+        &self,
+        pod_uid: &str,
+        request: http::Request<RequestBody>,
+    ) -> Result<http::Response<ResponseBody>, RouteError> {
+        let runtime = self.runtime()?;
+        let caller = runtime.pod(pod_uid);
+        let namespace = caller
+            .as_ref()
+            .map_or_else(|| "default".to_owned(), |pod| pod.namespace().to_owned());
+        let source = caller.as_ref().and_then(|pod| pod.pod_ip());
+        let (host, port) = authority(&request).ok_or(RouteError::NoHost)?;
+        let destination = resolve(&self.inner.table, &namespace, &host, port)?;
+        match destination {
+            Destination::Sibling { port } => {
+                self.inner.metrics.local();
+                Ok(runtime.serve_http(pod_uid, port, request).await?)
+            }
+            Destination::Pod { ip, port } => {
+                self.to_pod(&runtime, SocketAddr::new(ip, port), source, request)
+                    .await
+            }
+            Destination::Service { route, port } => {
+                self.to_service(&runtime, &route, port, source, request)
+                    .await
+            }
+            Destination::External { host, port } => {
+                self.inner.metrics.denied("egress");
+                Err(RouteError::EgressDenied { host, port })
+            }
+        }
+    }
+
+    /// Sends a request to a Service's `port`, balanced over its ready
+    /// endpoints; `client` is the caller's address (for ClientIP affinity).
+    async fn to_service(
+        &self,
+        runtime: &NodeRuntime,
+        route: &ServiceRoute,
+        port: u16,
+        client: Option<IpAddr>,
+        request: http::Request<RequestBody>,
+    ) -> Result<http::Response<ResponseBody>, RouteError> {
+        // A headless Service's name stands for its pods: the port is theirs.
+        let port_name = if route.is_headless() {
+            None
+        } else {
+            let service_port = route.port(port).ok_or_else(|| RouteError::NoServicePort {
+                namespace: route.namespace.clone(),
+                name: route.name.clone(),
+                port,
+            })?;
+            Some(service_port.name.as_str())
+        };
+        let replay = replayable(&request);
+        let mut request = Some(request);
+        let mut tried = Vec::new();
+        loop {
+            let (endpoint, target_port) = self
+                .pick(route, port_name, port, client, &tried)
+                .ok_or_else(|| RouteError::NoEndpoints {
+                    namespace: route.namespace.clone(),
+                    name: route.name.clone(),
+                    port,
+                })?;
+            let attempt = match (request.take(), &replay) {
+                (Some(request), _) => request,
+                (None, Some(replay)) => replay.request(),
+                (None, None) => return Err(RouteError::Stopped),
+            };
+            let target = SocketAddr::new(endpoint.ip, target_port);
+            match self.to_pod(runtime, target, client, attempt).await {
+                Err(error)
+                    if error.not_served() && replay.is_some() && tried.len() < RETRIES_MAX =>
+                {
+                    tracing::info!(%error, %target, "endpoint did not serve; trying another");
+                    self.inner.metrics.retry();
+                    tried.push(endpoint.ip);
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// A ready endpoint of `route` for the port named `port_name` (or, for
+    /// a headless Service, `port` itself), not among `tried`.
+    fn pick(
+        &self,
+        route: &ServiceRoute,
+        port_name: Option<&str>,
+        port: u16,
+        client: Option<IpAddr>,
+        tried: &[IpAddr],
+    ) -> Option<(EndpointRoute, u16)> {
+        let target_port = |endpoint: &EndpointRoute| match port_name {
+            Some(name) => endpoint.port(name),
+            None => Some(port),
+        };
+        let candidates: Vec<&EndpointRoute> = route
+            .endpoints
+            .iter()
+            .filter(|endpoint| endpoint.ready && !tried.contains(&endpoint.ip))
+            .filter(|endpoint| target_port(endpoint).is_some())
+            .collect();
+        let here = |endpoint: &&EndpointRoute| {
+            endpoint.node.as_deref() == Some(self.inner.node_name.as_str())
+        };
+        let pool: Vec<&EndpointRoute> = match route.locality {
+            Locality::Any => candidates,
+            Locality::SameNodeOnly => candidates.into_iter().filter(here).collect(),
+            Locality::PreferSameNode => {
+                let local: Vec<_> = candidates.iter().copied().filter(here).collect();
+                if local.is_empty() { candidates } else { local }
+            }
+        };
+        // Endpoints on nodes the mesh just failed to reach wait out their
+        // cool-down, unless nothing else is left.
+        let reachable: Vec<&EndpointRoute> = pool
+            .iter()
+            .copied()
+            .filter(|endpoint| !self.is_unreachable(endpoint.node.as_deref()))
+            .collect();
+        let pool = if reachable.is_empty() {
+            pool
+        } else {
+            reachable
+        };
+        if pool.is_empty() {
+            return None;
+        }
+        let index = match client.filter(|_| route.client_ip_affinity) {
+            Some(client) => {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                client.hash(&mut hasher);
+                hasher.finish() as usize
+            }
+            None => route.next_index(),
+        };
+        let endpoint = pool[index % pool.len()];
+        self.inner.metrics.picked(here(&endpoint));
+        Some((endpoint.clone(), target_port(endpoint)?))
+    }
+
+    fn is_unreachable(&self, node: Option<&str>) -> bool {
+        let Some(node) = node else {
+            return false;
+        };
+        let mut unreachable = self
+            .inner
+            .unreachable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match unreachable.get(node) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                unreachable.remove(node);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn mark_unreachable(&self, node: &str) {
+        self.inner
+            .unreachable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(node.to_owned(), Instant::now() + UNREACHABLE_COOLDOWN);
+    }
+
+    /// Sends a request to the pod at `target`: in-process when it runs
+    /// here, over the mesh when it runs on another node.
+    async fn to_pod(
+        &self,
+        runtime: &NodeRuntime,
+        target: SocketAddr,
+        source: Option<IpAddr>,
+        request: http::Request<RequestBody>,
+    ) -> Result<http::Response<ResponseBody>, RouteError> {
+        if let Some(uid) = runtime.pod_at(target.ip()) {
+            self.inner.metrics.local();
+            return Ok(runtime.serve_http(&uid, target.port(), request).await?);
+        }
+        let node = self
+            .inner
+            .table
+            .node_of_pod(target.ip())
+            .filter(|node| node.name != self.inner.node_name)
+            .ok_or(RouteError::NoPod { address: target })?;
+        let unreachable = |reason: &str| RouteError::NodeUnreachable {
+            address: target,
+            node: node.name.clone(),
+            reason: reason.to_owned(),
+        };
+        let mesh =
+            self.inner.mesh.get().ok_or_else(|| {
+                unreachable("this node has no certificate, so it is not in the mesh")
+            })?;
+        let address = node
+            .mesh_address()
+            .ok_or_else(|| unreachable("it does not advertise a mesh address"))?;
+        self.inner.metrics.mesh();
+        let sent = mesh
+            .send(&node.name, address, target, source, request)
+            .instrument(tracing::debug_span!("mesh_send", node = %node.name, %target))
+            .await;
+        if let Err(error) = &sent
+            && error.not_sent()
+        {
+            self.mark_unreachable(&node.name);
+        }
+        let response = sent?;
+        if let Some(reason) = response.headers().get(REFUSED_HEADER) {
+            return Err(RouteError::Refused {
+                address: target,
+                reason: String::from_utf8_lossy(reason.as_bytes()).into_owned(),
+            });
+        }
+        Ok(response)
+    }
+
+    /// Serves a request that arrived over the mesh for a pod on this node.
+    async fn serve_inbound(
+        &self,
+        target: SocketAddr,
+        _source: Option<IpAddr>,
+        request: http::Request<RequestBody>,
+    ) -> http::Response<ResponseBody> {
+        self.inner.metrics.inbound();
+        let served = async {
+            let runtime = self.runtime()?;
+            let uid = runtime
+                .pod_at(target.ip())
+                .ok_or(RouteError::NoPod { address: target })?;
+            Ok::<_, RouteError>(runtime.serve_http(&uid, target.port(), request).await?)
+        };
+        served.await.unwrap_or_else(|error| {
+            self.inner.metrics.error();
+            let refused = error.not_served().then(|| error.to_string());
+            let mut response = error.into_response();
+            if let Some(reason) = refused.and_then(|r| http::HeaderValue::from_str(&r).ok()) {
+                response.headers_mut().insert(REFUSED_HEADER, reason);
+            }
+            response
+        })
+    }
+
+    /// Serves a request that arrived at this node's `node_port` from
+    /// `client`.
+    async fn serve_node_port(
+        &self,
+        node_port: u16,
+        client: SocketAddr,
+        request: http::Request<RequestBody>,
+    ) -> http::Response<ResponseBody> {
+        let served = async {
+            let runtime = self.runtime()?;
+            let route =
+                self.inner
+                    .table
+                    .service_by_node_port(node_port)
+                    .ok_or(RouteError::NoPod {
+                        address: SocketAddr::new(client.ip(), node_port),
+                    })?;
+            let port = route
+                .node_port(node_port)
+                .map(|port| port.port)
+                .ok_or(RouteError::Stopped)?;
+            self.to_service(&runtime, &route, port, Some(client.ip()), request)
+                .await
+        };
+        served.await.unwrap_or_else(|error| {
+            tracing::debug!(%error, node_port, "NodePort request failed");
+            self.inner.metrics.error();
+            error.into_response()
+        })
+    }
+}
+
+impl OutgoingHttp for PodNetwork {
+    fn send(
+        &self,
+        pod_uid: &str,
+        request: http::Request<crate::WasiBody>,
+        _options: Option<RequestOptions>,
+    ) -> OutgoingFuture {
+        let network = self.clone();
+        let pod_uid = pod_uid.to_owned();
+        let span = tracing::debug_span!("route", pod = %pod_uid, uri = %request.uri());
+        Box::pin(
+            async move {
+                network
+                    .send_from_pod(&pod_uid, request)
+                    .await
+                    .map_err(|error| {
+                        tracing::debug!(%error, "request not routed");
+                        network.inner.metrics.error();
+                        error.to_wasi()
+                    })
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// The host and port a request is addressed to: its URI's authority, else
+/// its Host header; the scheme's port when it names none.
+fn authority<B>(request: &http::Request<B>) -> Option<(String, u16)> {
+    let default_port = match request.uri().scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    let authority = match request.uri().authority() {
+        Some(authority) => authority.clone(),
+        None => request
+            .headers()
+            .get(http::header::HOST)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()?,
+    };
+    Some((
+        authority.host().to_owned(),
+        authority.port_u16().unwrap_or(default_port),
+    ))
+}
+
+/// A request without a body can be sent again to another endpoint; this
+/// keeps what is needed to.
+struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    fn request(&self) -> http::Request<RequestBody> {
+        let mut request = http::Request::new(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+/// Idempotent requests with no body may be retried elsewhere (RFC 9110
+/// §9.2.2); others are sent once.
+fn replayable(request: &http::Request<RequestBody>) -> Option<Replay> {
+    let idempotent = request.method().is_idempotent();
+    (idempotent && request.body().is_end_stream()).then(|| Replay {
+        method: request.method().clone(),
+        uri: request.uri().clone(),
+        version: request.version(),
+        headers: request.headers().clone(),
+    })
+}

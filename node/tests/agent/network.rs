@@ -1,0 +1,396 @@
+//! The pod network between real agents: two nodes with certificates from
+//! one CA, each on its own loopback address, with their mesh endpoints
+//! (QUIC) and NodePort listeners, fed by the API like kube-proxy.
+//!
+//! Guests call each other with ordinary URLs: `examples/frontend`'s
+//! `/call?url=…` reports what its outgoing request got back.
+
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::Bytes;
+use flotilla_node::agent::KubeletTls;
+use flotilla_node::net::{Mesh, MeshError, MeshTls, PodNetwork};
+use flotilla_raft_store::transport::ClusterCa;
+use http_body_util::Full;
+
+use super::*;
+
+/// A node of the pod network: its runtime, agent and network.
+struct NetNode {
+    runtime: NodeRuntime,
+    agent: Agent,
+    network: PodNetwork,
+    ip: IpAddr,
+}
+
+/// The node certificate `ca` issues to `node` at `ip`, as a join does.
+fn node_tls(ca: &ClusterCa, node: &str, ip: IpAddr) -> KubeletTls {
+    let issued = ca
+        .issue(
+            &format!("system:node:{node}"),
+            &[ip.to_string(), node.to_owned()],
+        )
+        .unwrap();
+    KubeletTls {
+        ca_pem: issued.ca_cert_pem,
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
+    }
+}
+
+impl Cluster {
+    /// Starts `node` at `ip` (a loopback address of its own, so each node
+    /// has its own NodePorts), with a certificate from `ca`.
+    async fn net_node(&self, node: &str, ip: &str, ca: &ClusterCa) -> NetNode {
+        let ip: IpAddr = ip.parse().unwrap();
+        let network = PodNetwork::new(node);
+        let runtime = NodeRuntime::with_outgoing_http(
+            support::config(&self.dir.path().join(node)),
+            Arc::new(flotilla_node::LocalSource::files_only()),
+            Arc::new(network.clone()),
+        )
+        .unwrap();
+        let mut config = config(node);
+        config.node_ip = ip;
+        config.kubelet_listen = SocketAddr::new(ip, 0);
+        config.mesh_listen = SocketAddr::new(ip, 0);
+        config.kubelet_tls = Some(node_tls(ca, node, ip));
+        let agent = Agent::start_with_network(
+            config,
+            self.client.clone(),
+            runtime.clone(),
+            Some(network.clone()),
+        )
+        .await
+        .unwrap();
+        NetNode {
+            runtime,
+            agent,
+            network,
+            ip,
+        }
+    }
+
+    /// Creates `pod` and waits until it runs and is ready; returns it.
+    async fn running(&self, pod: Pod) -> Pod {
+        let name = pod.metadata.name.clone().unwrap();
+        self.pods()
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap();
+        wait_for(
+            &self.pods(),
+            &name,
+            "the pod to be ready",
+            running_and_ready,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Stops the nodes' agents, then the control plane.
+    async fn stop_with(self, nodes: Vec<NetNode>) {
+        for node in nodes {
+            node.agent.shutdown().await;
+        }
+        drop(self.controllers);
+        self.server.shutdown().await;
+    }
+
+    async fn service(&self, service: serde_json::Value) -> Service {
+        let services: Api<Service> = Api::namespaced(self.client.clone(), "default");
+        let service: Service = serde_json::from_value(service).unwrap();
+        services
+            .create(&PostParams::default(), &service)
+            .await
+            .unwrap()
+    }
+}
+
+/// A frontend pod (port 9090) bound to `node`, labelled `app: <name>`.
+fn frontend(name: &str, node: &str) -> Pod {
+    let mut pod = support::pod(json!({
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "nodeName": node,
+            "containers": [{
+                "name": "frontend",
+                "image": support::example_image("frontend"),
+                "ports": [{"containerPort": 9090}],
+            }],
+        },
+    }));
+    pod.metadata.uid = None;
+    pod
+}
+
+/// A hello-http pod (port 8080) bound to `node`, labelled `app: hello`.
+fn hello(name: &str, node: &str) -> Pod {
+    let mut pod = super::pod(name, node, None);
+    pod.metadata.labels = Some(BTreeMap::from([("app".to_owned(), "hello".to_owned())]));
+    pod
+}
+
+/// Asks the frontend `pod` on `node` to GET `url`; returns its answer.
+async fn call(node: &NetNode, pod: &Pod, url: &str) -> (u16, String) {
+    let uid = pod.metadata.uid.as_deref().unwrap();
+    support::get(&node.runtime, uid, 9090, &format!("/call?url={url}"))
+        .await
+        .unwrap()
+}
+
+/// Calls until the answer satisfies `check` (the routing tables follow the
+/// API a moment behind it), for at most `WAIT`.
+async fn call_until(
+    node: &NetNode,
+    pod: &Pod,
+    url: &str,
+    check: impl Fn(u16, &str) -> bool,
+) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        let (status, body) = call(node, pod, url).await;
+        if check(status, &body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "calling {url}: still {status} {body}"
+        );
+        ticker.tick().await;
+    }
+}
+
+/// GETs `path` from `address` over a real TCP connection, as curl would.
+async fn http_get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .ok()?;
+    tokio::spawn(connection);
+    let request = http::Request::get(path)
+        .header("host", address.to_string())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.ok()?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_on_two_nodes_call_each_other_by_name_and_cluster_ip() {
+    let cluster = Cluster::start().await;
+    let ca = ClusterCa::generate().unwrap();
+    let a = cluster.net_node("net-a", "127.0.10.1", &ca).await;
+    let b = cluster.net_node("net-b", "127.0.10.2", &ca).await;
+    let front_a = cluster.running(frontend("front-a", "net-a")).await;
+    let front_b = cluster.running(frontend("front-b", "net-b")).await;
+    for name in ["front-a", "front-b"] {
+        cluster
+            .service(json!({
+                "metadata": {"name": name},
+                "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 9090}]},
+            }))
+            .await;
+    }
+    let ok = |status: u16, body: &str| status == 200 && body.contains(": 200 ok");
+    // a → b and b → a, each across the mesh, by the names a pod's search
+    // path allows.
+    let answer = call_until(&a, &front_a, "http://front-b/healthz", ok).await;
+    assert!(
+        answer.contains("called http://front-b/healthz: 200 ok"),
+        "{answer}"
+    );
+    call_until(
+        &b,
+        &front_b,
+        "http://front-a.default.svc.cluster.local/healthz",
+        ok,
+    )
+    .await;
+    call_until(&a, &front_a, "http://front-b.default.svc:80/healthz", ok).await;
+
+    // By ClusterIP.
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), "default");
+    let cluster_ip = services
+        .get("front-b")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .cluster_ip
+        .unwrap();
+    call_until(&a, &front_a, &format!("http://{cluster_ip}/healthz"), ok).await;
+    // And a pod by its address, on its own port.
+    let pod_b_ip = pod_ip(&front_b);
+    call_until(&a, &front_a, &format!("http://{pod_b_ip}:9090/healthz"), ok).await;
+
+    let (local, mesh_out, _) = a.network.metrics().requests();
+    assert!(
+        mesh_out >= 4,
+        "requests from a went over the mesh: {mesh_out}"
+    );
+    let (_, _, mesh_in) = b.network.metrics().requests();
+    assert!(mesh_in >= 4, "and arrived at b: {mesh_in}");
+    assert_eq!(local, 0, "nothing from a stayed on a");
+
+    // A port the Service does not have, and a name no Service has.
+    let (status, body) = call(&a, &front_a, "http://front-b:81/").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("ConnectionRefused"), "{body}");
+    let (status, body) = call(&a, &front_a, "http://nothing.default.svc/").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("DnsError"), "{body}");
+
+    cluster.stop_with(vec![a, b]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_port_on_every_node_reaches_every_replica() {
+    let cluster = Cluster::start().await;
+    let ca = ClusterCa::generate().unwrap();
+    let a = cluster.net_node("np-a", "127.0.11.1", &ca).await;
+    let b = cluster.net_node("np-b", "127.0.11.2", &ca).await;
+    cluster.running(hello("hello-a", "np-a")).await;
+    cluster.running(hello("hello-b", "np-b")).await;
+    cluster
+        .service(json!({
+            "metadata": {"name": "hello"},
+            "spec": {
+                "type": "NodePort",
+                "selector": {"app": "hello"},
+                "ports": [{"port": 80, "targetPort": 8080, "nodePort": 31080}],
+            },
+        }))
+        .await;
+    // Through either node's NodePort, both replicas answer in turn.
+    for node in [&a, &b] {
+        let address = SocketAddr::new(node.ip, 31080);
+        let mut seen = std::collections::BTreeSet::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut ticker = tokio::time::interval(Duration::from_millis(20));
+        while seen.len() < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {seen:?} answered at {address}"
+            );
+            if let Some((200, body)) = http_get(address, "/").await
+                && let Some(pod) = body.split("pod=").nth(1)
+            {
+                seen.insert(pod.split_whitespace().next().unwrap_or_default().to_owned());
+            } else {
+                ticker.tick().await;
+            }
+        }
+        assert_eq!(
+            seen.into_iter().collect::<Vec<_>>(),
+            ["hello-a", "hello-b"],
+            "at {address}"
+        );
+    }
+    // The counters show where the choices went.
+    let text = a.network.metrics().render();
+    assert!(
+        text.contains("flotilla_network_endpoint_choices_total{locality=\"same_node\"}"),
+        "{text}"
+    );
+
+    cluster.stop_with(vec![a, b]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_of_a_pod_share_localhost_and_egress_is_denied() {
+    let cluster = Cluster::start().await;
+    let ca = ClusterCa::generate().unwrap();
+    let a = cluster.net_node("lo-a", "127.0.12.1", &ca).await;
+    let mut pod = support::pod(json!({
+        "metadata": {"name": "two"},
+        "spec": {
+            "nodeName": "lo-a",
+            "containers": [
+                {"name": "hello", "image": support::example_image("hello-http"),
+                 "ports": [{"containerPort": 8080}]},
+                {"name": "frontend", "image": support::example_image("frontend"),
+                 "ports": [{"containerPort": 9090}]},
+            ],
+        },
+    }));
+    pod.metadata.uid = None;
+    let pod = cluster.running(pod).await;
+    let (status, body) = call(&a, &pod, "http://localhost:8080/").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("called http://localhost:8080/: 200 hello, world!"),
+        "{body}"
+    );
+    let (status, body) = call(&a, &pod, "http://127.0.0.1:8080/healthz").await;
+    assert_eq!((status, body.contains(": 200 ok")), (200, true), "{body}");
+
+    // Outside the cluster: refused by default, and counted.
+    let (status, body) = call(&a, &pod, "http://example.com/").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+    assert_eq!(a.network.metrics().denied_egress(), 1);
+
+    cluster.stop_with(vec![a]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_refuses_a_node_whose_certificate_is_forged() {
+    let cluster = Cluster::start().await;
+    let ca = ClusterCa::generate().unwrap();
+    let a = cluster.net_node("mesh-a", "127.0.13.1", &ca).await;
+    let pod = cluster.running(hello("hello-m", "mesh-a")).await;
+    let target = SocketAddr::new(pod_ip(&pod).into(), 8080);
+    let mesh_address = SocketAddr::new(a.ip, a.agent.mesh_port().unwrap());
+
+    // A node that trusts the cluster's CA but whose own certificate, naming
+    // a plausible node, comes from another CA.
+    let forger = ClusterCa::generate().unwrap();
+    let forged_cert = node_tls(&forger, "mesh-x", "127.0.13.9".parse().unwrap());
+    let forged = KubeletTls {
+        ca_pem: ca.cert_pem().to_owned(),
+        ..forged_cert
+    }
+    .mesh_tls()
+    .unwrap();
+    let refuse: flotilla_node::net::InboundHandler =
+        Arc::new(|_, _, _| Box::pin(async { unreachable!("nothing should arrive") }));
+    let intruder = Mesh::bind("127.0.13.9:0".parse().unwrap(), forged, refuse.clone()).unwrap();
+    let request = || {
+        http::Request::get("/")
+            .body(flotilla_node::request_body(Full::new(Bytes::new())))
+            .unwrap()
+    };
+    let refused = intruder
+        .send("mesh-a", mesh_address, target, None, request())
+        .await;
+    assert!(refused.is_err(), "a forged certificate was let in");
+    assert_eq!(a.network.metrics().requests().2, 0, "nothing arrived");
+    // Nor does a node that trusts another CA accept this cluster's nodes.
+    let stranger = node_tls(&forger, "mesh-y", "127.0.13.8".parse().unwrap())
+        .mesh_tls()
+        .unwrap();
+    let stranger = Mesh::bind("127.0.13.8:0".parse().unwrap(), stranger, refuse.clone()).unwrap();
+    let refused = stranger
+        .send("mesh-a", mesh_address, target, None, request())
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, MeshError::Connect { .. }), "{refused}");
+
+    // A node with a certificate from the cluster's CA is served.
+    let genuine: MeshTls = node_tls(&ca, "mesh-b", "127.0.13.2".parse().unwrap())
+        .mesh_tls()
+        .unwrap();
+    let member = Mesh::bind("127.0.13.2:0".parse().unwrap(), genuine, refuse).unwrap();
+    let response = member
+        .send("mesh-a", mesh_address, target, None, request())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    cluster.stop_with(vec![a]).await;
+}
