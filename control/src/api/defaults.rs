@@ -99,11 +99,40 @@ pub fn apply(info: &ResourceInfo, object: &mut Value) {
             default(spec, "failedJobsHistoryLimit", json!(1));
         }
         "Service" => service(&mut object["spec"]),
-        "Secret" => default(object, "type", json!("Opaque")),
+        "Secret" => {
+            default(object, "type", json!("Opaque"));
+            merge_string_data(object);
+        }
         "Namespace" => {
             default(&mut object["spec"], "finalizers", json!(["kubernetes"]));
         }
         _ => {}
+    }
+}
+
+/// A Secret's `stringData` is write-only, as in Kubernetes: each of its
+/// keys is written into `data`, base64-encoded, over a `data` key of the
+/// same name, and `stringData` itself is not stored.
+fn merge_string_data(secret: &mut Value) {
+    use base64::Engine as _;
+    let Some(map) = secret.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(strings)) = map.remove("stringData") else {
+        return;
+    };
+    let data = map.entry("data").or_insert_with(|| json!({}));
+    if data.is_null() {
+        *data = json!({});
+    }
+    let Some(data) = data.as_object_mut() else {
+        return;
+    };
+    for (key, value) in strings {
+        if let Value::String(text) = value {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+            data.insert(key, Value::String(encoded));
+        }
     }
 }
 
@@ -197,6 +226,24 @@ mod tests {
         assert_eq!(
             object["spec"]["template"]["spec"]["restartPolicy"],
             "Always"
+        );
+    }
+
+    #[test]
+    fn a_secrets_string_data_is_written_into_its_data() {
+        let registry = Registry::kubernetes();
+        let secrets = registry.find("", "v1", "secrets").unwrap();
+        let mut object = json!({
+            "data": {"kept": "eA==", "replaced": "eA=="},
+            "stringData": {"replaced": "new", "added": "ok"},
+        });
+        apply(secrets, &mut object);
+        assert_eq!(
+            object,
+            json!({
+                "type": "Opaque",
+                "data": {"kept": "eA==", "replaced": "bmV3", "added": "b2s="},
+            })
         );
     }
 

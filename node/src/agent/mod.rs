@@ -141,6 +141,11 @@ pub struct AgentConfig {
     /// Where NodePort listeners bind; the node's InternalIP by default
     /// (kube-proxy's `--nodeport-addresses`).
     pub node_port_address: Option<IpAddr>,
+    /// Where the Ingress gateway serves plain HTTP; None: not at all.
+    pub ingress_http_listen: Option<SocketAddr>,
+    /// Where the Ingress gateway serves HTTPS, with the certificates of
+    /// the Ingresses' TLS Secrets; None: not at all.
+    pub ingress_https_listen: Option<SocketAddr>,
     /// The mesh port actually bound, once the mesh runs (for the Node's
     /// annotation).
     pub(crate) mesh_port: Option<u16>,
@@ -169,6 +174,8 @@ impl AgentConfig {
             // UDP beside the kubelet's TCP port: the two never clash.
             mesh_listen: KUBELET_LISTEN_DEFAULT,
             node_port_address: None,
+            ingress_http_listen: None,
+            ingress_https_listen: None,
             mesh_port: None,
         })
     }
@@ -201,6 +208,7 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
 pub struct Agent {
     kubelet_address: SocketAddr,
     mesh_port: Option<u16>,
+    ingress_addresses: Vec<SocketAddr>,
     network: Option<PodNetwork>,
     tasks: JoinSet<()>,
 }
@@ -290,6 +298,7 @@ impl Agent {
             .instrument(tracing::info_span!(parent: &span, "pod_cidr")),
         );
         let client_for_network = client.clone();
+        let mut ingress_addresses = Vec::new();
         let context = Arc::new(pods::PodContext {
             client,
             addresses,
@@ -314,6 +323,18 @@ impl Agent {
                     .serve_node_ports(address)
                     .instrument(tracing::info_span!(parent: &span, "node_ports", %address)),
             );
+            let (bound, gateway) = network
+                .bind_ingress(config.ingress_http_listen, config.ingress_https_listen)
+                .await
+                .map_err(|source| AgentError::Listen {
+                    address: config
+                        .ingress_http_listen
+                        .or(config.ingress_https_listen)
+                        .unwrap_or(config.kubelet_listen),
+                    source,
+                })?;
+            ingress_addresses = bound;
+            tasks.spawn(gateway);
         }
         let router = logs::router(logs::Endpoint {
             runtime,
@@ -340,6 +361,7 @@ impl Agent {
         Ok(Agent {
             kubelet_address,
             mesh_port: config.mesh_port,
+            ingress_addresses,
             network,
             tasks,
         })
@@ -353,6 +375,12 @@ impl Agent {
     /// The UDP port the node's mesh listens on, when it is in the mesh.
     pub fn mesh_port(&self) -> Option<u16> {
         self.mesh_port
+    }
+
+    /// Where the Ingress gateway listens: HTTP first, then HTTPS, for
+    /// those configured.
+    pub fn ingress_addresses(&self) -> &[SocketAddr] {
+        &self.ingress_addresses
     }
 
     /// Stops the agent's tasks and leaves the mesh. The pods keep running

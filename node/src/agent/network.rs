@@ -1,6 +1,7 @@
 //! The agent's side of the pod network: it keeps the node's
-//! [`RoutingTable`] current from the API, as kube-proxy does, by watching
-//! Services, EndpointSlices and Nodes.
+//! [`RoutingTable`] current from the API, as kube-proxy and an ingress
+//! controller do, by watching Services, EndpointSlices, Nodes, Ingresses
+//! and (for the gateway's certificates) Secrets.
 //!
 //! Each watch relists after a disconnect; what the relist no longer shows
 //! is removed from the table, so a Service deleted while the API was away
@@ -11,8 +12,9 @@ use std::collections::HashSet;
 use std::fmt::Debug;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::Resource;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -71,12 +73,40 @@ impl Follow for Node {
     }
 }
 
+impl Follow for Ingress {
+    fn apply(table: &RoutingTable, ingress: &Self) {
+        table.ingresses().upsert(ingress);
+    }
+    fn remove(table: &RoutingTable, (namespace, name): &Key) {
+        table.ingresses().remove(namespace, name);
+    }
+    fn keys(table: &RoutingTable) -> Vec<Key> {
+        table.ingresses().keys()
+    }
+}
+
+/// Secrets, for the Ingress gateway's certificates: only
+/// `kubernetes.io/tls` ones are kept.
+impl Follow for Secret {
+    fn apply(table: &RoutingTable, secret: &Self) {
+        table.ingresses().upsert_secret(secret);
+    }
+    fn remove(table: &RoutingTable, (namespace, name): &Key) {
+        table.ingresses().remove_secret(namespace, name);
+    }
+    fn keys(table: &RoutingTable) -> Vec<Key> {
+        table.ingresses().secret_keys()
+    }
+}
+
 /// Keeps `table` current until dropped.
 pub async fn follow(client: kube::Client, table: RoutingTable, retry: BackoffConfig) {
     tokio::join!(
         follow_kind::<Service>(Api::all(client.clone()), table.clone(), &retry),
         follow_kind::<EndpointSlice>(Api::all(client.clone()), table.clone(), &retry),
-        follow_kind::<Node>(Api::all(client), table, &retry),
+        follow_kind::<Node>(Api::all(client.clone()), table.clone(), &retry),
+        follow_kind::<Ingress>(Api::all(client.clone()), table.clone(), &retry),
+        follow_kind::<Secret>(Api::all(client), table, &retry),
     );
 }
 

@@ -16,6 +16,8 @@
 //! requests to pods elsewhere go over the mesh. It knows nothing of the API
 //! server: the agent feeds its table.
 
+mod ingress;
+mod listen;
 mod mesh;
 mod metrics;
 mod nodeport;
@@ -32,6 +34,7 @@ use http_body_util::BodyExt;
 use hyper::body::Body;
 use tracing::Instrument;
 
+pub use ingress::{Backend, BackendPort, INGRESS_CLASS, Ingresses};
 pub use mesh::{InboundHandler, MESH_ALPN, Mesh, MeshError, MeshTls};
 pub use metrics::NetworkMetrics;
 pub use resolve::{CLUSTER_DOMAIN, Destination, ResolveError, resolve};
@@ -91,6 +94,10 @@ pub enum RouteError {
     /// gone or stopping there), so it may go to another endpoint.
     #[error("pod {address} did not take the request: {reason}")]
     Refused { address: SocketAddr, reason: String },
+    #[error("no Ingress rule matches {host}{path}, and there is no default backend")]
+    NoIngressRule { host: String, path: String },
+    #[error("Ingress backend Service {namespace}/{name} not found")]
+    NoBackendService { namespace: String, name: String },
     #[error("the node is stopping")]
     Stopped,
 }
@@ -136,6 +143,9 @@ impl RouteError {
             RouteError::Pod(crate::Error::ServiceUnavailable { .. }) => E::DestinationUnavailable,
             RouteError::Pod(error) => E::InternalError(Some(error.to_string())),
             RouteError::Refused { .. } => E::DestinationUnavailable,
+            RouteError::NoIngressRule { .. } | RouteError::NoBackendService { .. } => {
+                E::DestinationNotFound
+            }
             RouteError::Stopped => E::ConnectionTerminated,
         }
     }
@@ -145,9 +155,12 @@ impl RouteError {
         use http::StatusCode as S;
         match self {
             RouteError::NoHost => S::BAD_REQUEST,
-            RouteError::Resolve(_) | RouteError::NoPod { .. } => S::NOT_FOUND,
+            RouteError::Resolve(_)
+            | RouteError::NoPod { .. }
+            | RouteError::NoIngressRule { .. } => S::NOT_FOUND,
             RouteError::EgressDenied { .. } => S::FORBIDDEN,
             RouteError::NoServicePort { .. }
+            | RouteError::NoBackendService { .. }
             | RouteError::NoEndpoints { .. }
             | RouteError::Refused { .. }
             | RouteError::Stopped
@@ -249,6 +262,102 @@ impl PodNetwork {
         address: IpAddr,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         nodeport::run(self.clone(), address)
+    }
+
+    /// Binds the Ingress gateway: plain HTTP at `http`, HTTPS (with the
+    /// Ingresses' certificates, by SNI) at `https`. Returns the addresses
+    /// bound and the future that serves them until dropped.
+    pub async fn bind_ingress(
+        &self,
+        http: Option<SocketAddr>,
+        https: Option<SocketAddr>,
+    ) -> std::io::Result<(
+        Vec<SocketAddr>,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    )> {
+        let mut bound = Vec::new();
+        let mut servers = Vec::new();
+        for (address, secure) in [(http, false), (https, true)] {
+            let Some(address) = address else {
+                continue;
+            };
+            let listener = tokio::net::TcpListener::bind(address).await?;
+            bound.push(listener.local_addr()?);
+            let tls = secure.then(|| self.ingress_acceptor()).transpose()?;
+            let network = self.clone();
+            let handler: listen::Handler = Arc::new(move |client, request| {
+                let network = network.clone();
+                Box::pin(async move { network.serve_ingress(client, request).await })
+            });
+            let span = tracing::info_span!("ingress", address = %bound[bound.len() - 1], secure);
+            servers.push(listen::serve(listener, tls, handler).instrument(span));
+        }
+        Ok((bound, async move {
+            futures::future::join_all(servers).await;
+        }))
+    }
+
+    fn ingress_acceptor(&self) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+        let resolver = Arc::new(ingress::SniResolver(self.inner.table.ingresses().clone()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(std::io::Error::other)?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
+
+    /// Serves a request that arrived at the Ingress gateway from `client`.
+    async fn serve_ingress(
+        &self,
+        client: SocketAddr,
+        request: http::Request<RequestBody>,
+    ) -> http::Response<ResponseBody> {
+        let served = async {
+            let runtime = self.runtime()?;
+            let host = authority(&request)
+                .map(|(host, _)| host)
+                .unwrap_or_default();
+            let path = request.uri().path().to_owned();
+            let backend = self
+                .inner
+                .table
+                .ingresses()
+                .route(&host, &path)
+                .ok_or_else(|| RouteError::NoIngressRule {
+                    host: host.clone(),
+                    path: path.clone(),
+                })?;
+            let route = self
+                .inner
+                .table
+                .service(&backend.namespace, &backend.service)
+                .ok_or_else(|| RouteError::NoBackendService {
+                    namespace: backend.namespace.clone(),
+                    name: backend.service.clone(),
+                })?;
+            let port = match &backend.port {
+                BackendPort::Number(number) => *number,
+                BackendPort::Name(name) => route
+                    .ports
+                    .iter()
+                    .find(|port| port.name == *name)
+                    .map(|port| port.port)
+                    .ok_or_else(|| RouteError::NoBackendService {
+                        namespace: backend.namespace.clone(),
+                        name: format!("{} (port {name})", backend.service),
+                    })?,
+            };
+            self.to_service(&runtime, &route, port, Some(client.ip()), request)
+                .await
+        };
+        served.await.unwrap_or_else(|error| {
+            tracing::debug!(%error, "Ingress request failed");
+            self.inner.metrics.error();
+            error.into_response()
+        })
     }
 
     fn runtime(&self) -> Result<NodeRuntime, RouteError> {

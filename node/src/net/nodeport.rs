@@ -3,8 +3,8 @@
 //! the Service wherever its pods run, as kube-proxy's rules do.
 //!
 //! One task follows the routing table and opens or closes listeners as
-//! nodePorts come and go; each listener serves HTTP/1.1 and HTTP/2 and
-//! hands every request to the router, which looks the Service up afresh,
+//! nodePorts come and go; each listener (`listen.rs`) hands every request
+//! to the router, which looks the Service up afresh,
 //! so a Service that changes keeps its listener.
 
 use std::collections::HashMap;
@@ -12,17 +12,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use super::PodNetwork;
+use super::{PodNetwork, listen};
 
-/// Connections one nodePort serves at once; more wait in the accept queue.
-const CONNECTIONS_PER_PORT_MAX: usize = 1024;
 /// A port that could not be bound (taken by another process) is tried
 /// again this often, for as long as its Service wants it.
 const BIND_RETRY: Duration = Duration::from_secs(5);
@@ -75,42 +70,11 @@ pub(super) async fn run(network: PodNetwork, address: IpAddr) {
     }
 }
 
+/// Serves one nodePort's listener.
 async fn serve(network: PodNetwork, listener: TcpListener, port: u16) {
-    let permits = Arc::new(Semaphore::new(CONNECTIONS_PER_PORT_MAX));
-    // Aborting the listener's task drops the set, which ends its connections.
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, client) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "accepting a nodePort connection failed");
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    let handler: listen::Handler = Arc::new(move |client, request| {
         let network = network.clone();
-        connections.spawn(async move {
-            let _permit = permit;
-            let service =
-                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let network = network.clone();
-                    async move {
-                        let request = request.map(crate::request_body);
-                        Ok::<_, std::convert::Infallible>(
-                            network.serve_node_port(port, client, request).await,
-                        )
-                    }
-                });
-            let served = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(error) = served {
-                tracing::debug!(%client, %error, "nodePort connection ended");
-            }
-        });
-    }
+        Box::pin(async move { network.serve_node_port(port, client, request).await })
+    });
+    listen::serve(listener, None, handler).await;
 }

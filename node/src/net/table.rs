@@ -216,6 +216,7 @@ impl Tables {
 #[derive(Clone)]
 pub struct RoutingTable {
     tables: Arc<RwLock<Tables>>,
+    ingresses: super::ingress::Ingresses,
     /// Bumped on every change of a Service or its endpoints, for the
     /// NodePort listeners.
     changed: Arc<watch::Sender<u64>>,
@@ -225,6 +226,7 @@ impl Default for RoutingTable {
     fn default() -> Self {
         Self {
             tables: Arc::default(),
+            ingresses: super::ingress::Ingresses::default(),
             changed: Arc::new(watch::channel(0).0),
         }
     }
@@ -247,6 +249,11 @@ impl RoutingTable {
 
     fn bump(&self) {
         self.changed.send_modify(|generation| *generation += 1);
+    }
+
+    /// The Ingresses (and their certificates) the gateway serves.
+    pub fn ingresses(&self) -> &super::ingress::Ingresses {
+        &self.ingresses
     }
 
     /// A receiver that sees every change of the Services.

@@ -55,6 +55,8 @@ impl Cluster {
         config.kubelet_listen = SocketAddr::new(ip, 0);
         config.mesh_listen = SocketAddr::new(ip, 0);
         config.kubelet_tls = Some(node_tls(ca, node, ip));
+        config.ingress_http_listen = Some(SocketAddr::new(ip, 0));
+        config.ingress_https_listen = Some(SocketAddr::new(ip, 0));
         let agent = Agent::start_with_network(
             config,
             self.client.clone(),
@@ -165,13 +167,21 @@ async fn call_until(
 /// GETs `path` from `address` over a real TCP connection, as curl would.
 async fn http_get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
     let stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    exchange(stream, &address.to_string(), path).await
+}
+
+/// One HTTP/1.1 GET over `stream`, naming `host`.
+async fn exchange<S>(stream: S, host: &str, path: &str) -> Option<(u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .ok()?;
     tokio::spawn(connection);
     let request = http::Request::get(path)
-        .header("host", address.to_string())
+        .header("host", host)
         .body(Full::new(Bytes::new()))
         .unwrap();
     let response = sender.send_request(request).await.ok()?;
@@ -391,6 +401,152 @@ async fn the_mesh_refuses_a_node_whose_certificate_is_forged() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+
+    cluster.stop_with(vec![a]).await;
+}
+
+/// GETs `path` from the gateway at `address` for `host`, over HTTPS when
+/// `ca` (the only root trusted) is given, with `host` as SNI.
+async fn gateway_get(
+    address: SocketAddr,
+    host: &str,
+    path: &str,
+    ca: Option<&ClusterCa>,
+) -> Option<(u16, String)> {
+    let stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    let Some(ca) = ca else {
+        return exchange(stream, host, path).await;
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    let stream = connector.connect(name, stream).await.ok()?;
+    exchange(stream, host, path).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingress_routes_by_host_and_path_over_http_and_https() {
+    let cluster = Cluster::start().await;
+    let ca = ClusterCa::generate().unwrap();
+    let a = cluster.net_node("in-a", "127.0.14.1", &ca).await;
+    let [http_address, https_address] = a.agent.ingress_addresses() else {
+        panic!(
+            "the gateway listens twice: {:?}",
+            a.agent.ingress_addresses()
+        );
+    };
+    let (http_address, https_address) = (*http_address, *https_address);
+    cluster.running(hello("hello-i", "in-a")).await;
+    cluster.running(frontend("front-i", "in-a")).await;
+    cluster
+        .service(json!({
+            "metadata": {"name": "hello"},
+            "spec": {"selector": {"app": "hello"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        }))
+        .await;
+    cluster
+        .service(json!({
+            "metadata": {"name": "front-i"},
+            "spec": {"selector": {"app": "front-i"},
+                     "ports": [{"name": "web", "port": 80, "targetPort": 9090}]},
+        }))
+        .await;
+    // The site's certificate, kept in a kubernetes.io/tls Secret.
+    let site_ca = ClusterCa::generate().unwrap();
+    let site = site_ca
+        .issue("secure.test", &["secure.test".to_owned()])
+        .unwrap();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(cluster.client.clone(), "default");
+    let secret = serde_json::from_value(json!({
+        "metadata": {"name": "secure-tls"},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": site.cert_pem, "tls.key": site.key_pem},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let ingresses: Api<k8s_openapi::api::networking::v1::Ingress> =
+        Api::namespaced(cluster.client.clone(), "default");
+    let ingress = serde_json::from_value(json!({
+        "metadata": {"name": "site"},
+        "spec": {
+            "tls": [{"hosts": ["secure.test"], "secretName": "secure-tls"}],
+            "rules": [
+                {"host": "hello.test", "http": {"paths": [
+                    {"path": "/", "pathType": "Prefix",
+                     "backend": {"service": {"name": "hello", "port": {"number": 80}}}}]}},
+                {"host": "front.test", "http": {"paths": [
+                    {"path": "/healthz", "pathType": "Exact",
+                     "backend": {"service": {"name": "front-i", "port": {"name": "web"}}}}]}},
+                {"host": "secure.test", "http": {"paths": [
+                    {"path": "/", "pathType": "Prefix",
+                     "backend": {"service": {"name": "hello", "port": {"number": 80}}}}]}},
+            ],
+        },
+    }))
+    .unwrap();
+    ingresses
+        .create(&PostParams::default(), &ingress)
+        .await
+        .unwrap();
+
+    // The gateway follows the API a moment behind: ask until it routes.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    for (address, host, path, ca, expected) in [
+        (http_address, "hello.test", "/", None, "pod=hello-i path=/"),
+        (http_address, "front.test", "/healthz", None, "ok"),
+        (
+            https_address,
+            "secure.test",
+            "/x",
+            Some(&site_ca),
+            "path=/x",
+        ),
+    ] {
+        loop {
+            let answer = gateway_get(address, host, path, ca).await;
+            if let Some((200, body)) = &answer
+                && body.contains(expected)
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{host}{path} at {address}: {answer:?}"
+            );
+            ticker.tick().await;
+        }
+    }
+    // No rule for this host, and no default backend.
+    let (status, body) = gateway_get(http_address, "nothing.test", "/", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("no Ingress rule matches nothing.test/"),
+        "{body}"
+    );
+    // No certificate for a host no Ingress lists: the handshake fails.
+    assert!(
+        gateway_get(https_address, "hello.test", "/", Some(&site_ca))
+            .await
+            .is_none()
+    );
 
     cluster.stop_with(vec![a]).await;
 }
