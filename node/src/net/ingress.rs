@@ -22,7 +22,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::table::ObjectKey;
+use super::table::{ObjectKey, key_of};
 
 /// The IngressClass this gateway serves (besides Ingresses naming none).
 pub const INGRESS_CLASS: &str = "flotilla";
@@ -296,18 +296,6 @@ fn path_matches(rule: &PathRule, path: &str) -> bool {
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         }
     }
-}
-
-fn key_of(
-    metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Option<ObjectKey> {
-    Some((
-        metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_owned()),
-        metadata.name.clone()?,
-    ))
 }
 
 fn certified_key(secret: &Secret) -> Option<CertifiedKey> {

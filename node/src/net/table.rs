@@ -395,7 +395,8 @@ impl RoutingTable {
     }
 }
 
-fn key_of(
+/// `namespace/name` of an object (`default` when it names no namespace).
+pub(super) fn key_of(
     metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> Option<ObjectKey> {
     Some((
