@@ -1,7 +1,8 @@
 //! The agent's side of the pod network: it keeps the node's
 //! [`RoutingTable`] current from the API, as kube-proxy and an ingress
-//! controller do, by watching Services, EndpointSlices, Nodes, Ingresses
-//! and (for the gateway's certificates) Secrets.
+//! controller and a policy agent do, by watching Services,
+//! EndpointSlices, Nodes, Ingresses, (for the gateway's certificates)
+//! Secrets, and NetworkPolicies with the Pods and Namespaces they select.
 //!
 //! Each watch relists after a disconnect; what the relist no longer shows
 //! is removed from the table, so a Service deleted while the API was away
@@ -12,9 +13,9 @@ use std::collections::HashSet;
 use std::fmt::Debug;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use kube::Resource;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -99,6 +100,48 @@ impl Follow for Secret {
     }
 }
 
+impl Follow for NetworkPolicy {
+    fn apply(table: &RoutingTable, policy: &Self) {
+        table.policies().upsert_policy(policy);
+    }
+    fn remove(table: &RoutingTable, (namespace, name): &Key) {
+        table.policies().remove_policy(namespace, name);
+    }
+    fn keys(table: &RoutingTable) -> Vec<Key> {
+        table.policies().policy_keys()
+    }
+}
+
+/// Every pod of the cluster, for the labels policies select by.
+impl Follow for Pod {
+    fn apply(table: &RoutingTable, pod: &Self) {
+        table.policies().upsert_pod(pod);
+    }
+    fn remove(table: &RoutingTable, (namespace, name): &Key) {
+        table.policies().remove_pod(namespace, name);
+    }
+    fn keys(table: &RoutingTable) -> Vec<Key> {
+        table.policies().pod_keys()
+    }
+}
+
+impl Follow for Namespace {
+    fn apply(table: &RoutingTable, namespace: &Self) {
+        table.policies().upsert_namespace(namespace);
+    }
+    fn remove(table: &RoutingTable, (_, name): &Key) {
+        table.policies().remove_namespace(name);
+    }
+    fn keys(table: &RoutingTable) -> Vec<Key> {
+        table
+            .policies()
+            .namespace_names()
+            .into_iter()
+            .map(|name| (String::new(), name))
+            .collect()
+    }
+}
+
 /// Keeps `table` current until dropped.
 pub async fn follow(client: kube::Client, table: RoutingTable, retry: BackoffConfig) {
     tokio::join!(
@@ -106,20 +149,20 @@ pub async fn follow(client: kube::Client, table: RoutingTable, retry: BackoffCon
         follow_kind::<EndpointSlice>(Api::all(client.clone()), table.clone(), &retry),
         follow_kind::<Node>(Api::all(client.clone()), table.clone(), &retry),
         follow_kind::<Ingress>(Api::all(client.clone()), table.clone(), &retry),
-        follow_kind::<Secret>(Api::all(client), table, &retry),
+        follow_kind::<Secret>(Api::all(client.clone()), table.clone(), &retry),
+        follow_kind::<NetworkPolicy>(Api::all(client.clone()), table.clone(), &retry),
+        follow_kind::<Pod>(Api::all(client.clone()), table.clone(), &retry),
+        follow_kind::<Namespace>(Api::all(client), table, &retry),
     );
 }
 
-fn key_of<K: Resource>(object: &K, cluster_scoped: bool) -> Option<Key> {
+/// An object's key; a cluster-scoped object has no namespace.
+fn key_of<K: Resource>(object: &K) -> Option<Key> {
     let meta = object.meta();
-    let namespace = if cluster_scoped {
-        String::new()
-    } else {
-        meta.namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_owned())
-    };
-    Some((namespace, meta.name.clone()?))
+    Some((
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone()?,
+    ))
 }
 
 async fn follow_kind<K>(api: Api<K>, table: RoutingTable, retry: &BackoffConfig)
@@ -127,7 +170,6 @@ where
     K: Follow,
     K::DynamicType: Default,
 {
-    let cluster_scoped = K::kind(&K::DynamicType::default()) == "Node";
     let events = watcher::watcher(api, watcher::Config::default())
         .backoff(super::backoff::for_watches(retry));
     let mut events = std::pin::pin!(events);
@@ -136,16 +178,14 @@ where
         match event {
             Ok(watcher::Event::Apply(object)) => K::apply(&table, &object),
             Ok(watcher::Event::Delete(object)) => {
-                if let Some(key) = key_of(&object, cluster_scoped) {
+                if let Some(key) = key_of(&object) {
                     K::remove(&table, &key);
                 }
             }
             Ok(watcher::Event::Init) => relisted = Some(HashSet::new()),
             Ok(watcher::Event::InitApply(object)) => {
                 K::apply(&table, &object);
-                if let (Some(seen), Some(key)) =
-                    (relisted.as_mut(), key_of(&object, cluster_scoped))
-                {
+                if let (Some(seen), Some(key)) = (relisted.as_mut(), key_of(&object)) {
                     seen.insert(key);
                 }
             }

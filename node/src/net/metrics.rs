@@ -27,6 +27,7 @@ pub struct NetworkMetrics {
     other_node: AtomicU64,
     retries: AtomicU64,
     denied_egress: AtomicU64,
+    denied_policy: AtomicU64,
     errors: AtomicU64,
 }
 
@@ -59,6 +60,7 @@ impl NetworkMetrics {
     pub(crate) fn denied(&self, reason: &'static str) {
         match reason {
             "egress" => self.denied_egress.fetch_add(1, Ordering::Relaxed),
+            "policy" => self.denied_policy.fetch_add(1, Ordering::Relaxed),
             _ => self.errors.fetch_add(1, Ordering::Relaxed),
         };
     }
@@ -79,6 +81,11 @@ impl NetworkMetrics {
     /// Requests refused because they would leave the cluster.
     pub fn denied_egress(&self) -> u64 {
         self.denied_egress.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused by a NetworkPolicy.
+    pub fn denied_by_policy(&self) -> u64 {
+        self.denied_policy.load(Ordering::Relaxed)
     }
 
     /// The text exposition.
@@ -115,7 +122,10 @@ impl NetworkMetrics {
                 "flotilla_network_denied_total",
                 "Requests refused by policy, by reason.",
                 "reason",
-                vec![("egress", load(&self.denied_egress))],
+                vec![
+                    ("egress", load(&self.denied_egress)),
+                    ("policy", load(&self.denied_policy)),
+                ],
             ),
             (
                 "flotilla_network_errors_total",

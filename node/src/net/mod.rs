@@ -21,6 +21,7 @@ mod listen;
 mod mesh;
 mod metrics;
 mod nodeport;
+mod policy;
 mod resolve;
 mod table;
 
@@ -37,6 +38,7 @@ use tracing::Instrument;
 pub use ingress::{Backend, BackendPort, INGRESS_CLASS, Ingresses};
 pub use mesh::{InboundHandler, MESH_ALPN, Mesh, MeshError, MeshTls};
 pub use metrics::NetworkMetrics;
+pub use policy::{Denied, Direction, PodIdentity, Policies};
 pub use resolve::{CLUSTER_DOMAIN, Destination, ResolveError, resolve};
 pub use table::{
     EndpointRoute, Locality, MESH_PORT_ANNOTATION, NodeRoute, RoutingTable, SERVICE_NAME_LABEL,
@@ -98,6 +100,8 @@ pub enum RouteError {
     NoIngressRule { host: String, path: String },
     #[error("Ingress backend Service {namespace}/{name} not found")]
     NoBackendService { namespace: String, name: String },
+    #[error(transparent)]
+    PolicyDenied(#[from] Denied),
     #[error("the node is stopping")]
     Stopped,
 }
@@ -135,7 +139,7 @@ impl RouteError {
             RouteError::NoEndpoints { .. } | RouteError::NodeUnreachable { .. } => {
                 E::DestinationUnavailable
             }
-            RouteError::EgressDenied { .. } => E::HttpRequestDenied,
+            RouteError::EgressDenied { .. } | RouteError::PolicyDenied(_) => E::HttpRequestDenied,
             RouteError::Mesh(MeshError::Timeout { .. }) => E::HttpResponseTimeout,
             RouteError::Mesh(_) => E::ConnectionTerminated,
             RouteError::Pod(crate::Error::RequestTimeout { .. }) => E::HttpResponseTimeout,
@@ -158,7 +162,7 @@ impl RouteError {
             RouteError::Resolve(_)
             | RouteError::NoPod { .. }
             | RouteError::NoIngressRule { .. } => S::NOT_FOUND,
-            RouteError::EgressDenied { .. } => S::FORBIDDEN,
+            RouteError::EgressDenied { .. } | RouteError::PolicyDenied(_) => S::FORBIDDEN,
             RouteError::NoServicePort { .. }
             | RouteError::NoBackendService { .. }
             | RouteError::NoEndpoints { .. }
@@ -548,6 +552,10 @@ impl PodNetwork {
         source: Option<IpAddr>,
         request: http::Request<RequestBody>,
     ) -> Result<http::Response<ResponseBody>, RouteError> {
+        if let Err(denied) = self.inner.table.policies().check(source, target) {
+            self.inner.metrics.denied("policy");
+            return Err(denied.into());
+        }
         if let Some(uid) = runtime.pod_at(target.ip()) {
             self.inner.metrics.local();
             return Ok(runtime.serve_http(&uid, target.port(), request).await?);

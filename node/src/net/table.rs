@@ -217,6 +217,7 @@ impl Tables {
 pub struct RoutingTable {
     tables: Arc<RwLock<Tables>>,
     ingresses: super::ingress::Ingresses,
+    policies: super::policy::Policies,
     /// Bumped on every change of a Service or its endpoints, for the
     /// NodePort listeners.
     changed: Arc<watch::Sender<u64>>,
@@ -227,6 +228,7 @@ impl Default for RoutingTable {
         Self {
             tables: Arc::default(),
             ingresses: super::ingress::Ingresses::default(),
+            policies: super::policy::Policies::default(),
             changed: Arc::new(watch::channel(0).0),
         }
     }
@@ -254,6 +256,11 @@ impl RoutingTable {
     /// The Ingresses (and their certificates) the gateway serves.
     pub fn ingresses(&self) -> &super::ingress::Ingresses {
         &self.ingresses
+    }
+
+    /// The NetworkPolicies, and the pods and namespaces they select.
+    pub fn policies(&self) -> &super::policy::Policies {
+        &self.policies
     }
 
     /// A receiver that sees every change of the Services.

@@ -76,18 +76,30 @@ impl Cluster {
     /// Creates `pod` and waits until it runs and is ready; returns it.
     async fn running(&self, pod: Pod) -> Pod {
         let name = pod.metadata.name.clone().unwrap();
-        self.pods()
-            .create(&PostParams::default(), &pod)
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        wait_for(&pods, &name, "the pod to be ready", running_and_ready)
             .await
-            .unwrap();
-        wait_for(
-            &self.pods(),
-            &name,
-            "the pod to be ready",
-            running_and_ready,
-        )
-        .await
-        .unwrap()
+            .unwrap()
+    }
+
+    /// Creates any namespaced object from JSON.
+    async fn create<K>(&self, object: serde_json::Value) -> K
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::Serialize
+            + serde::de::DeserializeOwned,
+        K::DynamicType: Default,
+    {
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default");
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        let object: K = serde_json::from_value(object).unwrap();
+        api.create(&PostParams::default(), &object).await.unwrap()
     }
 
     /// Stops the nodes' agents, then the control plane.
@@ -97,15 +109,6 @@ impl Cluster {
         }
         drop(self.controllers);
         self.server.shutdown().await;
-    }
-
-    async fn service(&self, service: serde_json::Value) -> Service {
-        let services: Api<Service> = Api::namespaced(self.client.clone(), "default");
-        let service: Service = serde_json::from_value(service).unwrap();
-        services
-            .create(&PostParams::default(), &service)
-            .await
-            .unwrap()
     }
 }
 
@@ -200,7 +203,7 @@ async fn services_on_two_nodes_call_each_other_by_name_and_cluster_ip() {
     let front_b = cluster.running(frontend("front-b", "net-b")).await;
     for name in ["front-a", "front-b"] {
         cluster
-            .service(json!({
+            .create::<Service>(json!({
                 "metadata": {"name": name},
                 "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 9090}]},
             }))
@@ -267,7 +270,7 @@ async fn a_node_port_on_every_node_reaches_every_replica() {
     cluster.running(hello("hello-a", "np-a")).await;
     cluster.running(hello("hello-b", "np-b")).await;
     cluster
-        .service(json!({
+        .create::<Service>(json!({
             "metadata": {"name": "hello"},
             "spec": {
                 "type": "NodePort",
@@ -450,13 +453,13 @@ async fn an_ingress_routes_by_host_and_path_over_http_and_https() {
     cluster.running(hello("hello-i", "in-a")).await;
     cluster.running(frontend("front-i", "in-a")).await;
     cluster
-        .service(json!({
+        .create::<Service>(json!({
             "metadata": {"name": "hello"},
             "spec": {"selector": {"app": "hello"}, "ports": [{"port": 80, "targetPort": 8080}]},
         }))
         .await;
     cluster
-        .service(json!({
+        .create::<Service>(json!({
             "metadata": {"name": "front-i"},
             "spec": {"selector": {"app": "front-i"},
                      "ports": [{"name": "web", "port": 80, "targetPort": 9090}]},
@@ -549,4 +552,115 @@ async fn an_ingress_routes_by_host_and_path_over_http_and_https() {
     );
 
     cluster.stop_with(vec![a]).await;
+}
+
+/// Calls until the frontend's answer says `allowed` (200 from the target)
+/// or denied (`HttpRequestDenied`), as the policy tables catch up.
+async fn expect_reach(node: &NetNode, pod: &Pod, url: &str, allowed: bool) {
+    call_until(node, pod, url, |status, body| {
+        if allowed {
+            status == 200 && body.contains(": 200 ")
+        } else {
+            status == 502 && body.contains("HttpRequestDenied")
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_policies_allow_and_deny_across_namespaces() {
+    let cluster = Cluster::start().await;
+    let ca = ClusterCa::generate().unwrap();
+    let a = cluster.net_node("pol-a", "127.0.15.1", &ca).await;
+    let b = cluster.net_node("pol-b", "127.0.15.2", &ca).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(cluster.client.clone());
+    for (name, team) in [("alpha", "a"), ("beta", "b")] {
+        let namespace =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": {"team": team}}}))
+                .unwrap();
+        namespaces
+            .create(&PostParams::default(), &namespace)
+            .await
+            .unwrap();
+    }
+    let in_namespace = |mut pod: Pod, namespace: &str| {
+        pod.metadata.namespace = Some(namespace.to_owned());
+        pod
+    };
+    let alpha_front = cluster
+        .running(in_namespace(frontend("front", "pol-a"), "alpha"))
+        .await;
+    let beta_front = cluster
+        .running(in_namespace(frontend("front", "pol-b"), "beta"))
+        .await;
+    let mut back = in_namespace(hello("back", "pol-b"), "beta");
+    back.metadata.labels = Some(BTreeMap::from([("app".to_owned(), "back".to_owned())]));
+    cluster.running(back).await;
+    cluster
+        .create::<Service>(json!({
+            "metadata": {"name": "back", "namespace": "beta"},
+            "spec": {"selector": {"app": "back"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        }))
+        .await;
+    // alpha/front calls across nodes, beta/front on the same node.
+    let (from_alpha, from_beta) = ((&a, &alpha_front), (&b, &beta_front));
+    let check = |alpha: bool, beta: bool| async move {
+        expect_reach(from_alpha.0, from_alpha.1, "http://back.beta/", alpha).await;
+        expect_reach(from_beta.0, from_beta.1, "http://back/", beta).await;
+    };
+    check(true, true).await;
+
+    // Ingress to beta/back only from namespaces of team a.
+    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        Api::namespaced(cluster.client.clone(), "beta");
+    cluster
+        .create::<k8s_openapi::api::networking::v1::NetworkPolicy>(json!({
+            "metadata": {"name": "from-team-a", "namespace": "beta"},
+            "spec": {
+                "podSelector": {"matchLabels": {"app": "back"}},
+                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "a"}}}]}],
+            },
+        }))
+        .await;
+    check(true, false).await;
+    assert!(b.network.metrics().denied_by_policy() > 0);
+
+    // Allowing pods of its own namespace too, on the named port only.
+    cluster
+        .create::<k8s_openapi::api::networking::v1::NetworkPolicy>(json!({
+            "metadata": {"name": "from-front", "namespace": "beta"},
+            "spec": {
+                "podSelector": {},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "front"}}}],
+                             "ports": [{"port": 8080}]}],
+            },
+        }))
+        .await;
+    check(true, true).await;
+
+    // No egress at all from alpha: its call is refused before it leaves.
+    cluster
+        .create::<k8s_openapi::api::networking::v1::NetworkPolicy>(json!({
+            "metadata": {"name": "no-egress", "namespace": "alpha"},
+            "spec": {"podSelector": {}, "policyTypes": ["Egress"]},
+        }))
+        .await;
+    check(false, true).await;
+    let (status, body) = call(&a, &alpha_front, "http://back.beta/").await;
+    assert_eq!(status, 502, "{body}");
+
+    // Policies gone, everything flows again.
+    policies
+        .delete_collection(&Default::default(), &Default::default())
+        .await
+        .unwrap();
+    let alpha_policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        Api::namespaced(cluster.client.clone(), "alpha");
+    alpha_policies
+        .delete("no-egress", &Default::default())
+        .await
+        .unwrap();
+    check(true, true).await;
+
+    cluster.stop_with(vec![a, b]).await;
 }
