@@ -98,6 +98,14 @@ impl Drop for Process {
     }
 }
 
+/// The loopback address agent `index` runs at.
+fn agent_ip(index: usize) -> String {
+    format!("127.0.20.{}", index + 1)
+}
+
+/// The example Service's nodePort (`examples/hello-http/k8s.yaml`).
+const NODE_PORT: u16 = 30080;
+
 fn free_tcp() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -184,8 +192,12 @@ impl Cluster {
             &name,
             "--data-dir",
             &self.dir(&name).display().to_string(),
+            // Each agent on its own loopback address, as on its own machine,
+            // so each has its own NodePorts.
             "--kubelet-listen",
-            "127.0.0.1:0",
+            &format!("{}:0", agent_ip(index)),
+            "--node-ip",
+            &agent_ip(index),
             "--lease-renew-secs",
             "1",
             "--node-status-secs",
@@ -301,6 +313,116 @@ async fn four_on_both_agents(cluster: &Cluster, client: &kube::Client) {
     .await;
 }
 
+/// GETs `/` from `address` over HTTP/1.1 as curl would; the status and
+/// body, or why it failed.
+fn http_get(address: &str) -> Result<(u16, String), String> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(address).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| e.to_string())?;
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {answer:?}"))?;
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    Ok((status, body.to_owned()))
+}
+
+/// The pod named in hello-http's greeting (`… pod=<name> path=/`).
+fn greeter(body: &str) -> Option<String> {
+    Some(
+        body.split("pod=")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .to_owned(),
+    )
+}
+
+/// GETs through `address` until every pod in `pods` has answered, for at
+/// most `WAIT` (routing tables follow the API a moment behind).
+fn answered_by_all(address: &str, pods: &BTreeSet<String>) {
+    let deadline = Instant::now() + WAIT;
+    let mut seen = BTreeSet::new();
+    while !pods.is_subset(&seen) {
+        assert!(
+            Instant::now() < deadline,
+            "through {address} only {seen:?} of {pods:?} answered"
+        );
+        if let Ok((200, body)) = http_get(address)
+            && let Some(pod) = greeter(&body)
+        {
+            seen.insert(pod);
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The names of the ready hello-http pods.
+async fn ready_pod_names(client: &kube::Client) -> BTreeSet<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let listed = pods
+        .list(&ListParams::default().labels("app=hello-http"))
+        .await
+        .unwrap();
+    listed
+        .items
+        .iter()
+        .filter(|pod| serving(std::slice::from_ref(pod)).0 == 1)
+        .filter_map(|pod| pod.metadata.name.clone())
+        .collect()
+}
+
+/// Sends GETs to `address` one after another until told to stop; counts
+/// the answered and the failed ones (with the first failure).
+fn load(
+    address: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(usize, Vec<String>)> {
+    std::thread::spawn(move || {
+        let mut answered = 0;
+        let mut failures = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match http_get(&address) {
+                Ok((200, _)) => answered += 1,
+                Ok((status, body)) => failures.push(format!("{status} {body}")),
+                Err(error) => failures.push(error),
+            }
+        }
+        (answered, failures)
+    })
+}
+
+/// A module that behaves as `module` but has another digest: the same
+/// bytes with a custom section appended (Wasm ignores those), as a
+/// rebuilt release would.
+fn new_release(module: &Path, dir: &Path) -> PathBuf {
+    let mut bytes = std::fs::read(module).unwrap();
+    let name = b"flotilla-test-release";
+    let payload = b"2";
+    // Section id 0 (custom), its size, the name's size, the name, payload.
+    bytes.push(0);
+    bytes.push(u8::try_from(1 + name.len() + payload.len()).unwrap());
+    bytes.push(u8::try_from(name.len()).unwrap());
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(payload);
+    let path = dir.join("hello_http_v2.wasm");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
 /// Ready pods not being deleted, and the nodes they run on.
 fn serving(pods: &[Pod]) -> (usize, BTreeSet<String>) {
     let ready: Vec<&Pod> = pods
@@ -343,6 +465,67 @@ async fn a_three_server_two_agent_cluster_runs_scales_and_survives_kills() {
     let manifest = repo.join("examples/hello-http/k8s.yaml");
     cluster.kubectl(0, &["apply", "-f", &manifest.display().to_string()]);
     four_on_both_agents(&cluster, &client).await;
+
+    // Through either agent's NodePort, every replica answers.
+    let replicas = ready_pod_names(&client).await;
+    assert_eq!(replicas.len(), 4, "{replicas:?}");
+    for index in 0..2 {
+        answered_by_all(&format!("{}:{NODE_PORT}", agent_ip(index)), &replicas);
+    }
+
+    // A rolling update to a new release loses no request, and so does
+    // undoing it.
+    let release = new_release(&hello, cluster.root.path());
+    cluster.flotilla(&["push", &release.display().to_string(), "hello-http:0.2.0"]);
+    for image in ["hello-http:0.2.0", "undo"] {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let loader = load(format!("{}:{NODE_PORT}", agent_ip(0)), stop.clone());
+        if image == "undo" {
+            cluster.kubectl(0, &["rollout", "undo", "deployment/hello-http"]);
+        } else {
+            cluster.kubectl(
+                0,
+                &[
+                    "set",
+                    "image",
+                    "deployment/hello-http",
+                    &format!("hello={image}"),
+                ],
+            );
+        }
+        cluster.kubectl(
+            0,
+            &[
+                "rollout",
+                "status",
+                "deployment/hello-http",
+                "--timeout=120s",
+            ],
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (answered, failures) = loader.join().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} of {} requests failed during {image}: {failures:?}",
+            failures.len(),
+            answered + failures.len()
+        );
+        assert!(answered > 0, "no request was answered during {image}");
+    }
+    let image = cluster.kubectl(
+        0,
+        &[
+            "get",
+            "deployment/hello-http",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ],
+    );
+    assert_eq!(
+        image.trim(),
+        "hello-http:0.1.0",
+        "undone to the first release"
+    );
 
     cluster.kubectl(0, &["scale", "deployment/hello-http", "--replicas", "8"]);
     wait_pods(&client, "hello-http", "8 ready pods", |pods| {
