@@ -23,6 +23,7 @@ pub struct NetworkMetrics {
     local: AtomicU64,
     mesh: AtomicU64,
     inbound: AtomicU64,
+    egress: AtomicU64,
     same_node: AtomicU64,
     other_node: AtomicU64,
     retries: AtomicU64,
@@ -38,6 +39,10 @@ impl NetworkMetrics {
 
     pub(crate) fn mesh(&self) {
         self.mesh.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn egress(&self) {
+        self.egress.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn inbound(&self) {
@@ -101,6 +106,7 @@ impl NetworkMetrics {
                     ("local", load(&self.local)),
                     ("mesh_out", load(&self.mesh)),
                     ("mesh_in", load(&self.inbound)),
+                    ("egress", load(&self.egress)),
                 ],
             ),
             (

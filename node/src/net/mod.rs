@@ -16,6 +16,7 @@
 //! requests to pods elsewhere go over the mesh. It knows nothing of the API
 //! server: the agent feeds its table.
 
+mod egress;
 mod ingress;
 mod listen;
 mod mesh;
@@ -35,6 +36,7 @@ use http_body_util::BodyExt;
 use hyper::body::Body;
 use tracing::Instrument;
 
+pub use egress::{AllowList, EGRESS_ALLOW_ANNOTATION};
 pub use ingress::{Backend, BackendPort, INGRESS_CLASS, Ingresses};
 pub use mesh::{InboundHandler, MESH_ALPN, Mesh, MeshError, MeshTls};
 pub use metrics::NetworkMetrics;
@@ -102,6 +104,12 @@ pub enum RouteError {
     NoBackendService { namespace: String, name: String },
     #[error(transparent)]
     PolicyDenied(#[from] Denied),
+    #[error("request to {host}:{port} outside the cluster failed: {error}")]
+    Egress {
+        host: String,
+        port: u16,
+        error: wasmtime_wasi_http::Error,
+    },
     #[error("the node is stopping")]
     Stopped,
 }
@@ -127,9 +135,10 @@ impl RouteError {
     }
 
     /// What the calling guest sees (`wasi:http`'s error codes).
-    fn to_wasi(&self) -> wasmtime_wasi_http::Error {
+    fn into_wasi(self) -> wasmtime_wasi_http::Error {
         use wasmtime_wasi_http::Error as E;
         match self {
+            RouteError::Egress { error, .. } => error,
             RouteError::NoHost => E::HttpRequestUriInvalid,
             RouteError::Resolve(_) => E::DnsError {
                 rcode: Some("NXDOMAIN".to_owned()),
@@ -172,9 +181,10 @@ impl RouteError {
             | RouteError::Pod(crate::Error::NoService { .. }) => S::SERVICE_UNAVAILABLE,
             RouteError::Mesh(MeshError::Timeout { .. })
             | RouteError::Pod(crate::Error::RequestTimeout { .. }) => S::GATEWAY_TIMEOUT,
-            RouteError::NodeUnreachable { .. } | RouteError::Mesh(_) | RouteError::Pod(_) => {
-                S::BAD_GATEWAY
-            }
+            RouteError::NodeUnreachable { .. }
+            | RouteError::Mesh(_)
+            | RouteError::Pod(_)
+            | RouteError::Egress { .. } => S::BAD_GATEWAY,
         }
     }
 
@@ -377,6 +387,7 @@ impl PodNetwork {
         &self,
         pod_uid: &str,
         request: http::Request<RequestBody>,
+        options: Option<RequestOptions>,
     ) -> Result<http::Response<ResponseBody>, RouteError> {
         let runtime = self.runtime()?;
         let caller = runtime.pod(pod_uid);
@@ -400,8 +411,15 @@ impl PodNetwork {
                     .await
             }
             Destination::External { host, port } => {
-                self.inner.metrics.denied("egress");
-                Err(RouteError::EgressDenied { host, port })
+                let policies = self.inner.table.policies();
+                if !policies.egress_allows(&namespace, source, &host, port) {
+                    self.inner.metrics.denied("egress");
+                    return Err(RouteError::EgressDenied { host, port });
+                }
+                self.inner.metrics.egress();
+                egress::send(&host, port, request, options)
+                    .await
+                    .map_err(|error| RouteError::Egress { host, port, error })
             }
         }
     }
@@ -661,7 +679,7 @@ impl OutgoingHttp for PodNetwork {
         &self,
         pod_uid: &str,
         request: http::Request<crate::WasiBody>,
-        _options: Option<RequestOptions>,
+        options: Option<RequestOptions>,
     ) -> OutgoingFuture {
         let network = self.clone();
         let pod_uid = pod_uid.to_owned();
@@ -669,12 +687,12 @@ impl OutgoingHttp for PodNetwork {
         Box::pin(
             async move {
                 network
-                    .send_from_pod(&pod_uid, request)
+                    .send_from_pod(&pod_uid, request, options)
                     .await
                     .map_err(|error| {
                         tracing::debug!(%error, "request not routed");
                         network.inner.metrics.error();
-                        error.to_wasi()
+                        error.into_wasi()
                     })
             }
             .instrument(span),

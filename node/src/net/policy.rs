@@ -111,6 +111,8 @@ struct State {
     pods: HashMap<IpAddr, Arc<PodIdentity>>,
     pod_ips: HashMap<ObjectKey, IpAddr>,
     namespaces: HashMap<String, BTreeMap<String, String>>,
+    /// Namespaces' egress allow-lists (their `flotilla.dev/egress-allow`).
+    egress_allowed: HashMap<String, super::egress::AllowList>,
 }
 
 /// The cluster's NetworkPolicies and what they select on. Cheap to clone;
@@ -211,12 +213,25 @@ impl Policies {
             return;
         };
         let labels = namespace.metadata.labels.clone().unwrap_or_default();
-        self.write().namespaces.insert(name, labels);
+        let allowed = namespace
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|annotations| annotations.get(super::egress::EGRESS_ALLOW_ANNOTATION))
+            .map(|text| super::egress::AllowList::parse(text));
+        let mut state = self.write();
+        match allowed {
+            Some(allowed) => state.egress_allowed.insert(name.clone(), allowed),
+            None => state.egress_allowed.remove(&name),
+        };
+        state.namespaces.insert(name, labels);
     }
 
     /// Forgets a Namespace.
     pub fn remove_namespace(&self, name: &str) {
-        self.write().namespaces.remove(name);
+        let mut state = self.write();
+        state.namespaces.remove(name);
+        state.egress_allowed.remove(name);
     }
 
     /// The Namespaces held.
@@ -227,6 +242,45 @@ impl Policies {
     /// The pod at `ip`, if the cluster has one.
     pub fn pod_at(&self, ip: IpAddr) -> Option<Arc<PodIdentity>> {
         self.read().pods.get(&ip).cloned()
+    }
+
+    /// Whether a pod of `namespace` at `source` may send a request to
+    /// `host:port` outside the cluster: its namespace's allow-list names
+    /// the host, or (for an address) an egress NetworkPolicy of the pod
+    /// admits it. Outside is closed otherwise, policy or not.
+    pub fn egress_allows(
+        &self,
+        namespace: &str,
+        source: Option<IpAddr>,
+        host: &str,
+        port: u16,
+    ) -> bool {
+        let state = self.read();
+        if state
+            .egress_allowed
+            .get(namespace)
+            .is_some_and(|allowed| allowed.allows(host))
+        {
+            return true;
+        }
+        let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        else {
+            return false;
+        };
+        let Some(pod) = source.and_then(|source| state.pods.get(&source).cloned()) else {
+            return false;
+        };
+        let peer = Party {
+            ip: Some(ip),
+            pod: None,
+        };
+        state.egress_isolated(&pod)
+            && state
+                .allows(&pod, Direction::Egress, &peer, port, None)
+                .is_ok()
     }
 
     /// Whether a request from `source` (its address; the pod's, when it is
@@ -260,6 +314,15 @@ struct Party<'a> {
 }
 
 impl State {
+    /// Whether some egress policy selects `pod`.
+    fn egress_isolated(&self, pod: &PodIdentity) -> bool {
+        self.policies.values().any(|policy| {
+            policy.egress.is_some()
+                && policy.namespace == pod.namespace
+                && policy.pods.as_ref().is_some_and(|s| s.matches(&pod.labels))
+        })
+    }
+
     /// Forgets the pod `key`, and its address unless another pod holds it
     /// by now.
     fn forget_pod(&mut self, key: &ObjectKey) {

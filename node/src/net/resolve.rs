@@ -6,7 +6,8 @@
 //! `svc`, `svc.ns`, `svc.ns.svc` and `svc.ns.svc.cluster.local`, relative
 //! to the caller's namespace; a StatefulSet pod is `host.svc.ns…`. An
 //! ExternalName Service is an alias, followed once. Anything else is
-//! outside the cluster.
+//! outside the cluster, the host's loopback addresses other than the
+//! pod's own `127.0.0.1` and `::1` included.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -122,7 +123,9 @@ fn resolve_once(
 }
 
 fn resolve_ip(table: &RoutingTable, ip: IpAddr, port: u16) -> Destination {
-    if ip.is_loopback() {
+    // The pod's own loopback; the host's other loopback addresses are
+    // not the pod's, and count as outside.
+    if ip == IpAddr::from([127, 0, 0, 1]) || ip == IpAddr::from(std::net::Ipv6Addr::LOCALHOST) {
         return Destination::Sibling { port };
     }
     if let Some(route) = table.service_at(ip) {
@@ -248,6 +251,7 @@ mod tests {
         check("127.0.0.1", "sibling:80");
         check("[::1]", "sibling:80");
         check("93.184.215.14", "external 93.184.215.14:80");
+        check("127.0.0.2", "external 127.0.0.2:80");
         check("example.com", "external example.com:80");
         check("a.b.c.d", "external a.b.c.d:80");
     }

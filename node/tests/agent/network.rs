@@ -315,7 +315,7 @@ async fn a_node_port_on_every_node_reaches_every_replica() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn containers_of_a_pod_share_localhost_and_egress_is_denied() {
+async fn containers_of_a_pod_share_localhost_and_egress_needs_an_allowance() {
     let cluster = Cluster::start().await;
     let ca = ClusterCa::generate().unwrap();
     let a = cluster.net_node("lo-a", "127.0.12.1", &ca).await;
@@ -347,6 +347,48 @@ async fn containers_of_a_pod_share_localhost_and_egress_is_denied() {
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("HttpRequestDenied"), "{body}");
     assert_eq!(a.network.metrics().denied_egress(), 1);
+
+    // A server outside the pod network (the host's loopback, but not the
+    // pod's own 127.0.0.1) is outside too, until the namespace allows it.
+    let outside = tokio::net::TcpListener::bind("127.0.12.9:0").await.unwrap();
+    let outside_address = outside.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = outside.accept().await {
+            let service =
+                hyper::service::service_fn(|request: http::Request<hyper::body::Incoming>| {
+                    let host = request.headers().get("host").cloned();
+                    async move {
+                        let text = format!("outside, host {host:?}");
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(text),
+                        )))
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    let url = format!("http://{outside_address}/");
+    let (status, body) = call(&a, &pod, &url).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(cluster.client.clone());
+    let allow = json!({"metadata": {"annotations": {"flotilla.dev/egress-allow": "127.0.12.9, api.example.com"}}});
+    namespaces
+        .patch(
+            "default",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(allow),
+        )
+        .await
+        .unwrap();
+    let body = call_until(&a, &pod, &url, |status, _| status == 200).await;
+    assert!(
+        body.contains(": 200 outside, host Some(\"127.0.12.9:"),
+        "{body}"
+    );
 
     cluster.stop_with(vec![a]).await;
 }
