@@ -279,6 +279,9 @@ pub async fn create(
             // After naming: the template's job-name label is the final name.
             defaults::job_selector(&mut object);
         }
+        // Allocated into a copy: what one attempt picked must not read as
+        // asked for by the client in the next.
+        let mut object = object.clone();
         let allocation = services::assign(state, info, &address, &mut object).await?;
         if params.dry_run()? {
             return Ok(Reply::created(object).with_warnings(warnings));

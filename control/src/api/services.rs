@@ -116,10 +116,10 @@ fn taken(address: Ipv4Addr) -> FieldError {
 }
 
 /// What a Service being created asks for and may not have, checked before
-/// any write: its address ([`wanted`]) and node ports outside the range.
+/// any write: its address ([`wanted`]) and its node ports.
 pub fn requested(state: &ApiState, service: &Value) -> Result<Wanted, Vec<FieldError>> {
     let address = wanted(state.service_cidr, service);
-    let mut errors = nodeports::outside_range(state.node_port_range, &BTreeSet::new(), service);
+    let mut errors = node_port_errors(state, &BTreeSet::new(), service);
     match address {
         Ok(address) if errors.is_empty() => Ok(address),
         Ok(_) => Err(errors),
@@ -261,13 +261,28 @@ pub fn claims_of(info: &ResourceInfo, object: &Value) -> Vec<Vec<u8>> {
 pub fn keep(state: &ApiState, current: &Value, next: &mut Value) -> Result<(), Vec<FieldError>> {
     keep_address(current, next).map_err(|error| vec![error])?;
     nodeports::keep(current, next);
-    let held = nodeports::held_by(current);
-    let errors = nodeports::outside_range(state.node_port_range, &held, next);
+    let errors = node_port_errors(state, &nodeports::held_by(current), next);
     if errors.is_empty() {
         Ok(())
     } else {
         Err(errors)
     }
+}
+
+/// What is wrong with `service`'s node ports, given those it holds
+/// (`held`). Checked here rather than with the rest of the object
+/// (`validation.rs`), because an update must first have its node ports
+/// kept or dropped (`nodeports::keep`): `type: ClusterIP` alone is a
+/// valid edit of a NodePort Service.
+fn node_port_errors(state: &ApiState, held: &BTreeSet<u16>, service: &Value) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    nodeports::validate(&service["spec"], &mut errors);
+    errors.extend(nodeports::outside_range(
+        state.node_port_range,
+        held,
+        service,
+    ));
+    errors
 }
 
 /// What an update of a Service (`info` tells; anything else gets nothing)

@@ -333,7 +333,6 @@ fn service(object: &Value, errors: &mut Vec<FieldError>) {
     for (index, port) in ports.into_iter().flatten().enumerate() {
         port_number(&port["port"], &format!("spec.ports[{index}].port"), errors);
     }
-    super::nodeports::validate(spec, errors);
 }
 
 fn port_number(value: &Value, path: &str, errors: &mut Vec<FieldError>) {
