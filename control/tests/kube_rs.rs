@@ -581,6 +581,22 @@ async fn with_node_ports(
     (dir, server, services)
 }
 
+/// The node ports of all `services`, each once.
+fn all_node_ports(
+    services: &[k8s_openapi::api::core::v1::Service],
+) -> std::collections::HashSet<i32> {
+    services
+        .iter()
+        .flat_map(node_ports_of)
+        .map(Option::unwrap)
+        .collect()
+}
+
+fn range_is_full(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status)
+        if status.code == 500 && status.message.contains("range is full"))
+}
+
 /// Whether `error` is a 422 naming `field` with `message`.
 fn refused(error: &kube::Error, field: &str, message: &str) -> bool {
     matches!(error, kube::Error::Api(status)
@@ -696,7 +712,6 @@ async fn node_ports_are_given_honoured_refused_kept_and_freed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_services_never_share_a_node_port() {
     use k8s_openapi::api::core::v1::Service;
-    use std::collections::HashSet;
     let (_dir, server, services) = with_node_ports("30000-30011").await;
     let params = PostParams::default();
 
@@ -706,11 +721,7 @@ async fn racing_services_never_share_a_node_port() {
         .collect();
     let racing = racers.iter().map(|one| services.create(&params, one));
     let created = futures::future::try_join_all(racing).await.unwrap();
-    let ports: HashSet<i32> = created
-        .iter()
-        .flat_map(node_ports_of)
-        .map(Option::unwrap)
-        .collect();
+    let ports = all_node_ports(&created);
     assert_eq!(ports.len(), 12, "{ports:?}");
 
     // The range is full; a deleted Service's ports are free again.
@@ -718,10 +729,7 @@ async fn racing_services_never_share_a_node_port() {
         .create(&params, &typed_service("full", "NodePort", &[None]))
         .await
         .unwrap_err();
-    assert!(
-        matches!(&error, kube::Error::Api(status) if status.code == 500 && status.message.contains("range is full")),
-        "{error:?}"
-    );
+    assert!(range_is_full(&error), "{error:?}");
     services
         .delete("r2", &DeleteParams::default())
         .await
@@ -735,5 +743,47 @@ async fn racing_services_never_share_a_node_port() {
     freed.sort();
     reused.sort();
     assert_eq!(reused, freed);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_type_changes_never_share_a_node_port() {
+    let (_dir, server, services) = with_node_ports("30000-30005").await;
+    let params = PostParams::default();
+    let names: Vec<String> = (0..7).map(|index| format!("t{index}")).collect();
+    for name in &names {
+        let plain = typed_service(name, "ClusterIP", &[None]);
+        services.create(&params, &plain).await.unwrap();
+    }
+    let to_type = |kind: &str| Patch::Merge(json!({"spec": {"type": kind}}));
+    let node_port = to_type("NodePort");
+    let patch_params = PatchParams::default();
+
+    // Six ports, six updates claiming one each at once.
+    let racing = names[..6]
+        .iter()
+        .map(|name| services.patch(name, &patch_params, &node_port));
+    let changed = futures::future::try_join_all(racing).await.unwrap();
+    let ports = all_node_ports(&changed);
+    assert_eq!(ports.len(), 6, "{ports:?}");
+
+    // The seventh finds the range full and stays as it was; a change back
+    // to ClusterIP frees a port for it.
+    let error = services
+        .patch("t6", &PatchParams::default(), &node_port)
+        .await
+        .unwrap_err();
+    assert!(range_is_full(&error), "{error:?}");
+    let unchanged = services.get("t6").await.unwrap();
+    assert_eq!(unchanged.spec.unwrap().type_.as_deref(), Some("ClusterIP"));
+    services
+        .patch("t3", &PatchParams::default(), &to_type("ClusterIP"))
+        .await
+        .unwrap();
+    let last = services
+        .patch("t6", &PatchParams::default(), &node_port)
+        .await
+        .unwrap();
+    assert_eq!(node_ports_of(&last), node_ports_of(&changed[3]));
     server.shutdown().await;
 }
