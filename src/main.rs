@@ -142,6 +142,11 @@ struct ServerArgs {
     /// --service-cluster-ip-range). Every server must be given the same.
     #[arg(long, default_value_t = flotilla_control::api::services::SERVICE_CIDR_DEFAULT)]
     service_cidr: ipnet::Ipv4Net,
+    /// Where Services' node ports come from, as FIRST-LAST
+    /// (kube-apiserver's flag of the same name). Every server must be
+    /// given the same.
+    #[arg(long, default_value_t = flotilla_control::api::nodeports::NODE_PORT_RANGE_DEFAULT)]
+    service_node_port_range: flotilla_control::api::nodeports::NodePortRange,
     /// The range nodes' pod ranges are cut from (kube-controller-manager's
     /// --cluster-cidr).
     #[arg(long, default_value_t = flotilla_control::controllers::ipam::CLUSTER_CIDR_DEFAULT)]
@@ -372,6 +377,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     .context("--cluster-cidr and --node-cidr-mask-size")?;
     let options = flotilla_control::ServerOptions {
         service_cidr: args.service_cidr,
+        node_port_range: args.service_node_port_range,
         ..flotilla_control::ServerOptions::default()
     };
     let server = flotilla_control::Server::start_with(

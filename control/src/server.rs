@@ -139,6 +139,11 @@ pub struct ServerOptions {
     /// [`SERVICE_CIDR_DEFAULT`](crate::api::services::SERVICE_CIDR_DEFAULT),
     /// 10.96.0.0/12. Every server of a cluster must be given the same.
     pub service_cidr: ipnet::Ipv4Net,
+    /// Where Services' node ports come from (kube-apiserver's
+    /// `--service-node-port-range`), by default
+    /// [`NODE_PORT_RANGE_DEFAULT`](crate::api::nodeports::NODE_PORT_RANGE_DEFAULT),
+    /// 30000-32767. Every server of a cluster must be given the same.
+    pub node_port_range: crate::api::nodeports::NodePortRange,
 }
 
 impl Default for ServerOptions {
@@ -146,6 +151,7 @@ impl Default for ServerOptions {
         ServerOptions {
             registry: RegistryConfig::default(),
             service_cidr: crate::api::services::SERVICE_CIDR_DEFAULT,
+            node_port_range: crate::api::nodeports::NODE_PORT_RANGE_DEFAULT,
         }
     }
 }
@@ -173,7 +179,7 @@ pub struct Server {
 
 impl Server {
     /// Starts a member with the defaults of [`ServerOptions`] (no `file://`
-    /// images, ClusterIPs from 10.96.0.0/12).
+    /// images, ClusterIPs from 10.96.0.0/12, node ports from 30000-32767).
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         Server::start_with(config, ServerOptions::default()).await
     }
@@ -223,6 +229,7 @@ impl Server {
         }
         state.modules = std::sync::Arc::new(ModuleRegistry::new(options.registry));
         state.service_cidr = options.service_cidr;
+        state.node_port_range = options.node_port_range;
         bootstrap(&state).await?;
 
         let compactor = tokio::spawn(compact_periodically(

@@ -202,29 +202,50 @@ impl Storage {
         if response.succeeded {
             return Ok(revision_of(&response));
         }
-        let found = ranges_of(&response);
-        if found.first().copied().flatten().is_some() {
+        let mut found = ranges_of(&response).into_iter();
+        if found.next().flatten().is_some() {
             return Err(StorageError::AlreadyExists);
         }
-        let held = claims
-            .iter()
-            .zip(found.iter().skip(1))
-            .find(|(_, revision)| revision.is_some());
-        match held {
-            Some((claim, _)) => Err(StorageError::Claimed {
-                key: claim.key.clone(),
-            }),
-            // Gone again between the compare and the ranges: a race lost
-            // to a delete, which the caller retries like any conflict.
-            None => Err(StorageError::Conflict { current: 0 }),
-        }
+        Err(held_claim(claims, found))
     }
 
     /// Replaces the object at `key` if it is still at `expected` (its
     /// mod_revision); returns the new revision.
     pub async fn update(&self, key: &[u8], value: Vec<u8>, expected: i64) -> Result<i64> {
-        self.guarded(key, expected, None, vec![put(key, value)])
-            .await
+        self.update_claiming(key, value, expected, &[], &[]).await
+    }
+
+    /// As [`Storage::update`], writing `claims` (only if none of their keys
+    /// exists, as [`Storage::create_claiming`] does) and deleting
+    /// `releases`, in the same transaction: how an update that changes
+    /// what its object holds (a Service's node ports) takes and frees it
+    /// exactly when the object changes. An object that moved on or went is
+    /// told before a claim's key that is held (`Claimed`).
+    pub async fn update_claiming(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+        expected: i64,
+        claims: &[Claim],
+        releases: &[Vec<u8>],
+    ) -> Result<i64> {
+        let mut ops = vec![put(key, value)];
+        ops.extend(
+            claims
+                .iter()
+                .map(|claim| put(&claim.key, claim.value.clone())),
+        );
+        ops.extend(releases.iter().map(Vec::as_slice).map(delete_op));
+        self.guarded(
+            key,
+            expected,
+            Guards {
+                fence: None,
+                claims,
+            },
+            ops,
+        )
+        .await
     }
 
     /// As [`Storage::update`], and only if `fence` is also still at the
@@ -237,7 +258,11 @@ impl Storage {
         expected: i64,
         fence: &Fence,
     ) -> Result<i64> {
-        self.guarded(key, expected, Some(fence), vec![put(key, value)])
+        let guards = Guards {
+            fence: Some(fence),
+            claims: &[],
+        };
+        self.guarded(key, expected, guards, vec![put(key, value)])
             .await
     }
 
@@ -260,24 +285,29 @@ impl Storage {
             .chain(claims.iter().map(Vec::as_slice))
             .map(delete_op)
             .collect();
-        self.guarded(key, expected, None, deletes).await
+        self.guarded(key, expected, Guards::default(), deletes)
+            .await
     }
 
-    /// Runs `op` if `key` is still at `expected` (and `fence` at its
-    /// revision); otherwise tells a conflict (the key moved on) from a
-    /// deletion (it is gone) from a fence that moved.
+    /// Runs `ops` if `key` is still at `expected` and `guards` hold;
+    /// otherwise tells a conflict (the key moved on) from a deletion (it is
+    /// gone) from a fence that moved from a claim that is held.
     async fn guarded(
         &self,
         key: &[u8],
         expected: i64,
-        fence: Option<&Fence>,
+        guards: Guards<'_>,
         ops: Vec<RequestOp>,
     ) -> Result<i64> {
         let mut compare = vec![compare_mod_revision(key, expected)];
         let mut failure = vec![range(key)];
-        if let Some(fence) = fence {
+        if let Some(fence) = guards.fence {
             compare.push(compare_mod_revision(&fence.key, fence.mod_revision));
             failure.push(range(&fence.key));
+        }
+        for claim in guards.claims {
+            compare.push(compare_mod_revision(&claim.key, 0));
+            failure.push(range(&claim.key));
         }
         let response = self
             .service
@@ -291,14 +321,20 @@ impl Storage {
             return Ok(revision_of(&response));
         }
         let found = ranges_of(&response);
-        match found.first().copied().flatten() {
-            Some(current) if current != expected => Err(StorageError::Conflict { current }),
-            None => Err(StorageError::NotFound),
-            // The object was as expected: the fence moved.
-            Some(_) => Err(StorageError::Fenced {
-                current: found.get(1).copied().flatten().unwrap_or(0),
-            }),
+        let mut found = found.into_iter();
+        match found.next().flatten() {
+            Some(current) if current != expected => return Err(StorageError::Conflict { current }),
+            None => return Err(StorageError::NotFound),
+            Some(_) => {}
         }
+        // The object was as expected: a fence moved, or a claim is held.
+        if let Some(fence) = guards.fence {
+            let current = found.next().flatten().unwrap_or(0);
+            if current != fence.mod_revision {
+                return Err(StorageError::Fenced { current });
+            }
+        }
+        Err(held_claim(guards.claims, found))
     }
 
     /// Changes under `prefix` after `after` (a revision the caller has
@@ -372,6 +408,33 @@ impl Storage {
             },
             other => StorageError::Store(other),
         }
+    }
+}
+
+/// What a guarded write checks besides its object's revision.
+#[derive(Default)]
+struct Guards<'a> {
+    /// Another key that must still be at the revision the writer saw.
+    fence: Option<&'a Fence>,
+    /// Keys that must be absent, to be written with the object.
+    claims: &'a [Claim],
+}
+
+/// The error of a claiming write that failed with its object as expected:
+/// the first claim whose key `found` (their revisions, in order) says is
+/// held.
+fn held_claim(claims: &[Claim], found: impl Iterator<Item = Option<i64>>) -> StorageError {
+    match claims
+        .iter()
+        .zip(found)
+        .find(|(_, revision)| revision.is_some())
+    {
+        Some((claim, _)) => StorageError::Claimed {
+            key: claim.key.clone(),
+        },
+        // Gone again between the compare and the ranges: a race lost to a
+        // delete, which the caller retries like any conflict.
+        None => StorageError::Conflict { current: 0 },
     }
 }
 

@@ -1610,3 +1610,104 @@ async fn nodes_get_distinct_pod_cidrs_and_freed_ones_are_reused() {
     drop(controllers);
     server.stop().await;
 }
+
+/// The ingress addresses of the Service called `name`, if it is there.
+fn ingress_of(services: &[k8s_openapi::api::core::v1::Service], name: &str) -> Option<Vec<String>> {
+    let service = services
+        .iter()
+        .find(|service| service.metadata.name.as_deref() == Some(name))?;
+    let balancer = service.status.as_ref()?.load_balancer.as_ref();
+    let ingress = balancer.and_then(|balancer| balancer.ingress.as_ref());
+    Some(
+        ingress
+            .into_iter()
+            .flatten()
+            .map(|ingress| ingress.ip.clone().unwrap_or_default())
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_balancer_lists_the_ready_nodes() {
+    use k8s_openapi::api::core::v1::{Node, NodeAddress, Service};
+    use kube::api::{Patch, PatchParams};
+
+    let (server, client, controllers) = with_controllers().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let add_node = |name: &'static str, ip: &'static str| {
+        let nodes = nodes.clone();
+        async move {
+            let mut node = fake_node(name, "2", json!({}));
+            let status = node.status.as_mut().unwrap();
+            status.addresses = Some(vec![
+                NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: ip.into(),
+                },
+                NodeAddress {
+                    type_: "Hostname".into(),
+                    address: name.into(),
+                },
+            ]);
+            nodes.create(&PostParams::default(), &node).await.unwrap();
+        }
+    };
+    add_node("a", "10.0.0.10").await;
+    add_node("b", "10.0.0.9").await;
+    let service = |name: &str, kind: &str| -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"type": kind, "selector": {"app": name}, "ports": [{"port": 80}]},
+        }))
+        .unwrap()
+    };
+    let params = PostParams::default();
+    services
+        .create(&params, &service("lb", "LoadBalancer"))
+        .await
+        .unwrap();
+    services
+        .create(&params, &service("plain", "ClusterIP"))
+        .await
+        .unwrap();
+    let expect = |wanted: &'static [&'static str]| {
+        move |all: &[Service]| ingress_of(all, "lb").is_some_and(|ips| ips == wanted)
+    };
+    // Sorted as addresses, not as text.
+    wait_until(&services, "both nodes", expect(&["10.0.0.9", "10.0.0.10"])).await;
+
+    // A node joins, one stops being Ready, one goes.
+    add_node("c", "10.0.0.11").await;
+    wait_until(
+        &services,
+        "three nodes",
+        expect(&["10.0.0.9", "10.0.0.10", "10.0.0.11"]),
+    )
+    .await;
+    let not_ready = json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}});
+    nodes
+        .patch_status("b", &PatchParams::default(), &Patch::Merge(not_ready))
+        .await
+        .unwrap();
+    wait_until(
+        &services,
+        "b not ready",
+        expect(&["10.0.0.10", "10.0.0.11"]),
+    )
+    .await;
+    nodes.delete("a", &DeleteParams::default()).await.unwrap();
+    wait_until(&services, "a gone", expect(&["10.0.0.11"])).await;
+
+    // No longer a LoadBalancer: no ingress. A ClusterIP Service never had one.
+    let to_cluster_ip = json!({"spec": {"type": "ClusterIP"}});
+    services
+        .patch("lb", &PatchParams::default(), &Patch::Merge(to_cluster_ip))
+        .await
+        .unwrap();
+    wait_until(&services, "no ingress", expect(&[])).await;
+    let all = services.list(&Default::default()).await.unwrap().items;
+    assert_eq!(ingress_of(&all, "plain"), Some(Vec::new()));
+    drop(controllers);
+    server.stop().await;
+}

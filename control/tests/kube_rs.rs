@@ -386,6 +386,20 @@ async fn compacted_revisions_are_410_gone() {
     server.stop().await;
 }
 
+/// A server started with `options`, and the directory it keeps its data
+/// in (gone when dropped).
+async fn server_with(
+    options: flotilla_control::ServerOptions,
+) -> (tempfile::TempDir, flotilla_control::Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        flotilla_control::ServerConfig::loopback(dir.path(), Duration::from_millis(20)).unwrap();
+    let server = flotilla_control::Server::start_with(config, options)
+        .await
+        .unwrap();
+    (dir, server)
+}
+
 fn service(name: &str, cluster_ip: Option<&str>) -> k8s_openapi::api::core::v1::Service {
     let mut spec = json!({"selector": {"app": name}, "ports": [{"port": 80}]});
     if let Some(ip) = cluster_ip {
@@ -416,19 +430,14 @@ fn refused_on_cluster_ip(error: &kube::Error) -> bool {
 async fn services_get_distinct_cluster_ips_and_give_them_back() {
     use k8s_openapi::api::core::v1::Service;
     use std::collections::HashSet;
-    let dir = tempfile::tempdir().unwrap();
-    let config =
-        flotilla_control::ServerConfig::loopback(dir.path(), Duration::from_millis(20)).unwrap();
     // A /27: the network, the broadcast and the first host (kept for the
     // `kubernetes` Service) leave 29 addresses to hand out.
     let range: ipnet::Ipv4Net = "10.0.0.0/27".parse().unwrap();
-    let options = flotilla_control::ServerOptions {
+    let (_dir, server) = server_with(flotilla_control::ServerOptions {
         service_cidr: range,
         ..flotilla_control::ServerOptions::default()
-    };
-    let server = flotilla_control::Server::start_with(config, options)
-        .await
-        .unwrap();
+    })
+    .await;
     let services: Api<Service> = Api::default_namespaced(server.client().await.unwrap());
     let params = PostParams::default();
 
@@ -519,5 +528,262 @@ async fn services_get_distinct_cluster_ips_and_give_them_back() {
         .await
         .unwrap_err();
     assert!(refused_on_cluster_ip(&error), "{error:?}");
+    server.shutdown().await;
+}
+
+/// A Service of `kind` (NodePort, LoadBalancer, ClusterIP) with one port
+/// for each of `node_ports` (80, 81, …), asking for that node port when
+/// given one.
+fn typed_service(
+    name: &str,
+    kind: &str,
+    node_ports: &[Option<i32>],
+) -> k8s_openapi::api::core::v1::Service {
+    let ports: Vec<_> = node_ports
+        .iter()
+        .enumerate()
+        .map(|(index, node_port)| {
+            let mut port = json!({"name": format!("p{index}"), "port": 80 + index});
+            if let Some(node_port) = node_port {
+                port["nodePort"] = json!(node_port);
+            }
+            port
+        })
+        .collect();
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"type": kind, "selector": {"app": name}, "ports": ports},
+    }))
+    .unwrap()
+}
+
+fn node_ports_of(service: &k8s_openapi::api::core::v1::Service) -> Vec<Option<i32>> {
+    let ports = service.spec.as_ref().unwrap().ports.as_ref().unwrap();
+    ports.iter().map(|port| port.node_port).collect()
+}
+
+/// A server giving node ports from `range`, and its Services.
+async fn with_node_ports(
+    range: &str,
+) -> (
+    tempfile::TempDir,
+    flotilla_control::Server,
+    Api<k8s_openapi::api::core::v1::Service>,
+) {
+    let (dir, server) = server_with(flotilla_control::ServerOptions {
+        node_port_range: range.parse().unwrap(),
+        ..flotilla_control::ServerOptions::default()
+    })
+    .await;
+    let services = Api::default_namespaced(server.client().await.unwrap());
+    (dir, server, services)
+}
+
+/// The node ports of all `services`, each once.
+fn all_node_ports(
+    services: &[k8s_openapi::api::core::v1::Service],
+) -> std::collections::HashSet<i32> {
+    services
+        .iter()
+        .flat_map(node_ports_of)
+        .map(Option::unwrap)
+        .collect()
+}
+
+fn range_is_full(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status)
+        if status.code == 500 && status.message.contains("range is full"))
+}
+
+/// Whether `error` is a 422 naming `field` with `message`.
+fn refused(error: &kube::Error, field: &str, message: &str) -> bool {
+    matches!(error, kube::Error::Api(status)
+        if status.code == 422
+            && status.message.contains(&format!("{field}: "))
+            && status.message.contains(message))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_ports_are_given_honoured_refused_kept_and_freed() {
+    use k8s_openapi::api::core::v1::Service;
+    let (_dir, server, services) = with_node_ports("30000-30009").await;
+    let params = PostParams::default();
+    let create = |service: Service| {
+        let services = services.clone();
+        async move { services.create(&PostParams::default(), &service).await }
+    };
+
+    // Given: one per port, distinct, in the range; LoadBalancers too.
+    let given = create(typed_service("given", "NodePort", &[None, None]))
+        .await
+        .unwrap();
+    let [Some(first), Some(second)] = node_ports_of(&given)[..] else {
+        panic!("no node ports: {given:?}");
+    };
+    assert_ne!(first, second);
+    assert!(
+        [first, second]
+            .iter()
+            .all(|port| (30000..=30009).contains(port))
+    );
+    let balanced = create(typed_service("balanced", "LoadBalancer", &[None]))
+        .await
+        .unwrap();
+    let [Some(balanced_port)] = node_ports_of(&balanced)[..] else {
+        panic!("no node port: {balanced:?}");
+    };
+
+    // Requested: honoured when free; refused when held or out of range.
+    let free = (30000..=30009)
+        .find(|port| ![first, second, balanced_port].contains(port))
+        .unwrap();
+    let asked = create(typed_service("asked", "NodePort", &[Some(free)]))
+        .await
+        .unwrap();
+    assert_eq!(node_ports_of(&asked), [Some(free)]);
+    let error = create(typed_service("held", "NodePort", &[Some(second)]))
+        .await
+        .unwrap_err();
+    let field = "spec.ports[0].nodePort";
+    assert!(
+        refused(&error, field, "provided port is already allocated"),
+        "{error:?}"
+    );
+    let error = create(typed_service("outside", "NodePort", &[Some(31000)]))
+        .await
+        .unwrap_err();
+    let outside =
+        "provided port is not in the valid range. The range of valid ports is 30000-30009";
+    assert!(refused(&error, field, outside), "{error:?}");
+    let error = create(typed_service("plain", "ClusterIP", &[Some(free)]))
+        .await
+        .unwrap_err();
+    let forbidden = "Forbidden: may not be used when `type` is 'ClusterIP'";
+    assert!(refused(&error, field, forbidden), "{error:?}");
+
+    // Kept: a replacement that leaves them out gets them back.
+    let mut replacement = typed_service("given", "NodePort", &[None, None]);
+    replacement.metadata.resource_version = given.metadata.resource_version.clone();
+    let replaced = services
+        .replace("given", &params, &replacement)
+        .await
+        .unwrap();
+    assert_eq!(node_ports_of(&replaced), node_ports_of(&given));
+
+    // A type change to NodePort gives one; back to ClusterIP frees it.
+    create(typed_service("changing", "ClusterIP", &[None]))
+        .await
+        .unwrap();
+    let to_type = |kind: &str| Patch::Merge(json!({"spec": {"type": kind}}));
+    let changed = services
+        .patch("changing", &PatchParams::default(), &to_type("NodePort"))
+        .await
+        .unwrap();
+    let [Some(changed_port)] = node_ports_of(&changed)[..] else {
+        panic!("no node port after the type change: {changed:?}");
+    };
+    let back = services
+        .patch("changing", &PatchParams::default(), &to_type("ClusterIP"))
+        .await
+        .unwrap();
+    assert_eq!(node_ports_of(&back), [None]);
+    create(typed_service(
+        "reuses-changed",
+        "NodePort",
+        &[Some(changed_port)],
+    ))
+    .await
+    .unwrap();
+
+    // Freed: a deleted Service's ports can be asked for again.
+    services
+        .delete("given", &DeleteParams::default())
+        .await
+        .unwrap();
+    let reused = create(typed_service("reused", "NodePort", &[Some(second)]))
+        .await
+        .unwrap();
+    assert_eq!(node_ports_of(&reused), [Some(second)]);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_services_never_share_a_node_port() {
+    use k8s_openapi::api::core::v1::Service;
+    let (_dir, server, services) = with_node_ports("30000-30011").await;
+    let params = PostParams::default();
+
+    // Twelve ports, six Services of two ports each, created at once.
+    let racers: Vec<Service> = (0..6)
+        .map(|index| typed_service(&format!("r{index}"), "NodePort", &[None, None]))
+        .collect();
+    let racing = racers.iter().map(|one| services.create(&params, one));
+    let created = futures::future::try_join_all(racing).await.unwrap();
+    let ports = all_node_ports(&created);
+    assert_eq!(ports.len(), 12, "{ports:?}");
+
+    // The range is full; a deleted Service's ports are free again.
+    let error = services
+        .create(&params, &typed_service("full", "NodePort", &[None]))
+        .await
+        .unwrap_err();
+    assert!(range_is_full(&error), "{error:?}");
+    services
+        .delete("r2", &DeleteParams::default())
+        .await
+        .unwrap();
+    let again = services
+        .create(&params, &typed_service("again", "NodePort", &[None, None]))
+        .await
+        .unwrap();
+    let mut freed = node_ports_of(&created[2]);
+    let mut reused = node_ports_of(&again);
+    freed.sort();
+    reused.sort();
+    assert_eq!(reused, freed);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_type_changes_never_share_a_node_port() {
+    let (_dir, server, services) = with_node_ports("30000-30005").await;
+    let params = PostParams::default();
+    let names: Vec<String> = (0..7).map(|index| format!("t{index}")).collect();
+    for name in &names {
+        let plain = typed_service(name, "ClusterIP", &[None]);
+        services.create(&params, &plain).await.unwrap();
+    }
+    let to_type = |kind: &str| Patch::Merge(json!({"spec": {"type": kind}}));
+    let node_port = to_type("NodePort");
+    let patch_params = PatchParams::default();
+
+    // Six ports, six updates claiming one each at once.
+    let racing = names[..6]
+        .iter()
+        .map(|name| services.patch(name, &patch_params, &node_port));
+    let changed = futures::future::try_join_all(racing).await.unwrap();
+    let ports = all_node_ports(&changed);
+    assert_eq!(ports.len(), 6, "{ports:?}");
+
+    // The seventh finds the range full and stays as it was; a change back
+    // to ClusterIP frees a port for it.
+    let error = services
+        .patch("t6", &PatchParams::default(), &node_port)
+        .await
+        .unwrap_err();
+    assert!(range_is_full(&error), "{error:?}");
+    let unchanged = services.get("t6").await.unwrap();
+    assert_eq!(unchanged.spec.unwrap().type_.as_deref(), Some("ClusterIP"));
+    services
+        .patch("t3", &PatchParams::default(), &to_type("ClusterIP"))
+        .await
+        .unwrap();
+    let last = services
+        .patch("t6", &PatchParams::default(), &node_port)
+        .await
+        .unwrap();
+    assert_eq!(node_ports_of(&last), node_ports_of(&changed[3]));
     server.shutdown().await;
 }

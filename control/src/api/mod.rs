@@ -8,6 +8,7 @@
 //! - `logs`: `pods/<name>/log`, proxied to the pod's node.
 //! - `patch`, `defaults`, `validation`, `selector`, `table`: the pieces.
 //! - `protobuf`: bodies in Kubernetes' protobuf encoding.
+//! - `services`, `nodeports`: Services' ClusterIPs and node ports.
 //! - `status`: errors as `Status` objects.
 //! - `metrics`: Prometheus counters and latency histograms.
 //!
@@ -22,6 +23,7 @@ pub mod list;
 pub mod logs;
 pub mod metrics;
 pub mod namespaces;
+pub mod nodeports;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
@@ -69,6 +71,8 @@ pub struct ApiState {
     pub modules: Arc<crate::registry::ModuleRegistry>,
     /// Where Services' ClusterIPs come from (`services.rs`).
     pub service_cidr: ipnet::Ipv4Net,
+    /// Where Services' node ports come from (`nodeports.rs`).
+    pub node_port_range: nodeports::NodePortRange,
 }
 
 impl ApiState {
@@ -81,6 +85,7 @@ impl ApiState {
             kubelet_tls: None,
             modules: Arc::new(crate::registry::ModuleRegistry::default()),
             service_cidr: services::SERVICE_CIDR_DEFAULT,
+            node_port_range: nodeports::NODE_PORT_RANGE_DEFAULT,
         }
     }
 }

@@ -259,13 +259,13 @@ pub async fn create(
 
     let address = if services::is_service(info) {
         let name = object["metadata"]["name"].as_str().unwrap_or_default();
-        services::wanted(state.service_cidr, &object)
-            .map_err(|error| ApiError::invalid(info, name, vec![error]))?
+        services::requested(state, &object)
+            .map_err(|errors| ApiError::invalid(info, name, errors))?
     } else {
         services::Wanted::Nothing
     };
-    // A generated name or a picked address taken meanwhile is picked
-    // again; a name or an address the client chose is not.
+    // A generated name or a picked address or node port taken meanwhile
+    // is picked again; a name, address or port the client chose is not.
     for attempt in 1..=CREATE_ATTEMPTS_MAX {
         if !given_name {
             let prefix = generate_name.as_deref().unwrap_or_default();
@@ -279,31 +279,38 @@ pub async fn create(
             // After naming: the template's job-name label is the final name.
             defaults::job_selector(&mut object);
         }
-        let (picked, claims) = services::assign(state, &address, &mut object).await?;
+        // Allocated into a copy: what one attempt picked must not read as
+        // asked for by the client in the next.
+        let mut object = object.clone();
+        let allocation = services::assign(state, info, &address, &mut object).await?;
         if params.dry_run()? {
             return Ok(Reply::created(object).with_warnings(warnings));
         }
         let last = attempt == CREATE_ATTEMPTS_MAX;
         match state
             .storage
-            .create_claiming(&stored_key(target, &name), encode(&object)?, &claims)
+            .create_claiming(
+                &stored_key(target, &name),
+                encode(&object)?,
+                &allocation.claims,
+            )
             .await
         {
             Ok(revision) => {
                 object["metadata"]["resourceVersion"] = json!(revision.to_string());
-                tracing::debug!(resource = info.plural, %name, revision, ?picked, "created");
+                let address = allocation.address;
+                tracing::debug!(resource = info.plural, %name, revision, ?address, "created");
                 return Ok(Reply::created(object).with_warnings(warnings));
             }
             Err(StorageError::AlreadyExists) if !given_name && !last => continue,
-            Err(StorageError::Claimed { .. }) if address == services::Wanted::Any && !last => {
-                continue;
-            }
-            Err(error @ StorageError::Claimed { .. }) => {
-                return Err(match picked {
-                    Some(picked) => ApiError::invalid(info, &name, vec![services::taken(picked)]),
-                    None => ApiError::from_storage(error, info, &name),
-                });
-            }
+            Err(StorageError::Claimed { key }) => match allocation.refusal(&key) {
+                Some(error) => return Err(ApiError::invalid(info, &name, vec![error])),
+                None if !last => continue,
+                None => {
+                    let error = StorageError::Claimed { key };
+                    return Err(ApiError::from_storage(error, info, &name));
+                }
+            },
             Err(StorageError::Conflict { .. }) if !last => continue,
             Err(error) => return Err(ApiError::from_storage(error, info, &name)),
         }
@@ -594,13 +601,14 @@ async fn update_fenced_with(
             next["metadata"]["generation"] = json!(generation + 1);
         }
         if services::is_service(info) {
-            services::keep_address(&current, &mut next)
-                .map_err(|error| ApiError::invalid(info, name, vec![error]))?;
+            services::keep(state, &current, &mut next)
+                .map_err(|errors| ApiError::invalid(info, name, errors))?;
         }
         let errors = validation::validate(info, &next);
         if !errors.is_empty() {
             return Err(ApiError::invalid(info, name, errors));
         }
+        let allocation = services::reassign(state, info, &current, &mut next).await?;
         if next == current || dry_run {
             return Ok(next);
         }
@@ -611,7 +619,9 @@ async fn update_fenced_with(
                 .is_none_or(|f| f.is_empty())
             && !pod_awaits_its_node(info, &next);
         let outcome = if finished {
-            let claims = services::claims_of(info, &next);
+            // What the stored object holds, not what the last change
+            // would have had it hold.
+            let claims = services::claims_of(info, &current);
             state
                 .storage
                 .delete_releasing(&key, stored.mod_revision, &claims)
@@ -623,9 +633,10 @@ async fn update_fenced_with(
                 .update_fenced(&key, encode(&next)?, stored.mod_revision, &fence)
                 .await
         } else {
+            let (claims, releases) = (&allocation.claims, &allocation.releases);
             state
                 .storage
-                .update(&key, encode(&next)?, stored.mod_revision)
+                .update_claiming(&key, encode(&next)?, stored.mod_revision, claims, releases)
                 .await
         };
         match outcome {
@@ -634,6 +645,12 @@ async fn update_fenced_with(
                 return Ok(next);
             }
             Err(StorageError::Conflict { .. }) if precondition.is_none() => continue,
+            // A node port picked for this write was taken meanwhile: pick
+            // again; one the client asked for is refused.
+            Err(StorageError::Claimed { key }) => match allocation.refusal(&key) {
+                Some(error) => return Err(ApiError::invalid(info, name, vec![error])),
+                None => continue,
+            },
             // The Lease was renewed since it was checked: check it again.
             Err(StorageError::Fenced { .. }) => continue,
             Err(error) => return Err(ApiError::from_storage(error, info, name)),

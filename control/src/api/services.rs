@@ -1,6 +1,7 @@
 //! ClusterIPs: the API server gives a Service that needs one an address
 //! from the service CIDR, as kube-apiserver's allocator does, and frees it
-//! when the Service goes.
+//! when the Service goes. This module is also where a Service's writes
+//! meet its allocations: the address here, node ports in `nodeports.rs`.
 //!
 //! An allocation is a claim key `/flotilla/serviceips/<ip>` written in the
 //! same store transaction as the Service, and only if the key is absent
@@ -11,14 +12,16 @@
 //! Service's address fields and the claim keys' layout; it does not know
 //! the store (only `storage.rs` does) nor which server it runs on.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
 
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 
-use super::ApiState;
 use super::status::{ApiError, FieldError};
+use super::{ApiState, nodeports};
 use crate::resources::ResourceInfo;
 use crate::storage::Claim;
 
@@ -105,33 +108,97 @@ pub fn wanted(cidr: Ipv4Net, service: &Value) -> Result<Wanted, FieldError> {
 }
 
 /// The field error of an address that another Service holds.
-pub fn taken(address: Ipv4Addr) -> FieldError {
+fn taken(address: Ipv4Addr) -> FieldError {
     FieldError::invalid(
         "spec.clusterIP",
         format!("Invalid value: \"{address}\": provided IP is already allocated"),
     )
 }
 
-/// Gives `service` the address `wanted` names, or a free one, and returns
-/// the claims to write with it (none for `Nothing`). For `Any`, the
-/// claims are listed and a free address is picked from a random start, as
-/// kube-apiserver's allocator scans; a race lost to another server shows
-/// as `StorageError::Claimed` at the write, and the caller picks again.
+/// What a Service being created asks for and may not have, checked before
+/// any write: its address ([`wanted`]) and its node ports.
+pub fn requested(state: &ApiState, service: &Value) -> Result<Wanted, Vec<FieldError>> {
+    let address = wanted(state.service_cidr, service);
+    let mut errors = node_port_errors(state, &BTreeSet::new(), service);
+    match address {
+        Ok(address) if errors.is_empty() => Ok(address),
+        Ok(_) => Err(errors),
+        Err(error) => {
+            errors.insert(0, error);
+            Err(errors)
+        }
+    }
+}
+
+/// What one write of a Service claims and releases, and how a claim found
+/// taken is answered.
+#[derive(Debug, Default)]
+pub struct Allocation {
+    /// The address given on create, for the log.
+    pub address: Option<Ipv4Addr>,
+    pub claims: Vec<Claim>,
+    pub releases: Vec<Vec<u8>>,
+    /// The claims of values the client asked for, with the field error
+    /// that answers one found taken. Any other claim is a value picked
+    /// here, which a lost race makes the caller pick again.
+    requested: Vec<(Vec<u8>, FieldError)>,
+}
+
+impl Allocation {
+    /// The field error that answers `key` taken, if the client asked for
+    /// it; none if it was picked, and is picked again.
+    pub fn refusal(&self, key: &[u8]) -> Option<FieldError> {
+        self.requested
+            .iter()
+            .find(|(requested, _)| requested == key)
+            .map(|(_, error)| error.clone())
+    }
+
+    pub(super) fn refuse_if_taken(&mut self, key: Vec<u8>, error: FieldError) {
+        self.requested.push((key, error));
+    }
+}
+
+/// Gives a Service being created (`info` tells; anything else gets
+/// nothing) the address `wanted` names or a free one, and its node ports;
+/// returns what to claim with it. For `Any`, the claims are listed and a
+/// free address is picked from a random start, as kube-apiserver's
+/// allocator scans; a race lost to another server shows as
+/// `StorageError::Claimed` at the write, and the caller picks again.
 pub async fn assign(
+    state: &ApiState,
+    info: &ResourceInfo,
+    wanted: &Wanted,
+    service: &mut Value,
+) -> Result<Allocation, ApiError> {
+    let mut allocation = Allocation::default();
+    if !is_service(info) {
+        return Ok(allocation);
+    }
+    assign_address(state, wanted, service, &mut allocation).await?;
+    nodeports::assign(state, &BTreeSet::new(), service, &mut allocation).await?;
+    Ok(allocation)
+}
+
+async fn assign_address(
     state: &ApiState,
     wanted: &Wanted,
     service: &mut Value,
-) -> Result<(Option<Ipv4Addr>, Vec<Claim>), ApiError> {
+    allocation: &mut Allocation,
+) -> Result<(), ApiError> {
     let address = match wanted {
         Wanted::Nothing => {
             if service["spec"]["clusterIP"].as_str() == Some("None") {
                 service["spec"]["clusterIPs"] = json!(["None"]);
             }
-            return Ok((None, Vec::new()));
+            return Ok(());
         }
-        Wanted::Exact(address) => *address,
+        Wanted::Exact(address) => {
+            allocation.refuse_if_taken(claim_key(*address), taken(*address));
+            *address
+        }
         Wanted::Any => {
-            let held = held(state).await?;
+            let held = claims_held(state, CLAIMS_PREFIX, "ClusterIPs").await?;
             let start = rand::random::<u32>();
             pick_free(state.service_cidr, &held, start).ok_or_else(|| {
                 ApiError::internal(format!(
@@ -151,17 +218,24 @@ pub async fn assign(
     if spec["ipFamilyPolicy"].is_null() {
         spec["ipFamilyPolicy"] = json!("SingleStack");
     }
+    allocation.address = Some(address);
+    allocation.claims.push(Claim {
+        key: claim_key(address),
+        value: holder(service),
+    });
+    Ok(())
+}
+
+/// A claim's value: the Service holding it, for whoever reads the store.
+pub(super) fn holder(service: &Value) -> Vec<u8> {
     let metadata = &service["metadata"];
-    let holder = json!({
+    json!({
         "namespace": metadata["namespace"],
         "name": metadata["name"],
         "uid": metadata["uid"],
-    });
-    let claim = Claim {
-        key: claim_key(address),
-        value: holder.to_string().into_bytes(),
-    };
-    Ok((Some(address), vec![claim]))
+    })
+    .to_string()
+    .into_bytes()
 }
 
 /// The claims `object` holds, to delete with it.
@@ -169,19 +243,68 @@ pub fn claims_of(info: &ResourceInfo, object: &Value) -> Vec<Vec<u8>> {
     if !is_service(info) {
         return Vec::new();
     }
-    object["spec"]["clusterIP"]
+    let address = object["spec"]["clusterIP"]
         .as_str()
         .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
-        .map(claim_key)
+        .map(claim_key);
+    address
         .into_iter()
+        .chain(nodeports::claim_keys(object))
         .collect()
 }
 
-/// On update a Service keeps its address: a replacement that leaves it
-/// out gets it back (kube-apiserver fills it in the same way, so a
-/// manifest without `clusterIP` can be re-applied), and one that changes
-/// it is refused, as the field is immutable.
-pub fn keep_address(current: &Value, next: &mut Value) -> Result<(), FieldError> {
+/// On update a Service keeps what it was given: a replacement that leaves
+/// its address or node ports out gets them back (kube-apiserver fills them
+/// in the same way, so a manifest without them can be re-applied). The
+/// address is immutable; a node port may change, but a new one must be in
+/// the range.
+pub fn keep(state: &ApiState, current: &Value, next: &mut Value) -> Result<(), Vec<FieldError>> {
+    keep_address(current, next).map_err(|error| vec![error])?;
+    nodeports::keep(current, next);
+    let errors = node_port_errors(state, &nodeports::held_by(current), next);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// What is wrong with `service`'s node ports, given those it holds
+/// (`held`). Checked here rather than with the rest of the object
+/// (`validation.rs`), because an update must first have its node ports
+/// kept or dropped (`nodeports::keep`): `type: ClusterIP` alone is a
+/// valid edit of a NodePort Service.
+fn node_port_errors(state: &ApiState, held: &BTreeSet<u16>, service: &Value) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    nodeports::validate(&service["spec"], &mut errors);
+    errors.extend(nodeports::outside_range(
+        state.node_port_range,
+        held,
+        service,
+    ));
+    errors
+}
+
+/// What an update of a Service (`info` tells; anything else gets nothing)
+/// from `current` to `next` claims and releases: node ports given to ports
+/// that have none, or newly asked for, and those no longer held.
+pub async fn reassign(
+    state: &ApiState,
+    info: &ResourceInfo,
+    current: &Value,
+    next: &mut Value,
+) -> Result<Allocation, ApiError> {
+    let mut allocation = Allocation::default();
+    if is_service(info) {
+        let held = nodeports::held_by(current);
+        nodeports::assign(state, &held, next, &mut allocation).await?;
+    }
+    Ok(allocation)
+}
+
+/// A replacement that changes the address is refused, as the field is
+/// immutable.
+fn keep_address(current: &Value, next: &mut Value) -> Result<(), FieldError> {
     for field in ["clusterIP", "clusterIPs"] {
         let now = &current["spec"][field];
         if now.is_null() {
@@ -205,21 +328,33 @@ fn claim_key(address: Ipv4Addr) -> Vec<u8> {
     format!("{CLAIMS_PREFIX}{address}").into_bytes()
 }
 
-/// The addresses held now, read from the claims.
-async fn held(state: &ApiState) -> Result<HashSet<Ipv4Addr>, ApiError> {
+/// The values held now under `prefix`, read from the claims' keys
+/// (`what` names them in an error).
+pub(super) async fn claims_held<T: FromStr + Eq + Hash>(
+    state: &ApiState,
+    prefix: &str,
+    what: &str,
+) -> Result<HashSet<T>, ApiError> {
     let page = state
         .storage
-        .list(CLAIMS_PREFIX.as_bytes(), b"", 0, 0)
+        .list(prefix.as_bytes(), b"", 0, 0)
         .await
-        .map_err(|error| ApiError::internal(format!("cannot read the held ClusterIPs: {error}")))?;
+        .map_err(|error| ApiError::internal(format!("cannot read the held {what}: {error}")))?;
     Ok(page
         .items
         .iter()
         .filter_map(|stored| {
             let key = std::str::from_utf8(&stored.key).ok()?;
-            key.strip_prefix(CLAIMS_PREFIX)?.parse().ok()
+            key.strip_prefix(prefix)?.parse().ok()
         })
         .collect())
+}
+
+/// The `count` values from `first` on, starting at the `start`-th (modulo
+/// `count`) and wrapping round: how both allocators scan for a free one.
+pub(super) fn scan_from(first: u64, count: u64, start: u64) -> impl Iterator<Item = u64> {
+    let start = start.checked_rem(count).unwrap_or(0);
+    (0..count).map(move |step| first + (start + step) % count)
 }
 
 /// The first address not in `held`, scanning `cidr` round from the
@@ -230,9 +365,7 @@ fn pick_free(cidr: Ipv4Net, held: &HashSet<Ipv4Addr>, start: u32) -> Option<Ipv4
     let first = u64::from(u32::from(cidr.network())) + 2;
     let last = u64::from(u32::from(cidr.broadcast())).checked_sub(1)?;
     let count = (last + 1).checked_sub(first).filter(|count| *count > 0)?;
-    let start = u64::from(start) % count;
-    (0..count)
-        .map(|step| first + (start + step) % count)
+    scan_from(first, count, u64::from(start))
         .filter_map(|address| u32::try_from(address).ok())
         .map(Ipv4Addr::from)
         .find(|address| !held.contains(address))

@@ -37,6 +37,26 @@ impl FieldError {
         }
     }
 
+    /// A value the rest of the object rules out (Kubernetes'
+    /// `field.Forbidden`); `detail` says why.
+    pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
+        FieldError {
+            field: field.into(),
+            cause: "FieldValueForbidden",
+            message: format!("Forbidden: {detail}"),
+        }
+    }
+
+    /// A value another item of the same list has already
+    /// (`field.Duplicate`).
+    pub fn duplicate(field: impl Into<String>, value: impl std::fmt::Display) -> Self {
+        FieldError {
+            field: field.into(),
+            cause: "FieldValueDuplicate",
+            message: format!("Duplicate value: {value}"),
+        }
+    }
+
     pub fn unknown(field: impl Into<String>) -> Self {
         FieldError {
             field: field.into(),
@@ -230,7 +250,7 @@ impl ApiError {
             StorageError::AlreadyExists => ApiError::already_exists(info, name),
             StorageError::Conflict { .. } => ApiError::conflict(info, name),
             StorageError::Claimed { key } => ApiError::conflict_message(format!(
-                "{} \"{name}\" cannot be created: {} is held by another object",
+                "{} \"{name}\" cannot be written: {} is held by another object",
                 info.qualified_plural(),
                 String::from_utf8_lossy(&key)
             )),

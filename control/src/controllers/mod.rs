@@ -1,7 +1,7 @@
 //! The control loops of `flotilla server`: the scheduler, the garbage
-//! collector, the node lifecycle, node IPAM and Endpoints controllers, and the
-//! Deployment, ReplicaSet, DaemonSet, StatefulSet, Job, CronJob and
-//! ServiceAccount controllers.
+//! collector, the node lifecycle, node IPAM, Endpoints and LoadBalancer
+//! status controllers, and the Deployment, ReplicaSet, DaemonSet,
+//! StatefulSet, Job, CronJob and ServiceAccount controllers.
 //!
 //! They run on one member at a time, the holder of a Lease (`election`),
 //! and only through the Kubernetes API, as kube-controller-manager does:
@@ -18,6 +18,7 @@ pub mod events;
 pub mod gc;
 pub mod ipam;
 pub mod job;
+pub mod loadbalancer;
 pub mod nodes;
 pub mod replicaset;
 pub mod scheduler;
@@ -345,6 +346,7 @@ async fn run_loops(
         deployment::run(client.clone()),
         endpoints::run(client.clone()),
         job::run(client.clone(), timings.job_backoff),
+        loadbalancer::run(client.clone()),
         nodes::run(client.clone(), timings.nodes),
         replicaset::run(client.clone()),
         serviceaccounts::run(client.clone()),

@@ -1,0 +1,171 @@
+//! LoadBalancer status, as k3s's servicelb gives it: a Service of type
+//! LoadBalancer is served on its node ports by every node, so its
+//! `status.loadBalancer.ingress` lists the InternalIPs of the Ready nodes
+//! (sorted, each once), and follows them as nodes come, go and change
+//! readiness. A Service naming a `loadBalancerClass` belongs to another
+//! implementation and is left alone; one that is no longer a LoadBalancer
+//! has its ingress cleared.
+//!
+//! The nodes are held in a reflector. Only a change of the addresses they
+//! add up to wakes the Services (all of them, through `reconcile_all_on`),
+//! so the heartbeats that rewrite node status every few seconds cost a
+//! comparison, not a write; and a reconcile writes only a status that
+//! differs.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, Service};
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+
+use super::Error;
+use super::scheduler::fit::is_ready;
+
+/// The label that keeps a node out of load balancers (Kubernetes').
+pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+
+struct Context {
+    client: kube::Client,
+    nodes: Store<Node>,
+}
+
+pub async fn run(client: kube::Client) {
+    let (nodes, writer) = reflector::store::<Node>();
+    let reader = nodes.clone();
+    let mut last: Option<Vec<IpAddr>> = None;
+    let addresses_changed = reflector::reflector(
+        writer,
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .filter_map(move |event| {
+        // The reflector has applied the event to the store by now; during
+        // a (re)list the store keeps the old nodes until `InitDone`.
+        let settled = matches!(
+            event,
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)
+        );
+        let changed = settled && {
+            let now = addresses(&reader.state());
+            let changed = last.as_ref() != Some(&now);
+            last = Some(now);
+            changed
+        };
+        future::ready(changed.then_some(()))
+    });
+    let services = Api::<Service>::all(client.clone());
+    Controller::new(services, watcher::Config::default())
+        .reconcile_all_on(addresses_changed)
+        .run(
+            reconcile,
+            super::retry_later,
+            Arc::new(Context { client, nodes }),
+        )
+        .for_each(|outcome| async move {
+            if let Err(error) = outcome {
+                tracing::debug!(%error, "load balancer reconcile failed");
+            }
+        })
+        .await;
+}
+
+#[tracing::instrument(skip_all, fields(namespace = service.namespace(), name = service.name_any()))]
+async fn reconcile(service: Arc<Service>, context: Arc<Context>) -> Result<Action, Error> {
+    let spec = service.spec.as_ref();
+    let foreign = spec.is_some_and(|spec| spec.load_balancer_class.is_some());
+    if foreign || service.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let wanted: Vec<LoadBalancerIngress> =
+        if spec.and_then(|spec| spec.type_.as_deref()) == Some("LoadBalancer") {
+            // Before the nodes are listed an empty list would be a lie that
+            // clears every Service's ingress.
+            context
+                .nodes
+                .wait_until_ready()
+                .await
+                .map_err(|_| Error::Invalid("the nodes' cache is gone".into()))?;
+            addresses(&context.nodes.state())
+                .into_iter()
+                .map(|ip| LoadBalancerIngress {
+                    ip: Some(ip.to_string()),
+                    ..LoadBalancerIngress::default()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+    let current = service
+        .status
+        .as_ref()
+        .and_then(|status| status.load_balancer.as_ref())
+        .and_then(|balancer| balancer.ingress.clone())
+        .unwrap_or_default();
+    if current == wanted {
+        return Ok(Action::await_change());
+    }
+    tracing::info!(ingress = ?wanted, "setting the load balancer's ingress");
+    // Null, not an empty list, removes the field in a merge patch, as
+    // Kubernetes leaves it out when empty.
+    let ingress = (!wanted.is_empty()).then_some(&wanted);
+    let status = serde_json::json!({"loadBalancer": {"ingress": ingress}});
+    super::write_status(&context.client, service.as_ref(), None, &status).await?;
+    Ok(Action::await_change())
+}
+
+/// The InternalIPs of the Ready nodes not excluded from load balancers,
+/// sorted, each once.
+fn addresses(nodes: &[Arc<Node>]) -> Vec<IpAddr> {
+    let mut addresses: Vec<IpAddr> = nodes
+        .iter()
+        .filter(|node| is_ready(node) && !node.labels().contains_key(EXCLUDE_LABEL))
+        .filter_map(|node| node.status.as_ref()?.addresses.as_ref())
+        .flatten()
+        .filter(|address| address.type_ == "InternalIP")
+        .filter_map(|address| address.address.parse().ok())
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    addresses
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str, ready: &str, ips: &[&str], labels: serde_json::Value) -> Arc<Node> {
+        let addresses: Vec<_> = ips
+            .iter()
+            .map(|ip| json!({"type": "InternalIP", "address": ip}))
+            .chain([json!({"type": "Hostname", "address": name})])
+            .collect();
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": labels},
+                "status": {
+                    "addresses": addresses,
+                    "conditions": [{"type": "Ready", "status": ready}],
+                },
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_ready_nodes_internal_ips_sorted_and_once_each() {
+        let nodes = [
+            node("a", "True", &["10.0.0.10", "10.0.0.9"], json!({})),
+            node("b", "True", &["10.0.0.9"], json!({})),
+            node("c", "Unknown", &["10.0.0.3"], json!({})),
+            node("d", "True", &["10.0.0.4"], json!({EXCLUDE_LABEL: ""})),
+        ];
+        let ips: Vec<String> = addresses(&nodes).iter().map(IpAddr::to_string).collect();
+        assert_eq!(ips, ["10.0.0.9", "10.0.0.10"]);
+    }
+}
