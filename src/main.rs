@@ -123,6 +123,27 @@ struct ServerArgs {
     /// each. Without any, this server is a cluster of one.
     #[arg(long = "peer", value_name = "ID=HOST:PORT", value_parser = parse_peer)]
     peers: Vec<PeerSpec>,
+    #[command(flatten)]
+    timings: ControlTimings,
+    /// Where Services' ClusterIPs come from (kube-apiserver's
+    /// --service-cluster-ip-range). Every server must be given the same.
+    #[arg(long, default_value_t = flotilla_control::api::services::SERVICE_CIDR_DEFAULT)]
+    service_cidr: ipnet::Ipv4Net,
+    /// The range nodes' pod ranges are cut from (kube-controller-manager's
+    /// --cluster-cidr).
+    #[arg(long, default_value_t = flotilla_control::controllers::ipam::CLUSTER_CIDR_DEFAULT)]
+    cluster_cidr: ipnet::Ipv4Net,
+    /// The prefix length of each node's pod range
+    /// (kube-controller-manager's --node-cidr-mask-size).
+    #[arg(long, default_value_t = flotilla_control::controllers::ipam::NODE_MASK_DEFAULT)]
+    node_cidr_mask_size: u8,
+}
+
+/// Kubernetes' control-plane timings (kube-controller-manager's flags of
+/// the same names), shared by `flotilla server` and `flotilla up`; tests
+/// shorten them.
+#[derive(Args, Debug, Clone)]
+struct ControlTimings {
     /// Raft tick interval in milliseconds (elections time out after 10 ticks).
     #[arg(long, default_value_t = 100)]
     tick_ms: u64,
@@ -138,18 +159,45 @@ struct ServerArgs {
     /// server takes over (kube-controller-manager's --leader-elect-lease-duration).
     #[arg(long, default_value = "15s", value_parser = cli::duration::parse_duration)]
     leader_elect_lease_duration: std::time::Duration,
-    /// Where Services' ClusterIPs come from (kube-apiserver's
-    /// --service-cluster-ip-range). Every server must be given the same.
-    #[arg(long, default_value_t = flotilla_control::api::services::SERVICE_CIDR_DEFAULT)]
-    service_cidr: ipnet::Ipv4Net,
-    /// The range nodes' pod ranges are cut from (kube-controller-manager's
-    /// --cluster-cidr).
-    #[arg(long, default_value_t = flotilla_control::controllers::ipam::CLUSTER_CIDR_DEFAULT)]
-    cluster_cidr: ipnet::Ipv4Net,
-    /// The prefix length of each node's pod range
-    /// (kube-controller-manager's --node-cidr-mask-size).
-    #[arg(long, default_value_t = flotilla_control::controllers::ipam::NODE_MASK_DEFAULT)]
-    node_cidr_mask_size: u8,
+}
+
+impl ControlTimings {
+    /// The controllers' configuration, as candidate `identity`.
+    fn controllers(&self, identity: String) -> flotilla_control::controllers::ControllersConfig {
+        flotilla_control::controllers::ControllersConfig {
+            identity,
+            election: election_config(self.leader_elect_lease_duration),
+            nodes: flotilla_control::controllers::nodes::NodeTimings {
+                grace: self.node_monitor_grace_period,
+                eviction: self.pod_eviction_timeout,
+                // Looked at five times per grace period, at most every 5 s.
+                monitor_period: (self.node_monitor_grace_period / 5).clamp(
+                    std::time::Duration::from_millis(50),
+                    std::time::Duration::from_secs(5),
+                ),
+            },
+            job_backoff: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+/// How often a node reports to the API server, shared by `flotilla agent`
+/// and `flotilla up`.
+#[derive(Args, Debug, Clone)]
+struct NodeIntervals {
+    /// Seconds between renewals of the node's lease.
+    #[arg(long, default_value_t = flotilla_node::agent::LEASE_RENEW_INTERVAL_SECS_DEFAULT)]
+    lease_renew_secs: u64,
+    /// Seconds between node status heartbeats.
+    #[arg(long, default_value_t = flotilla_node::agent::NODE_STATUS_INTERVAL_SECS_DEFAULT)]
+    node_status_secs: u64,
+}
+
+impl NodeIntervals {
+    fn apply(&self, config: &mut flotilla_node::agent::AgentConfig) {
+        config.lease_renew_interval = std::time::Duration::from_secs(self.lease_renew_secs);
+        config.node_status_interval = std::time::Duration::from_secs(self.node_status_secs);
+    }
 }
 
 #[derive(Args, Debug)]
@@ -196,12 +244,8 @@ struct AgentArgs {
     /// How many pods the node takes.
     #[arg(long, default_value_t = flotilla_node::agent::PODS_MAX_DEFAULT)]
     max_pods: u32,
-    /// Seconds between renewals of the node's lease.
-    #[arg(long, default_value_t = flotilla_node::agent::LEASE_RENEW_INTERVAL_SECS_DEFAULT)]
-    lease_renew_secs: u64,
-    /// Seconds between node status heartbeats.
-    #[arg(long, default_value_t = flotilla_node::agent::NODE_STATUS_INTERVAL_SECS_DEFAULT)]
-    node_status_secs: u64,
+    #[command(flatten)]
+    intervals: NodeIntervals,
 }
 
 #[derive(Args, Debug)]
@@ -330,7 +374,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         initial_members: peers,
         join: joining.is_some(),
         tls_dir,
-        tick_interval: std::time::Duration::from_millis(args.tick_ms),
+        tick_interval: std::time::Duration::from_millis(args.timings.tick_ms),
         ..MemberConfig::default()
     };
     let (api_tls, admin) = if args.plain_http {
@@ -383,45 +427,24 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     }
     // Every server is a candidate; the controllers run on the elected one.
     let controllers = server
-        .start_controllers_with(
-            flotilla_control::controllers::ControllersConfig {
-                identity: format!("server-{id}"),
-                election: election_config(args.leader_elect_lease_duration),
-                nodes: flotilla_control::controllers::nodes::NodeTimings {
-                    grace: args.node_monitor_grace_period,
-                    eviction: args.pod_eviction_timeout,
-                    // Looked at five times per grace period, at most every 5 s.
-                    monitor_period: (args.node_monitor_grace_period / 5).clamp(
-                        std::time::Duration::from_millis(50),
-                        std::time::Duration::from_secs(5),
-                    ),
-                },
-                job_backoff: std::time::Duration::from_secs(10),
-            },
-            ipam,
-        )
+        .start_controllers_with(args.timings.controllers(format!("server-{id}")), ipam)
         .await
         .context("starting the controllers")?;
     let kubeconfig = args.data_dir.join("kubeconfig");
     let address = server.api_address();
-    let (url, config) = match &admin {
+    let url = match &admin {
         Some(admin) => {
             let url = format!("https://{address}");
-            // For curl and other clients: ca.pem, admin.pem, admin.key.
-            admin
-                .save(&args.data_dir.join("admin"), "admin")
-                .context("writing the admin certificate")?;
-            let config = flotilla_control::tls::kubeconfig(&url, admin);
-            (url, config)
+            save_admin_kubeconfig(&args.data_dir, &url, admin)?;
+            url
         }
         None => {
             let url = format!("http://{address}");
-            let config = flotilla_control::kubeconfig(&url);
-            (url, config)
+            std::fs::write(&kubeconfig, flotilla_control::kubeconfig(&url))
+                .with_context(|| format!("writing {}", kubeconfig.display()))?;
+            url
         }
     };
-    std::fs::write(&kubeconfig, config)
-        .with_context(|| format!("writing {}", kubeconfig.display()))?;
     tracing::info!(
         api = %url,
         kubeconfig = %kubeconfig.display(),
@@ -445,6 +468,38 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     drop(controllers);
     server.shutdown().await;
     Ok(())
+}
+
+/// Writes the admin's certificate into `<data_dir>/admin/` (`ca.pem`,
+/// `admin.pem`, `admin.key`, for curl and other clients) and a kubeconfig
+/// holding it, for the server at `url`, into `<data_dir>/kubeconfig`;
+/// returns that file's path.
+fn save_admin_kubeconfig(
+    data_dir: &std::path::Path,
+    url: &str,
+    admin: &flotilla_control::tls::Credentials,
+) -> Result<PathBuf> {
+    admin
+        .save(&data_dir.join("admin"), "admin")
+        .context("writing the admin certificate")?;
+    let kubeconfig = data_dir.join("kubeconfig");
+    write_private(&kubeconfig, &flotilla_control::tls::kubeconfig(url, admin))?;
+    Ok(kubeconfig)
+}
+
+/// Writes `contents` into a file only its owner may read: a kubeconfig
+/// holds a private key.
+fn write_private(path: &std::path::Path, contents: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Kubernetes' election timings scaled to `lease`: renew deadline 2/3 of
@@ -566,8 +621,30 @@ async fn node_credentials(
     Ok((kubeconfig, tls))
 }
 
+/// Starts one node: its runtime, with pod data and compiled modules under
+/// `data_dir`, and the agent that connects it to the API through `client`.
+/// `flotilla agent` and `flotilla up` both start their node here, so
+/// everything a node runs is wired in this one place.
+async fn start_node(
+    config: flotilla_node::agent::AgentConfig,
+    client: kube::Client,
+    data_dir: &std::path::Path,
+) -> Result<flotilla_node::agent::Agent> {
+    // Modules come from the cluster's registry, by digest, cached on disk.
+    let source = flotilla_node::agent::RegistrySource::new(client.clone(), data_dir.join("blobs"))
+        .context("preparing the module cache")?;
+    let runtime = flotilla_node::NodeRuntime::new(
+        flotilla_node::NodeConfig::new(data_dir),
+        std::sync::Arc::new(source),
+    )
+    .context("starting the node runtime")?;
+    flotilla_node::agent::Agent::start(config, client, runtime)
+        .await
+        .context("starting the agent")
+}
+
 async fn run_agent(args: AgentArgs) -> Result<()> {
-    use flotilla_node::agent::{Agent, AgentConfig};
+    use flotilla_node::agent::AgentConfig;
     let node_name = match args.node_name.clone() {
         Some(name) => name,
         None => flotilla_node::agent::hostname().context("naming the node")?,
@@ -582,8 +659,7 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
         config.capacity.memory_bytes = memory_mib.saturating_mul(1024 * 1024);
     }
     config.capacity.pods = args.max_pods;
-    config.lease_renew_interval = std::time::Duration::from_secs(args.lease_renew_secs);
-    config.node_status_interval = std::time::Duration::from_secs(args.node_status_secs);
+    args.intervals.apply(&mut config);
     let kubeconfig = match &args.server {
         Some(url) => {
             let (kubeconfig, tls) = node_credentials(&args, url, &config).await?;
@@ -595,18 +671,7 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
     let client = flotilla_node::agent::client_from_kubeconfig(&kubeconfig)
         .await
         .context("connecting to the API server")?;
-    // Modules come from the cluster's registry, by digest, cached on disk.
-    let source =
-        flotilla_node::agent::RegistrySource::new(client.clone(), args.data_dir.join("blobs"))
-            .context("preparing the module cache")?;
-    let runtime = flotilla_node::NodeRuntime::new(
-        flotilla_node::NodeConfig::new(&args.data_dir),
-        std::sync::Arc::new(source),
-    )
-    .context("starting the node runtime")?;
-    let agent = Agent::start(config, client, runtime)
-        .await
-        .context("starting the agent")?;
+    let agent = start_node(config, client, &args.data_dir).await?;
     tracing::info!(
         kubelet = %agent.kubelet_address(),
         "agent running; Ctrl-C stops it"
