@@ -13,6 +13,7 @@ use flotilla_raft_store::member::{Member, MemberConfig, PeerSpec};
 #[cfg(feature = "bench")]
 mod bench;
 mod cli;
+mod up;
 
 /// Flotilla: a WebAssembly-native orchestrator that speaks the Kubernetes API.
 #[derive(Parser, Debug)]
@@ -48,6 +49,14 @@ enum Command {
     ///
     ///   flotilla agent --kubeconfig /tmp/flotilla/kubeconfig --data-dir /tmp/node-1
     Agent(AgentArgs),
+    /// Run a whole cluster in this process, on loopback: one server and one
+    /// node, with the state in a data directory that the next run resumes.
+    ///
+    /// Example, with the example workload deployed:
+    ///
+    ///   flotilla up --demo
+    ///   curl http://127.0.0.1:30080/
+    Up(up::UpArgs),
     /// Print a kubeconfig that points kubectl at a Flotilla API server.
     Kubeconfig(KubeconfigArgs),
     /// Run a benchmark of Flotilla beside a real peer and record it in BENCHMARKS.md.
@@ -277,10 +286,11 @@ fn main() -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    // A client's stderr is for its own messages: library logs only when
-    // they are warnings.
-    let client = matches!(cli.command, Command::Client(_));
-    init_tracing(if client { "warn" } else { "info" });
+    // A client's stderr is for its own messages, and `flotilla up`'s
+    // terminal for a newcomer's next steps: library logs only when they are
+    // warnings (RUST_LOG=info shows them all).
+    let quiet = matches!(cli.command, Command::Client(_) | Command::Up(_));
+    init_tracing(if quiet { "warn" } else { "info" });
     runtime.block_on(run(cli.command))
 }
 
@@ -300,6 +310,7 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Store(args) => run_store(args).await,
         Command::Server(args) => run_server(args).await,
         Command::Agent(args) => run_agent(args).await,
+        Command::Up(args) => up::run(args).await,
         Command::Kubeconfig(args) => {
             print!("{}", flotilla_control::kubeconfig(&args.server));
             Ok(())
