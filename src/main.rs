@@ -51,11 +51,6 @@ enum Command {
     Agent(AgentArgs),
     /// Run a whole cluster in this process, on loopback: one server and one
     /// node, with the state in a data directory that the next run resumes.
-    ///
-    /// Example, with the example workload deployed:
-    ///
-    ///   flotilla up --demo
-    ///   curl http://127.0.0.1:30080/
     Up(up::UpArgs),
     /// Print a kubeconfig that points kubectl at a Flotilla API server.
     Kubeconfig(KubeconfigArgs),
