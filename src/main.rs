@@ -13,6 +13,7 @@ use flotilla_raft_store::member::{Member, MemberConfig, PeerSpec};
 #[cfg(feature = "bench")]
 mod bench;
 mod cli;
+mod up;
 
 /// Flotilla: a WebAssembly-native orchestrator that speaks the Kubernetes API.
 #[derive(Parser, Debug)]
@@ -48,6 +49,9 @@ enum Command {
     ///
     ///   flotilla agent --kubeconfig /tmp/flotilla/kubeconfig --data-dir /tmp/node-1
     Agent(AgentArgs),
+    /// Run a whole cluster in this process, on loopback: one server and one
+    /// node, with the state in a data directory that the next run resumes.
+    Up(up::UpArgs),
     /// Print a kubeconfig that points kubectl at a Flotilla API server.
     Kubeconfig(KubeconfigArgs),
     /// Run a benchmark of Flotilla beside a real peer and record it in BENCHMARKS.md.
@@ -123,21 +127,8 @@ struct ServerArgs {
     /// each. Without any, this server is a cluster of one.
     #[arg(long = "peer", value_name = "ID=HOST:PORT", value_parser = parse_peer)]
     peers: Vec<PeerSpec>,
-    /// Raft tick interval in milliseconds (elections time out after 10 ticks).
-    #[arg(long, default_value_t = 100)]
-    tick_ms: u64,
-    /// How long a node may go without renewing its lease before it is
-    /// marked NotReady (kube-controller-manager's flag of the same name).
-    #[arg(long, default_value = "50s", value_parser = cli::duration::parse_duration)]
-    node_monitor_grace_period: std::time::Duration,
-    /// How long pods stay on an unreachable node before they are evicted
-    /// and replaced (Kubernetes' default toleration of 300 s).
-    #[arg(long, default_value = "300s", value_parser = cli::duration::parse_duration)]
-    pod_eviction_timeout: std::time::Duration,
-    /// How long the controllers' leader may go unrenewed before another
-    /// server takes over (kube-controller-manager's --leader-elect-lease-duration).
-    #[arg(long, default_value = "15s", value_parser = cli::duration::parse_duration)]
-    leader_elect_lease_duration: std::time::Duration,
+    #[command(flatten)]
+    timings: ControlTimings,
     /// Where Services' ClusterIPs come from (kube-apiserver's
     /// --service-cluster-ip-range). Every server must be given the same.
     #[arg(long, default_value_t = flotilla_control::api::services::SERVICE_CIDR_DEFAULT)]
@@ -155,6 +146,67 @@ struct ServerArgs {
     /// (kube-controller-manager's --node-cidr-mask-size).
     #[arg(long, default_value_t = flotilla_control::controllers::ipam::NODE_MASK_DEFAULT)]
     node_cidr_mask_size: u8,
+}
+
+/// Kubernetes' control-plane timings (kube-controller-manager's flags of
+/// the same names), shared by `flotilla server` and `flotilla up`; tests
+/// shorten them.
+#[derive(Args, Debug, Clone)]
+struct ControlTimings {
+    /// Raft tick interval in milliseconds (elections time out after 10 ticks).
+    #[arg(long, default_value_t = 100)]
+    tick_ms: u64,
+    /// How long a node may go without renewing its lease before it is
+    /// marked NotReady (kube-controller-manager's flag of the same name).
+    #[arg(long, default_value = "50s", value_parser = cli::duration::parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
+    /// How long pods stay on an unreachable node before they are evicted
+    /// and replaced (Kubernetes' default toleration of 300 s).
+    #[arg(long, default_value = "300s", value_parser = cli::duration::parse_duration)]
+    pod_eviction_timeout: std::time::Duration,
+    /// How long the controllers' leader may go unrenewed before another
+    /// server takes over (kube-controller-manager's --leader-elect-lease-duration).
+    #[arg(long, default_value = "15s", value_parser = cli::duration::parse_duration)]
+    leader_elect_lease_duration: std::time::Duration,
+}
+
+impl ControlTimings {
+    /// The controllers' configuration, as candidate `identity`.
+    fn controllers(&self, identity: String) -> flotilla_control::controllers::ControllersConfig {
+        flotilla_control::controllers::ControllersConfig {
+            identity,
+            election: election_config(self.leader_elect_lease_duration),
+            nodes: flotilla_control::controllers::nodes::NodeTimings {
+                grace: self.node_monitor_grace_period,
+                eviction: self.pod_eviction_timeout,
+                // Looked at five times per grace period, at most every 5 s.
+                monitor_period: (self.node_monitor_grace_period / 5).clamp(
+                    std::time::Duration::from_millis(50),
+                    std::time::Duration::from_secs(5),
+                ),
+            },
+            job_backoff: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+/// How often a node reports to the API server, shared by `flotilla agent`
+/// and `flotilla up`.
+#[derive(Args, Debug, Clone)]
+struct NodeIntervals {
+    /// Seconds between renewals of the node's lease.
+    #[arg(long, default_value_t = flotilla_node::agent::LEASE_RENEW_INTERVAL_SECS_DEFAULT)]
+    lease_renew_secs: u64,
+    /// Seconds between node status heartbeats.
+    #[arg(long, default_value_t = flotilla_node::agent::NODE_STATUS_INTERVAL_SECS_DEFAULT)]
+    node_status_secs: u64,
+}
+
+impl NodeIntervals {
+    fn apply(&self, config: &mut flotilla_node::agent::AgentConfig) {
+        config.lease_renew_interval = std::time::Duration::from_secs(self.lease_renew_secs);
+        config.node_status_interval = std::time::Duration::from_secs(self.node_status_secs);
+    }
 }
 
 #[derive(Args, Debug)]
@@ -202,6 +254,17 @@ struct AgentArgs {
     /// --nodeport-addresses). Defaults to --node-ip.
     #[arg(long)]
     node_port_address: Option<std::net::IpAddr>,
+    /// Where the Ingress gateway serves HTTP. Defaults to port 80 of
+    /// --node-ip.
+    #[arg(long)]
+    ingress_listen: Option<SocketAddr>,
+    /// Where the Ingress gateway serves HTTPS, with the certificates of
+    /// the Ingresses' TLS Secrets. Defaults to port 443 of --node-ip.
+    #[arg(long)]
+    ingress_https_listen: Option<SocketAddr>,
+    /// Run no Ingress gateway on this node.
+    #[arg(long, conflicts_with_all = ["ingress_listen", "ingress_https_listen"])]
+    no_ingress: bool,
     /// CPU the node offers, in millicores. Defaults to the host's CPUs.
     #[arg(long)]
     cpu_millis: Option<u64>,
@@ -211,12 +274,8 @@ struct AgentArgs {
     /// How many pods the node takes.
     #[arg(long, default_value_t = flotilla_node::agent::PODS_MAX_DEFAULT)]
     max_pods: u32,
-    /// Seconds between renewals of the node's lease.
-    #[arg(long, default_value_t = flotilla_node::agent::LEASE_RENEW_INTERVAL_SECS_DEFAULT)]
-    lease_renew_secs: u64,
-    /// Seconds between node status heartbeats.
-    #[arg(long, default_value_t = flotilla_node::agent::NODE_STATUS_INTERVAL_SECS_DEFAULT)]
-    node_status_secs: u64,
+    #[command(flatten)]
+    intervals: NodeIntervals,
 }
 
 #[derive(Args, Debug)]
@@ -248,10 +307,11 @@ fn main() -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    // A client's stderr is for its own messages: library logs only when
-    // they are warnings.
-    let client = matches!(cli.command, Command::Client(_));
-    init_tracing(if client { "warn" } else { "info" });
+    // A client's stderr is for its own messages, and `flotilla up`'s
+    // terminal for a newcomer's next steps: library logs only when they are
+    // warnings (RUST_LOG=info shows them all).
+    let quiet = matches!(cli.command, Command::Client(_) | Command::Up(_));
+    init_tracing(if quiet { "warn" } else { "info" });
     runtime.block_on(run(cli.command))
 }
 
@@ -271,6 +331,7 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Store(args) => run_store(args).await,
         Command::Server(args) => run_server(args).await,
         Command::Agent(args) => run_agent(args).await,
+        Command::Up(args) => up::run(args).await,
         Command::Kubeconfig(args) => {
             print!("{}", flotilla_control::kubeconfig(&args.server));
             Ok(())
@@ -345,7 +406,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         initial_members: peers,
         join: joining.is_some(),
         tls_dir,
-        tick_interval: std::time::Duration::from_millis(args.tick_ms),
+        tick_interval: std::time::Duration::from_millis(args.timings.tick_ms),
         ..MemberConfig::default()
     };
     let (api_tls, admin) = if args.plain_http {
@@ -399,45 +460,24 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     }
     // Every server is a candidate; the controllers run on the elected one.
     let controllers = server
-        .start_controllers_with(
-            flotilla_control::controllers::ControllersConfig {
-                identity: format!("server-{id}"),
-                election: election_config(args.leader_elect_lease_duration),
-                nodes: flotilla_control::controllers::nodes::NodeTimings {
-                    grace: args.node_monitor_grace_period,
-                    eviction: args.pod_eviction_timeout,
-                    // Looked at five times per grace period, at most every 5 s.
-                    monitor_period: (args.node_monitor_grace_period / 5).clamp(
-                        std::time::Duration::from_millis(50),
-                        std::time::Duration::from_secs(5),
-                    ),
-                },
-                job_backoff: std::time::Duration::from_secs(10),
-            },
-            ipam,
-        )
+        .start_controllers_with(args.timings.controllers(format!("server-{id}")), ipam)
         .await
         .context("starting the controllers")?;
     let kubeconfig = args.data_dir.join("kubeconfig");
     let address = server.api_address();
-    let (url, config) = match &admin {
+    let url = match &admin {
         Some(admin) => {
             let url = format!("https://{address}");
-            // For curl and other clients: ca.pem, admin.pem, admin.key.
-            admin
-                .save(&args.data_dir.join("admin"), "admin")
-                .context("writing the admin certificate")?;
-            let config = flotilla_control::tls::kubeconfig(&url, admin);
-            (url, config)
+            save_admin_kubeconfig(&args.data_dir, &url, admin)?;
+            url
         }
         None => {
             let url = format!("http://{address}");
-            let config = flotilla_control::kubeconfig(&url);
-            (url, config)
+            std::fs::write(&kubeconfig, flotilla_control::kubeconfig(&url))
+                .with_context(|| format!("writing {}", kubeconfig.display()))?;
+            url
         }
     };
-    std::fs::write(&kubeconfig, config)
-        .with_context(|| format!("writing {}", kubeconfig.display()))?;
     tracing::info!(
         api = %url,
         kubeconfig = %kubeconfig.display(),
@@ -461,6 +501,38 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     drop(controllers);
     server.shutdown().await;
     Ok(())
+}
+
+/// Writes the admin's certificate into `<data_dir>/admin/` (`ca.pem`,
+/// `admin.pem`, `admin.key`, for curl and other clients) and a kubeconfig
+/// holding it, for the server at `url`, into `<data_dir>/kubeconfig`;
+/// returns that file's path.
+fn save_admin_kubeconfig(
+    data_dir: &std::path::Path,
+    url: &str,
+    admin: &flotilla_control::tls::Credentials,
+) -> Result<PathBuf> {
+    admin
+        .save(&data_dir.join("admin"), "admin")
+        .context("writing the admin certificate")?;
+    let kubeconfig = data_dir.join("kubeconfig");
+    write_private(&kubeconfig, &flotilla_control::tls::kubeconfig(url, admin))?;
+    Ok(kubeconfig)
+}
+
+/// Writes `contents` into a file only its owner may read: a kubeconfig
+/// holds a private key.
+fn write_private(path: &std::path::Path, contents: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Kubernetes' election timings scaled to `lease`: renew deadline 2/3 of
@@ -582,8 +654,34 @@ async fn node_credentials(
     Ok((kubeconfig, tls))
 }
 
+/// Starts one node: its runtime, with pod data and compiled modules under
+/// `data_dir`, and the agent that connects it to the API through `client`.
+/// `flotilla agent` and `flotilla up` both start their node here, so
+/// everything a node runs is wired in this one place.
+async fn start_node(
+    config: flotilla_node::agent::AgentConfig,
+    client: kube::Client,
+    data_dir: &std::path::Path,
+) -> Result<flotilla_node::agent::Agent> {
+    // Modules come from the cluster's registry, by digest, cached on disk.
+    let source = flotilla_node::agent::RegistrySource::new(client.clone(), data_dir.join("blobs"))
+        .context("preparing the module cache")?;
+    // The pod network carries the guests' outgoing requests, so the
+    // runtime is made with it.
+    let network = flotilla_node::net::PodNetwork::new(config.node_name.clone());
+    let runtime = flotilla_node::NodeRuntime::with_outgoing_http(
+        flotilla_node::NodeConfig::new(data_dir),
+        std::sync::Arc::new(source),
+        std::sync::Arc::new(network.clone()),
+    )
+    .context("starting the node runtime")?;
+    flotilla_node::agent::Agent::start_with_network(config, client, runtime, Some(network))
+        .await
+        .context("starting the agent")
+}
+
 async fn run_agent(args: AgentArgs) -> Result<()> {
-    use flotilla_node::agent::{Agent, AgentConfig};
+    use flotilla_node::agent::AgentConfig;
     let node_name = match args.node_name.clone() {
         Some(name) => name,
         None => flotilla_node::agent::hostname().context("naming the node")?,
@@ -593,6 +691,11 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
     config.node_ip = args.node_ip.unwrap_or(args.kubelet_listen.ip());
     config.mesh_listen = args.mesh_listen.unwrap_or(args.kubelet_listen);
     config.node_port_address = args.node_port_address;
+    if !args.no_ingress {
+        let on = |port| std::net::SocketAddr::new(config.node_ip, port);
+        config.ingress_http_listen = Some(args.ingress_listen.unwrap_or(on(80)));
+        config.ingress_https_listen = Some(args.ingress_https_listen.unwrap_or(on(443)));
+    }
     if let Some(cpu_millis) = args.cpu_millis {
         config.capacity.cpu_millis = cpu_millis;
     }
@@ -600,8 +703,7 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
         config.capacity.memory_bytes = memory_mib.saturating_mul(1024 * 1024);
     }
     config.capacity.pods = args.max_pods;
-    config.lease_renew_interval = std::time::Duration::from_secs(args.lease_renew_secs);
-    config.node_status_interval = std::time::Duration::from_secs(args.node_status_secs);
+    args.intervals.apply(&mut config);
     let kubeconfig = match &args.server {
         Some(url) => {
             let (kubeconfig, tls) = node_credentials(&args, url, &config).await?;
@@ -613,22 +715,7 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
     let client = flotilla_node::agent::client_from_kubeconfig(&kubeconfig)
         .await
         .context("connecting to the API server")?;
-    // Modules come from the cluster's registry, by digest, cached on disk.
-    let source =
-        flotilla_node::agent::RegistrySource::new(client.clone(), args.data_dir.join("blobs"))
-            .context("preparing the module cache")?;
-    // The pod network carries the guests' outgoing requests, so the
-    // runtime is made with it.
-    let network = flotilla_node::net::PodNetwork::new(config.node_name.clone());
-    let runtime = flotilla_node::NodeRuntime::with_outgoing_http(
-        flotilla_node::NodeConfig::new(&args.data_dir),
-        std::sync::Arc::new(source),
-        std::sync::Arc::new(network.clone()),
-    )
-    .context("starting the node runtime")?;
-    let agent = Agent::start_with_network(config, client, runtime, Some(network))
-        .await
-        .context("starting the agent")?;
+    let agent = start_node(config, client, &args.data_dir).await?;
     tracing::info!(
         kubelet = %agent.kubelet_address(),
         "agent running; Ctrl-C stops it"

@@ -279,8 +279,9 @@ impl PodNetwork {
     }
 
     /// Binds the Ingress gateway: plain HTTP at `http`, HTTPS (with the
-    /// Ingresses' certificates, by SNI) at `https`. Returns the addresses
-    /// bound and the future that serves them until dropped.
+    /// Ingresses' certificates, by SNI) at `https`; an address that cannot
+    /// be bound is skipped with a warning. Returns the addresses bound and
+    /// the future that serves them until dropped.
     pub async fn bind_ingress(
         &self,
         http: Option<SocketAddr>,
@@ -295,7 +296,15 @@ impl PodNetwork {
             let Some(address) = address else {
                 continue;
             };
-            let listener = tokio::net::TcpListener::bind(address).await?;
+            // A gateway port taken (or privileged, for a user without the
+            // right) leaves the node running without it, as a NodePort does.
+            let listener = match tokio::net::TcpListener::bind(address).await {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::warn!(%address, %error, "cannot serve Ingresses here");
+                    continue;
+                }
+            };
             bound.push(listener.local_addr()?);
             let tls = secure.then(|| self.ingress_acceptor()).transpose()?;
             let network = self.clone();
