@@ -62,9 +62,14 @@ pub(crate) async fn run_probes(
             }
         };
         let liveness = async {
-            if let Some(liveness) = &container.liveness {
-                Prober::new(&send, &pod, index, liveness).until_dead().await;
-                pod.containers[index].restart.notify_one();
+            match &container.liveness {
+                Some(liveness) => {
+                    Prober::new(&send, &pod, index, liveness).until_dead().await;
+                    pod.containers[index].restart.notify_one();
+                }
+                // Without a liveness probe nothing ends the probing, so
+                // readiness goes on (ending here would stop it too).
+                None => std::future::pending().await,
             }
         };
         // Readiness never ends; liveness ends only when the container must restart.

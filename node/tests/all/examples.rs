@@ -1,5 +1,6 @@
-//! The examples' manifests run on the runtime: hello-http serves, job
-//! completes with its known result, and both report status as kubelet would.
+//! The examples' manifests run on the runtime: hello-http serves, the
+//! frontend becomes ready, job completes with its known result, and all
+//! report status as kubelet would.
 
 use serde_json::json;
 
@@ -46,6 +47,23 @@ async fn hello_http_serves_its_greeting_and_stops() {
         matches!(after, Err(flotilla_node::Error::ServiceUnavailable { .. })),
         "{after:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_frontend_becomes_ready_and_reports_a_refused_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path());
+    let pod = pod_from_manifest("frontend", "Deployment", "frontend-abc");
+    let handle = runtime.run_pod(&pod, &Default::default()).unwrap();
+    wait_until(&handle, "ready", |s| {
+        running(s, "frontend") && container(s, "frontend").ready
+    })
+    .await;
+    // Without a pod network, its call to the backend is refused, and it
+    // says so.
+    let (code, body) = get(&runtime, handle.uid(), 9090, "/").await.unwrap();
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("called http://hello-http.default/"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
