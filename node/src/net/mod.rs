@@ -661,17 +661,13 @@ impl PodNetwork {
     ) -> http::Response<ResponseBody> {
         let served = async {
             let runtime = self.runtime()?;
-            let route =
+            let (route, port) =
                 self.inner
                     .table
                     .service_by_node_port(node_port)
                     .ok_or(RouteError::NoPod {
                         address: SocketAddr::new(client.ip(), node_port),
                     })?;
-            let port = route
-                .node_port(node_port)
-                .map(|port| port.port)
-                .ok_or(RouteError::Stopped)?;
             self.to_service(&runtime, &route, port, Some(client.ip()), request)
                 .await
         };

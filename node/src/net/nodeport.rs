@@ -1,6 +1,8 @@
 //! NodePort listeners: for every nodePort of a NodePort or LoadBalancer
 //! Service, a real TCP listener on the node's address that routes into
-//! the Service wherever its pods run, as kube-proxy's rules do.
+//! the Service wherever its pods run, as kube-proxy's rules do; and for
+//! every port of a LoadBalancer Service too, since the nodes' addresses
+//! are the balancer's (`status.loadBalancer.ingress`), as with k3s.
 //!
 //! One task follows the routing table and opens or closes listeners as
 //! nodePorts come and go; each listener (`listen.rs`) hands every request

@@ -160,6 +160,9 @@ struct Tables {
     routes: HashMap<ObjectKey, Arc<ServiceRoute>>,
     by_cluster_ip: HashMap<IpAddr, ObjectKey>,
     by_node_port: HashMap<u16, ObjectKey>,
+    /// LoadBalancer Services by their ports, which every node also serves
+    /// (its address is the balancer's, as k3s's servicelb makes it).
+    by_balancer_port: HashMap<u16, ObjectKey>,
     nodes: BTreeMap<String, NodeRoute>,
 }
 
@@ -175,6 +178,11 @@ impl Tables {
             for node_port in old.ports.iter().filter_map(|port| port.node_port) {
                 if self.by_node_port.get(&node_port) == Some(key) {
                     self.by_node_port.remove(&node_port);
+                }
+            }
+            for port in old.ports.iter().map(|port| port.port) {
+                if self.by_balancer_port.get(&port) == Some(key) {
+                    self.by_balancer_port.remove(&port);
                 }
             }
         }
@@ -196,6 +204,15 @@ impl Tables {
         }
         for node_port in spec.ports.iter().filter_map(|port| port.node_port) {
             self.by_node_port.insert(node_port, key.clone());
+        }
+        if spec.kind == ServiceKind::LoadBalancer {
+            for port in spec.ports.iter().filter(|port| port.protocol == "TCP") {
+                // The first Service to claim a port keeps it, as a balancer
+                // address can front only one.
+                self.by_balancer_port
+                    .entry(port.port)
+                    .or_insert_with(|| key.clone());
+            }
         }
         let route = ServiceRoute {
             namespace: key.0.clone(),
@@ -373,18 +390,36 @@ impl RoutingTable {
         tables.routes.get(key).cloned()
     }
 
-    /// Every nodePort in use (by NodePort and LoadBalancer Services).
+    /// Every port a node listens on for Services: the nodePorts of
+    /// NodePort and LoadBalancer Services, and LoadBalancers' own ports.
     pub fn node_ports(&self) -> Vec<u16> {
-        let mut ports: Vec<u16> = self.read().by_node_port.keys().copied().collect();
+        let tables = self.read();
+        let mut ports: Vec<u16> = tables
+            .by_node_port
+            .keys()
+            .chain(tables.by_balancer_port.keys())
+            .copied()
+            .collect();
         ports.sort_unstable();
+        ports.dedup();
         ports
     }
 
-    /// The Service one of whose ports has `node_port`.
-    pub fn service_by_node_port(&self, node_port: u16) -> Option<Arc<ServiceRoute>> {
+    /// The Service a request arriving at a node's `port` is for, and the
+    /// Service port it means: by nodePort first, else a LoadBalancer's own
+    /// port.
+    pub fn service_by_node_port(&self, port: u16) -> Option<(Arc<ServiceRoute>, u16)> {
         let tables = self.read();
-        let key = tables.by_node_port.get(&node_port)?;
-        tables.routes.get(key).cloned()
+        if let Some(route) = tables
+            .by_node_port
+            .get(&port)
+            .and_then(|key| tables.routes.get(key))
+        {
+            let service_port = route.node_port(port)?.port;
+            return Some((route.clone(), service_port));
+        }
+        let route = tables.routes.get(tables.by_balancer_port.get(&port)?)?;
+        Some((route.clone(), port))
     }
 
     /// The node whose pod range holds `ip`.
@@ -576,7 +611,7 @@ endpoints:
         );
         assert_eq!(route.node_port(30080).map(|p| p.port), Some(80));
         assert_eq!(table.node_ports(), [30080]);
-        assert_eq!(table.service_by_node_port(30080).unwrap().name, "web");
+        assert_eq!(table.service_by_node_port(30080).unwrap().1, 80);
         assert_eq!(route.endpoints.len(), 2);
         assert_eq!(route.endpoints[0].port("http"), Some(8080));
         assert!(route.endpoints[0].ready && !route.endpoints[1].ready);
@@ -585,6 +620,26 @@ endpoints:
         assert!(table.service("shop", "web").unwrap().endpoints.is_empty());
         table.remove_service("shop", "web");
         assert!(table.service_at("10.96.0.10".parse().unwrap()).is_none());
+        assert!(table.node_ports().is_empty());
+    }
+
+    #[test]
+    fn a_load_balancer_is_served_on_its_ports_and_node_ports() {
+        let table = RoutingTable::default();
+        table.upsert_service(&service(
+            "
+metadata: {name: lb, namespace: shop}
+spec:
+  clusterIP: 10.96.0.11
+  type: LoadBalancer
+  ports: [{name: http, port: 8000, targetPort: 8080, nodePort: 30090}]
+",
+        ));
+        assert_eq!(table.node_ports(), [8000, 30090]);
+        let (route, port) = table.service_by_node_port(8000).unwrap();
+        assert_eq!((route.name.as_str(), port), ("lb", 8000));
+        assert_eq!(table.service_by_node_port(30090).unwrap().1, 8000);
+        table.remove_service("shop", "lb");
         assert!(table.node_ports().is_empty());
     }
 
