@@ -88,8 +88,8 @@ impl Cluster {
         cluster
     }
 
-    /// Runs `flotilla ARGS --kubeconfig …` with `input` on stdin.
-    async fn flotilla(&self, args: &[&str], input: Option<&str>) -> Output {
+    /// `flotilla ARGS --kubeconfig …`, output piped, killed when dropped.
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
         command
             .args(args)
@@ -97,14 +97,19 @@ impl Cluster {
             .arg(&self.kubeconfig)
             .env_remove("KUBECONFIG")
             .current_dir(self.dir.path())
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        command
+    }
+
+    /// Runs `flotilla ARGS --kubeconfig …` with `input` on stdin.
+    async fn flotilla(&self, args: &[&str], input: Option<&str>) -> Output {
+        let mut command = self.command(args);
+        if input.is_some() {
+            command.stdin(Stdio::piped());
+        }
         let mut child = command.spawn().unwrap();
         if let Some(input) = input {
             let mut stdin = child.stdin.take().unwrap();
@@ -493,5 +498,183 @@ async fn rollout_status_history_undo_and_describe_with_the_controllers() {
         .await;
     assert!(status.contains("NotFound"), "{status}");
     kubelet.abort();
+    cluster.stop().await;
+}
+
+/// The next line a running `flotilla` printed; fails after [`WAIT`].
+async fn next_line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> String {
+    tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("no line in time")
+        .unwrap()
+        .expect("the output ended")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_watch_prints_the_table_then_a_row_per_change() {
+    use tokio::io::AsyncBufReadExt;
+    let cluster = Cluster::start().await;
+    let file = cluster.write("web.yaml", MANIFEST);
+    cluster.ok(&["apply", "-f", &file]).await;
+    let mut watch = cluster
+        .command(&["get", "configmaps", "-l", "app=web", "-w"])
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    let header = next_line(&mut lines).await;
+    let columns: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(columns, ["NAME", "DATA", "AGE"], "{header}");
+    let listed = next_line(&mut lines).await;
+    assert!(listed.starts_with("settings "), "{listed}");
+    // The data column lines up under its header.
+    assert_eq!(listed.find('2'), header.find("DATA"), "{header}\n{listed}");
+
+    // Changes after the listing, and only those the selector matches.
+    let maps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), "default");
+    let config_map = |name: &str, labels: Value| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap()
+    };
+    let create = kube::api::PostParams::default();
+    maps.create(&create, &config_map("unlabelled", json!({})))
+        .await
+        .unwrap();
+    maps.create(
+        &create,
+        &config_map("a-much-longer-name", json!({"app": "web"})),
+    )
+    .await
+    .unwrap();
+    let added = next_line(&mut lines).await;
+    assert!(added.starts_with("a-much-longer-name   0 "), "{added}");
+    maps.delete("settings", &Default::default()).await.unwrap();
+    let deleted = next_line(&mut lines).await;
+    assert!(deleted.starts_with("settings             2 "), "{deleted}");
+    watch.kill().await.unwrap();
+
+    let several = cluster.fails(&["get", "deploy,cm", "-w"]).await;
+    assert!(several.contains("-w watches one kind"), "{several}");
+    cluster.stop().await;
+}
+
+/// Answers every request with its own path, as an agent's log endpoint
+/// answers with a log: enough to tell which pod's log the API asked for.
+async fn spawn_fake_log_endpoint() -> (u16, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16_384 {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => request.extend_from_slice(&buffer[..read]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request);
+                let path = text.split_whitespace().nth(1).unwrap_or_default();
+                let body = format!("{path}\n");
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_of_a_workload_read_the_pod_kubectl_would_choose() {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{Patch, PatchParams, PostParams};
+    let cluster = Cluster::start().await;
+    let (port, endpoint) = spawn_fake_log_endpoint().await;
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": "fake-node"}})).unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    let status = json!({"status": {
+        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+    }});
+    nodes
+        .patch_status("fake-node", &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap();
+    let file = cluster.write("web.yaml", MANIFEST);
+    cluster.ok(&["apply", "-f", &file]).await;
+
+    // Two pods the Deployment's selector matches: one waiting for a node,
+    // one running and ready on the fake node (the one to read); and one it
+    // does not match.
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    for (name, app, node) in [
+        ("web-waiting", "web", None),
+        ("web-running", "web", Some("fake-node")),
+        ("other", "other", Some("fake-node")),
+    ] {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": app}},
+            "spec": {"nodeName": node, "containers": [{"name": "web", "image": "hello:1.0"}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    let running = json!({"status": {"phase": "Running", "conditions": [
+        {"type": "Ready", "status": "True"}
+    ]}});
+    pods.patch_status(
+        "web-running",
+        &PatchParams::default(),
+        &Patch::Merge(running),
+    )
+    .await
+    .unwrap();
+
+    let output = cluster.flotilla(&["logs", "deploy/web"], None).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(stdout, "/containerLogs/default/web-running/web\n");
+    assert_eq!(stderr, "Found 2 pods, using pod/web-running\n");
+    for named in ["deployment.apps/web", "pod/web-running"] {
+        let output = cluster
+            .flotilla(&["logs", named, "--tail", "5"], None)
+            .await;
+        assert!(output.status.success(), "{output:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            "/containerLogs/default/web-running/web?tailLines=5\n"
+        );
+        assert!(
+            output.stderr.is_empty() || named.starts_with("deployment"),
+            "{output:?}"
+        );
+    }
+    let missing = cluster.fails(&["logs", "deploy/absent"]).await;
+    assert!(
+        missing.contains("Error from server (NotFound)"),
+        "{missing}"
+    );
+    let lonely = MANIFEST
+        .split("---")
+        .nth(1)
+        .unwrap()
+        .replace("web", "lonely");
+    cluster
+        .ok_with_input(&["apply", "-f", "-"], Some(&lonely))
+        .await;
+    let nothing = cluster.fails(&["logs", "deployment/lonely"]).await;
+    assert!(
+        nothing.contains("no pods found for deployment.apps/lonely (selector app=lonely)"),
+        "{nothing}"
+    );
+    endpoint.abort();
     cluster.stop().await;
 }

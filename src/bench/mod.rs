@@ -13,6 +13,7 @@ mod node_pods;
 mod process;
 mod report;
 mod scheduler;
+mod startup;
 mod store;
 
 use anyhow::Result;
@@ -37,6 +38,11 @@ pub enum BenchCommand {
     /// 1,000 and 5,000 simulated nodes, 10,000 and 50,000 pending pods,
     /// every binding persisted through raft-store.
     Scheduler(scheduler::SchedulerBenchArgs),
+    /// A 1,000-replica Deployment of examples/hello-http on one `flotilla
+    /// server` and two `flotilla agent` processes: create to all ready, and
+    /// each pod's ADDED to Running and Ready (p50, p99), against
+    /// Kubernetes' pod-startup SLO.
+    Startup(startup::StartupBenchArgs),
 }
 
 pub async fn run(command: BenchCommand) -> Result<()> {
@@ -45,5 +51,6 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Node(args) => node::run(args).await,
         BenchCommand::Api(args) => api::run(args).await,
         BenchCommand::Scheduler(args) => scheduler::run(args).await,
+        BenchCommand::Startup(args) => startup::run(args).await,
     }
 }

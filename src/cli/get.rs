@@ -2,9 +2,18 @@
 //! `kubectl get` prints), or as YAML, JSON or names. The columns are the
 //! server's (`control/src/api/table.rs`); this file only asks for them and
 //! lays them out. It knows nothing of any kind's fields.
+//!
+//! `-w` prints the table, then a row for each change. The server serves
+//! Tables for lists and gets but not for watches, so each change's row is
+//! the server's Table of that one object, fetched when the watch reports
+//! it; a deleted object's row is the last one printed for it.
+
+use std::collections::HashMap;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use kube::api::ListParams;
+use futures::TryStreamExt;
+use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::core::{DynamicObject, ObjectList};
 use serde_json::Value;
 
@@ -15,6 +24,15 @@ use super::session::{ClientArgs, Session};
 /// Objects per list request: kubectl's chunk size, so a large collection
 /// comes in bounded pieces.
 pub const LIST_PAGE_OBJECTS: u32 = 500;
+
+/// How long the server keeps one watch request open before it ends it and
+/// the watch is made again from where it stopped (kube-rs's and client-go's
+/// usual bound, under their 295 s limit).
+const WATCH_TIMEOUT_SECS: u32 = 290;
+/// How long a watch may stay silent past [`WATCH_TIMEOUT_SECS`] before its
+/// connection is taken for lost (kube-rs sets no read timeout) and the
+/// watch is made again.
+const WATCH_SILENCE_GRACE: Duration = Duration::from_secs(30);
 
 /// The media type that asks the API server for a Table.
 const TABLE_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
@@ -31,7 +49,8 @@ const TABLE_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
   flotilla get deploy,svc -l app=web
   flotilla get all
   flotilla get pods -A -o wide
-  flotilla get deployment/web service/web -o name")]
+  flotilla get deployment/web service/web -o name
+  flotilla get pods -w")]
 pub struct Args {
     /// KIND[,KIND…] [NAME…], or KIND/NAME…
     #[arg(required = true, value_name = "KIND [NAME]")]
@@ -45,6 +64,9 @@ pub struct Args {
     /// Output format; a table when not given.
     #[arg(short, long, value_enum)]
     pub output: Option<Format>,
+    /// After the table, print a row for each change, until Ctrl-C.
+    #[arg(short, long)]
+    pub watch: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -68,6 +90,16 @@ pub async fn run(args: Args) -> Result<()> {
         selector: args.selector.as_deref(),
     };
     match args.output {
+        None | Some(Format::Wide) if args.watch => {
+            let [(resource, names)] = resolved.as_slice() else {
+                bail!("-w watches one kind; name one kind (`get pods -w`)");
+            };
+            if names.len() > 1 {
+                bail!("-w watches one object or all of a kind; name at most one");
+            }
+            watch(&query, resource, names, args.output == Some(Format::Wide)).await
+        }
+        Some(_) if args.watch => bail!("-w prints table rows; leave out -o, or use -o wide"),
         None | Some(Format::Wide) => {
             let wide = args.output == Some(Format::Wide);
             let several = resolved.len() > 1;
@@ -161,6 +193,29 @@ impl Query<'_> {
         Ok(tables)
     }
 
+    /// The server's Table row of one object in `namespace`, laid out as
+    /// `get` prints it; `None` when the object is gone.
+    async fn row(
+        &self,
+        resource: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        wide: bool,
+    ) -> Result<Option<Vec<String>>> {
+        let one = Query {
+            session: self.session,
+            namespace: namespace.or(self.namespace),
+            selector: None,
+        };
+        let table = match one.table(resource, &[name.to_owned()]).await {
+            Ok(table) => table,
+            Err(error) if is_not_found(&error) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let across = self.namespace.is_none() && resource.namespaced;
+        Ok(layout(&table, wide, across, None).and_then(|(_, rows)| rows.into_iter().next()))
+    }
+
     async fn table_request(
         &self,
         request: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
@@ -217,16 +272,168 @@ async fn tables(
     Ok(())
 }
 
-/// The header and rows of a kind's Table pages; `None` when there are no
-/// rows. `across` adds the NAMESPACE column; `prefix` names rows
-/// `kind.group/name`.
-fn layout(
-    pages: &[Value],
-    wide: bool,
-    across: bool,
-    prefix: Option<&str>,
-) -> Option<(Vec<String>, Vec<Vec<String>>)> {
-    let definitions = pages.first()?["columnDefinitions"].as_array()?;
+/// `get -w`: the table (or nothing yet, when empty), then one row per
+/// change as the watch reports it, until the user stops it. Each watch
+/// request ends after [`WATCH_TIMEOUT_SECS`] and is made again from the
+/// last version seen, so no change between two requests is missed.
+async fn watch(query: &Query<'_>, resource: &Resource, names: &[String], wide: bool) -> Result<()> {
+    let pages = query.table(resource, names).await?;
+    let mut resource_version = pages
+        .last()
+        .and_then(|page| page["metadata"]["resourceVersion"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let across = query.namespace.is_none() && resource.namespaced;
+    let first = pages.first().context("the server sent no Table")?;
+    let mut rows = WatchRows::new(header(first, wide, across).1);
+    match layout(&pages, wide, across, None) {
+        Some((_, listed)) => {
+            let keys = pages
+                .iter()
+                .flat_map(|page| page["rows"].as_array().into_iter().flatten())
+                .map(|row| key_of(&row["object"]));
+            rows.print_table(keys.zip(listed).collect())?;
+        }
+        None => match query.namespace {
+            Some(namespace) => eprintln!("No resources found in {namespace} namespace."),
+            None => eprintln!("No resources found"),
+        },
+    }
+    let api = resource.api(&query.session.client, query.namespace);
+    let mut params = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
+    if let Some(selector) = query.selector {
+        params = params.labels(selector);
+    }
+    if let Some(name) = names.first() {
+        params = params.fields(&format!("metadata.name={name}"));
+    }
+    let what = || format!("watching {}", resource.api.plural);
+    let silence = Duration::from_secs(WATCH_TIMEOUT_SECS.into()) + WATCH_SILENCE_GRACE;
+    loop {
+        let mut events = Box::pin(
+            api.watch(&params, &resource_version)
+                .await
+                .with_context(what)?,
+        );
+        // Ended by the server at its timeout, or taken for lost when
+        // silent past it: either way, watched again from where it stopped.
+        while let Ok(event) = tokio::time::timeout(silence, events.try_next()).await {
+            let Some(event) = event.with_context(what)? else {
+                break;
+            };
+            let (object, deleted) = match event {
+                WatchEvent::Added(object) | WatchEvent::Modified(object) => (object, false),
+                WatchEvent::Deleted(object) => (object, true),
+                WatchEvent::Bookmark(bookmark) => {
+                    resource_version = bookmark.metadata.resource_version;
+                    continue;
+                }
+                // Most often 410 Gone: the version to resume from was
+                // compacted away, and only a new `get -w` can start over.
+                WatchEvent::Error(status) => {
+                    return Err(kube::Error::Api(status)).with_context(what);
+                }
+            };
+            if let Some(version) = &object.metadata.resource_version {
+                resource_version.clone_from(version);
+            }
+            let key = (object.metadata.namespace, object.metadata.name);
+            let row = match (deleted, &key.1) {
+                (false, Some(name)) => query.row(resource, key.0.as_deref(), name, wide).await?,
+                _ => None,
+            };
+            rows.print_change(key, row)?;
+        }
+    }
+}
+
+/// An object's namespace and name, the key its last row is kept under.
+type ObjectKey = (Option<String>, Option<String>);
+
+fn key_of(object: &Value) -> ObjectKey {
+    let field = |name: &str| object["metadata"][name].as_str().map(str::to_owned);
+    (field("namespace"), field("name"))
+}
+
+/// What `get -w` has printed: the header (once), the column widths so far
+/// (rows stay under their headers as cells widen), and the last row of
+/// each object, which is what its deletion prints.
+struct WatchRows {
+    header: Vec<String>,
+    header_printed: bool,
+    widths: Vec<usize>,
+    last: HashMap<ObjectKey, Vec<String>>,
+}
+
+impl WatchRows {
+    fn new(header: Vec<String>) -> WatchRows {
+        WatchRows {
+            widths: header.iter().map(|cell| cell.chars().count()).collect(),
+            header,
+            header_printed: false,
+            last: HashMap::new(),
+        }
+    }
+
+    /// The header and the listed rows, aligned as `get` prints them.
+    fn print_table(&mut self, rows: Vec<(ObjectKey, Vec<String>)>) -> Result<()> {
+        let (keys, rows): (Vec<ObjectKey>, Vec<Vec<String>>) = rows.into_iter().unzip();
+        for row in &rows {
+            self.widen(row);
+        }
+        print(output::table(&self.header, &rows))?;
+        self.header_printed = true;
+        self.last.extend(keys.into_iter().zip(rows));
+        Ok(())
+    }
+
+    /// Prints an object's row after a change: `row` when it was read,
+    /// else (deleted, or gone before it was read) the last one printed.
+    /// The first row of a watch that began empty comes under the header.
+    fn print_change(&mut self, key: ObjectKey, row: Option<Vec<String>>) -> Result<()> {
+        let Some(row) = row.or_else(|| self.last.remove(&key)) else {
+            return Ok(());
+        };
+        if !self.header_printed {
+            return self.print_table(vec![(key, row)]);
+        }
+        self.widen(&row);
+        // The header padded to the widths so far stands in for the rows
+        // printed before, so the table's own layout aligns the new row.
+        let padded: Vec<String> = self
+            .header
+            .iter()
+            .zip(&self.widths)
+            .map(|(cell, &width)| format!("{cell:<width$}"))
+            .collect();
+        let text = output::table(&padded, std::slice::from_ref(&row));
+        let line = text.lines().nth(1).unwrap_or_default();
+        print(format!("{line}\n"))?;
+        self.last.insert(key, row);
+        Ok(())
+    }
+
+    fn widen(&mut self, row: &[String]) {
+        for (width, cell) in self.widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+}
+
+/// Whether the API answered 404: the object is gone.
+fn is_not_found(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(cause.downcast_ref::<kube::Error>(), Some(kube::Error::Api(status)) if status.code == 404)
+    })
+}
+
+/// The Table columns shown (their indices) and their header: priority 0
+/// columns, or all of them when `wide`; NAMESPACE first when `across`.
+fn header(page: &Value, wide: bool, across: bool) -> (Vec<usize>, Vec<String>) {
+    let definitions = page["columnDefinitions"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let shown: Vec<usize> = (0..definitions.len())
         .filter(|&index| wide || definitions[index]["priority"].as_i64().unwrap_or(0) == 0)
         .collect();
@@ -239,7 +446,27 @@ fn layout(
                 .to_uppercase()
         })
         .collect();
-    let name_column = header.iter().position(|name| name == "NAME");
+    if across {
+        header.insert(0, "NAMESPACE".into());
+    }
+    (shown, header)
+}
+
+/// The header and rows of a kind's Table pages; `None` when there are no
+/// rows. `across` adds the NAMESPACE column; `prefix` names rows
+/// `kind.group/name`.
+fn layout(
+    pages: &[Value],
+    wide: bool,
+    across: bool,
+    prefix: Option<&str>,
+) -> Option<(Vec<String>, Vec<Vec<String>>)> {
+    let (shown, header) = header(pages.first()?, wide, across);
+    // The NAME column's place in a row before NAMESPACE goes in front.
+    let name_column = header
+        .iter()
+        .skip(usize::from(across))
+        .position(|name| name == "NAME");
     let mut rows = Vec::new();
     for row in pages
         .iter()
@@ -266,9 +493,6 @@ fn layout(
     }
     if rows.is_empty() {
         return None;
-    }
-    if across {
-        header.insert(0, "NAMESPACE".into());
     }
     Some((header, rows))
 }
