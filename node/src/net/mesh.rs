@@ -35,10 +35,11 @@ pub const MESH_ALPN: &[u8] = b"flotilla-mesh/1";
 /// the mesh's backpressure towards a busy node.
 const STREAMS_PER_CONNECTION_MAX: u32 = 4096;
 /// A connection with no traffic and no answered keep-alive for this long
-/// is dead: its node is gone or cut off.
-const IDLE_TIMEOUT_MS: u64 = 10_000;
+/// is dead: its node is gone or cut off. Short, because requests on a dead
+/// connection wait this long before they go to another endpoint.
+const IDLE_TIMEOUT_MS: u64 = 6_000;
 /// Keep-alives well inside the idle timeout.
-const KEEP_ALIVE_INTERVAL_MS: u64 = 2_000;
+const KEEP_ALIVE_INTERVAL_MS: u64 = 1_500;
 /// A handshake slower than this fails, so a dead node is noticed at once
 /// rather than after the idle timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -90,6 +91,12 @@ pub enum MeshError {
 }
 
 impl MeshError {
+    /// Whether the connection broke or went silent after the request was
+    /// sent (a node that died or was cut off).
+    pub fn connection_lost(&self) -> bool {
+        matches!(self, MeshError::Exchange { .. } | MeshError::Timeout { .. })
+    }
+
     /// Whether the request never left, so sending it elsewhere cannot
     /// run it twice.
     pub fn not_sent(&self) -> bool {

@@ -134,6 +134,13 @@ impl RouteError {
         }
     }
 
+    /// Whether the connection to the serving node was lost mid-request
+    /// (it may have been served, so only an idempotent request may go
+    /// again).
+    fn connection_lost(&self) -> bool {
+        matches!(self, RouteError::Mesh(error) if error.connection_lost())
+    }
+
     /// What the calling guest sees (`wasi:http`'s error codes).
     fn into_wasi(self) -> wasmtime_wasi_http::Error {
         use wasmtime_wasi_http::Error as E;
@@ -472,10 +479,15 @@ impl PodNetwork {
             };
             let target = SocketAddr::new(endpoint.ip, target_port);
             match self.to_pod(runtime, target, client, attempt).await {
+                // Only requests that can be replayed (idempotent, no body)
+                // go again: one that was not served, or whose connection
+                // was lost, which for an idempotent request is as safe.
                 Err(error)
-                    if error.not_served() && replay.is_some() && tried.len() < RETRIES_MAX =>
+                    if (error.not_served() || error.connection_lost())
+                        && replay.is_some()
+                        && tried.len() < RETRIES_MAX =>
                 {
-                    tracing::info!(%error, %target, "endpoint did not serve; trying another");
+                    tracing::info!(%error, %target, "endpoint did not answer; trying another");
                     self.inner.metrics.retry();
                     tried.push(endpoint.ip);
                 }
@@ -611,7 +623,7 @@ impl PodNetwork {
             .instrument(tracing::debug_span!("mesh_send", node = %node.name, %target))
             .await;
         if let Err(error) = &sent
-            && error.not_sent()
+            && (error.not_sent() || error.connection_lost())
         {
             self.mark_unreachable(&node.name);
         }
