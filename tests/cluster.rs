@@ -316,6 +316,11 @@ async fn four_on_both_agents(cluster: &Cluster, client: &kube::Client) {
 /// GETs `/` from `address` over HTTP/1.1 as curl would; the status and
 /// body, or why it failed.
 fn http_get(address: &str) -> Result<(u16, String), String> {
+    http_get_as(address, address, "/")
+}
+
+/// GETs `path` from `address` naming `host`, as `curl -H 'Host: …'` would.
+fn http_get_as(address: &str, host: &str, path: &str) -> Result<(u16, String), String> {
     use std::io::Read;
     let mut stream = std::net::TcpStream::connect(address).map_err(|e| e.to_string())?;
     stream
@@ -323,7 +328,7 @@ fn http_get(address: &str) -> Result<(u16, String), String> {
         .map_err(|e| e.to_string())?;
     write!(
         stream,
-        "GET / HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| e.to_string())?;
     let mut answer = String::new();
@@ -337,6 +342,25 @@ fn http_get(address: &str) -> Result<(u16, String), String> {
         .ok_or_else(|| format!("not an HTTP answer: {answer:?}"))?;
     let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
     Ok((status, body.to_owned()))
+}
+
+/// GETs until the answer satisfies `check`, for at most `WAIT` (the
+/// agents' tables follow the API a moment behind).
+fn get_until(address: &str, host: &str, path: &str, check: impl Fn(u16, &str) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answer = http_get_as(address, host, path);
+        if let Ok((status, body)) = &answer
+            && check(*status, body)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET {host}{path} at {address}: {answer:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The pod named in hello-http's greeting (`… pod=<name> path=/`).
@@ -527,6 +551,40 @@ async fn a_three_server_two_agent_cluster_runs_scales_and_survives_kills() {
         "undone to the first release"
     );
 
+    // The multi-service example: the frontend calls hello-http by its
+    // name, across agents, through either agent's NodePort and through
+    // the Ingress gateway; its NetworkPolicy lets it call nothing else.
+    let frontend = guests.module("frontend").unwrap();
+    cluster.flotilla(&["push", &frontend.display().to_string(), "frontend:0.1.0"]);
+    let frontend_manifest = repo.join("examples/frontend/k8s.yaml");
+    cluster.kubectl(
+        0,
+        &["apply", "-f", &frontend_manifest.display().to_string()],
+    );
+    cluster.kubectl(
+        0,
+        &["rollout", "status", "deployment/frontend", "--timeout=120s"],
+    );
+    let called = |status: u16, body: &str| {
+        status == 200 && body.contains("called http://hello-http.default/: 200 hello, flotilla!")
+    };
+    for index in 0..2 {
+        let node_port = format!("{}:30081", agent_ip(index));
+        get_until(&node_port, &node_port, "/", called);
+        let gateway = format!("{}:80", agent_ip(index));
+        get_until(&gateway, "frontend.flotilla.local", "/", called);
+    }
+    let node_port = format!("{}:30081", agent_ip(0));
+    get_until(
+        &node_port,
+        &node_port,
+        "/call?url=http://frontend.default/healthz",
+        |status, body| status == 502 && body.contains("HttpRequestDenied"),
+    );
+    // Its pods' CPU is needed for 8 hello-http replicas below.
+    let frontend_manifest = frontend_manifest.display().to_string();
+    cluster.kubectl(0, &["delete", "-f", &frontend_manifest, "--wait=true"]);
+
     cluster.kubectl(0, &["scale", "deployment/hello-http", "--replicas", "8"]);
     wait_pods(&client, "hello-http", "8 ready pods", |pods| {
         serving(pods).0 == 8
@@ -564,8 +622,11 @@ async fn a_three_server_two_agent_cluster_runs_scales_and_survives_kills() {
             .unwrap();
     }
 
-    // kill -9 of an agent: its pods are replaced on the other one.
+    // kill -9 of an agent: its pods are replaced on the other one, and
+    // calls through the survivor's NodePort go on meanwhile.
     four_on_both_agents(&cluster, &client).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loader = load(format!("{}:{NODE_PORT}", agent_ip(0)), stop.clone());
     cluster.agents[1].kill();
     wait_pods(
         &client,
@@ -574,6 +635,15 @@ async fn a_three_server_two_agent_cluster_runs_scales_and_survives_kills() {
         |pods| serving(pods) == (4, BTreeSet::from(["agent-0".into()])),
     )
     .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (answered, failures) = loader.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed while agent-1 died: {failures:?}",
+        failures.len(),
+        answered + failures.len()
+    );
+    assert!(answered > 0, "no request was answered while agent-1 died");
 
     // kill -9 of the raft leader: kubectl keeps working through another
     // server, and nothing written is lost.
