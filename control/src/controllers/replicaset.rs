@@ -34,6 +34,9 @@ use super::{Context, Error};
 /// Pods created or deleted per reconcile: a large scale-up proceeds in
 /// steps, each one seen by the next reconcile.
 const BURST_MAX: usize = 256;
+/// The first slow-start batch of pod creations (Kubernetes'
+/// `SlowStartInitialBatchSize`); each next batch is twice as large.
+const SLOW_START_INITIAL_BATCH: usize = 1;
 
 pub async fn run(client: kube::Client) {
     let sets = Api::<ReplicaSet>::all(client.clone());
@@ -115,27 +118,7 @@ async fn reconcile(set: Arc<ReplicaSet>, context: Arc<Context>) -> Result<Action
     if active.len() < wanted {
         let missing = (wanted - active.len()).min(BURST_MAX);
         let template = spec.template.clone().unwrap_or_default();
-        for _ in 0..missing {
-            let pod = super::pod_from_template(set.as_ref(), &uid, &template, None, []);
-            match pods_api.create(&PostParams::default(), &pod).await {
-                Ok(created) => {
-                    let message = format!("Created pod: {}", created.name_any());
-                    context
-                        .recorder
-                        .record(set.as_ref(), EventType::Normal, "SuccessfulCreate", message)
-                        .await;
-                    active.push(created);
-                }
-                Err(error) => {
-                    let message = format!("Error creating: {error}");
-                    context
-                        .recorder
-                        .record(set.as_ref(), EventType::Warning, "FailedCreate", message)
-                        .await;
-                    return Err(error.into());
-                }
-            }
-        }
+        active.extend(create_pods(&set, &uid, &template, &pods_api, &context, missing).await?);
     } else if active.len() > wanted {
         active.sort_by_key(deletion_rank);
         let surplus = (active.len() - wanted).min(BURST_MAX);
@@ -160,6 +143,60 @@ async fn reconcile(set: Arc<ReplicaSet>, context: Arc<Context>) -> Result<Action
         Some(wait) => Action::requeue(wait),
         None => Action::await_change(),
     })
+}
+
+/// Creates `count` pods from `template` in Kubernetes' slow-start batches:
+/// 1, 2, 4, … at once, so a template the API refuses fails after one
+/// attempt, while a good one reaches hundreds of pods in a few rounds
+/// rather than one write after another. Each pod's event is written beside
+/// its creation. The first failed batch ends the round with its error.
+async fn create_pods(
+    set: &ReplicaSet,
+    uid: &str,
+    template: &k8s_openapi::api::core::v1::PodTemplateSpec,
+    pods_api: &Api<Pod>,
+    context: &Context,
+    count: usize,
+) -> Result<Vec<Pod>, Error> {
+    let create_one = || async {
+        let pod = super::pod_from_template(set, uid, template, None, []);
+        match pods_api.create(&PostParams::default(), &pod).await {
+            Ok(created) => {
+                let message = format!("Created pod: {}", created.name_any());
+                context
+                    .recorder
+                    .record(set, EventType::Normal, "SuccessfulCreate", message)
+                    .await;
+                Ok(created)
+            }
+            Err(error) => {
+                let message = format!("Error creating: {error}");
+                context
+                    .recorder
+                    .record(set, EventType::Warning, "FailedCreate", message)
+                    .await;
+                Err(error)
+            }
+        }
+    };
+    let mut created = Vec::with_capacity(count);
+    let mut batch = SLOW_START_INITIAL_BATCH;
+    while created.len() < count {
+        let size = batch.min(count - created.len());
+        let outcomes = futures::future::join_all((0..size).map(|_| create_one())).await;
+        let mut failure = None;
+        for outcome in outcomes {
+            match outcome {
+                Ok(pod) => created.push(pod),
+                Err(error) => failure = Some(error),
+            }
+        }
+        if let Some(error) = failure {
+            return Err(error.into());
+        }
+        batch = batch.saturating_mul(2);
+    }
+    Ok(created)
 }
 
 /// Makes `set` the pod's controller; conditional on the version read.
