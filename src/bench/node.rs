@@ -20,7 +20,7 @@ use flotilla_node::NodeRuntime;
 
 use super::node_http::{self, HeyResult, PodListener, Tools, WasmtimeServe};
 use super::node_pods::{self, Latencies, PodFactory};
-use super::report;
+use super::{process, report};
 
 #[derive(Args, Debug)]
 pub struct NodeBenchArgs {
@@ -59,12 +59,7 @@ const SERVED_POD_NAME: &str = "hello-http-bench";
 
 pub async fn run(args: NodeBenchArgs) -> Result<()> {
     let tools = Tools::find()?;
-    let repo_root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| repo_root.join("target"), PathBuf::from);
-    eprintln!("building the guest examples");
-    let guests = flotilla_node::guests::build_examples(repo_root, &target_dir)?;
-    let module = guests.module("hello-http")?;
+    let (repo_root, module) = process::example_module("hello-http")?;
     let factory = PodFactory::new(repo_root, &module)?;
     let data_dir = node_pods::empty_dir(&args.data_dir)?.canonicalize()?;
 

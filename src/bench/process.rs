@@ -44,3 +44,17 @@ pub fn fresh_dir(dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir.canonicalize()?)
 }
+
+/// The repository root, and the example `name`'s module built for
+/// `wasm32-wasip2` (`examples/`, built as the tests build them, into the
+/// target directory).
+pub fn example_module(
+    name: &str,
+) -> anyhow::Result<(&'static std::path::Path, std::path::PathBuf)> {
+    let repo_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| repo_root.join("target"), std::path::PathBuf::from);
+    eprintln!("building the guest examples");
+    let guests = flotilla_node::guests::build_examples(repo_root, &target_dir)?;
+    Ok((repo_root, guests.module(name)?))
+}

@@ -90,12 +90,7 @@ const NAME: &str = "hello-http";
 const IMAGE: &str = "hello-http:0.1.0";
 
 pub async fn run(args: StartupBenchArgs) -> Result<()> {
-    let repo_root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| repo_root.join("target"), PathBuf::from);
-    eprintln!("building the guest examples");
-    let guests = flotilla_node::guests::build_examples(repo_root, &target_dir)?;
-    let module = guests.module("hello-http")?;
+    let (_, module) = process::example_module("hello-http")?;
     let data_dir = process::fresh_dir(&args.data_dir)?;
 
     let cluster = Cluster::start(&data_dir, &args).await?;
