@@ -16,6 +16,7 @@
 //! requests to pods elsewhere go over the mesh. It knows nothing of the API
 //! server: the agent feeds its table.
 
+mod affinity;
 mod egress;
 mod ingress;
 mod listen;
@@ -27,7 +28,6 @@ mod resolve;
 mod table;
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -215,6 +215,8 @@ struct NetworkInner {
     metrics: NetworkMetrics,
     /// Nodes the mesh failed to reach, and until when they are skipped.
     unreachable: Mutex<HashMap<String, Instant>>,
+    /// Which endpoint each client of a ClientIP-affinity Service sticks to.
+    affinity: affinity::Affinity,
 }
 
 impl PodNetwork {
@@ -228,6 +230,7 @@ impl PodNetwork {
                 mesh: OnceLock::new(),
                 metrics: NetworkMetrics::default(),
                 unreachable: Mutex::new(HashMap::new()),
+                affinity: affinity::Affinity::default(),
             }),
         }
     }
@@ -542,15 +545,17 @@ impl PodNetwork {
         if pool.is_empty() {
             return None;
         }
-        let index = match client.filter(|_| route.client_ip_affinity) {
-            Some(client) => {
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                client.hash(&mut hasher);
-                hasher.finish() as usize
-            }
-            None => route.next_index(),
-        };
-        let endpoint = pool[index % pool.len()];
+        let sticky = client.zip(route.client_ip_affinity);
+        let remembered = sticky.and_then(|(client, _)| {
+            let chosen = self.inner.affinity.get(route, client)?;
+            pool.iter().copied().find(|endpoint| endpoint.ip == chosen)
+        });
+        let endpoint = remembered.unwrap_or_else(|| pool[route.next_index() % pool.len()]);
+        if let Some((client, timeout)) = sticky {
+            self.inner
+                .affinity
+                .remember(route, client, endpoint.ip, timeout);
+        }
         self.inner.metrics.picked(here(&endpoint));
         Some((endpoint.clone(), target_port(endpoint)?))
     }
@@ -774,4 +779,81 @@ fn replayable(request: &http::Request<RequestBody>) -> Option<Replay> {
         version: request.version(),
         headers: request.headers().clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network(affinity: bool, endpoints: &[&str]) -> PodNetwork {
+        let network = PodNetwork::new("n1");
+        let affinity = if affinity {
+            "sessionAffinity: ClientIP, "
+        } else {
+            ""
+        };
+        let service = format!(
+            "{{metadata: {{name: web, namespace: x}}, spec: {{clusterIP: 10.96.0.9, {affinity}ports: [{{port: 80}}]}}}}"
+        );
+        network
+            .table()
+            .upsert_service(&serde_yaml::from_str(&service).unwrap());
+        let addresses = endpoints
+            .iter()
+            .map(|ip| format!("{{addresses: [{ip}], nodeName: n2}}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let slice = format!(
+            "{{metadata: {{name: web-1, namespace: x, labels: {{kubernetes.io/service-name: web}}}}, addressType: IPv4, ports: [{{port: 8080}}], endpoints: [{addresses}]}}"
+        );
+        network
+            .table()
+            .upsert_slice(&serde_yaml::from_str(&slice).unwrap());
+        network
+    }
+
+    fn pick(network: &PodNetwork, client: &str) -> String {
+        let route = network.table().service("x", "web").unwrap();
+        let client = client.parse().ok();
+        let (endpoint, port) = network.pick(&route, Some(""), 80, client, &[]).unwrap();
+        assert_eq!(port, 8080);
+        endpoint.ip.to_string()
+    }
+
+    #[test]
+    fn client_ip_affinity_keeps_a_client_on_its_endpoint_while_it_is_ready() {
+        let endpoints = ["10.240.4.2", "10.240.4.3", "10.240.4.4"];
+        let network = network(true, &endpoints);
+        let first = pick(&network, "192.0.2.1");
+        for _ in 0..5 {
+            assert_eq!(pick(&network, "192.0.2.1"), first);
+        }
+        let others: std::collections::BTreeSet<String> = (2..8)
+            .map(|client| pick(&network, &format!("192.0.2.{client}")))
+            .collect();
+        assert!(others.len() > 1, "new clients are spread: {others:?}");
+        // Its endpoint gone, the client gets another and keeps that one.
+        let left: Vec<&str> = endpoints.into_iter().filter(|ip| *ip != first).collect();
+        let network_after = network.clone();
+        let slice = format!(
+            "{{metadata: {{name: web-1, namespace: x, labels: {{kubernetes.io/service-name: web}}}}, addressType: IPv4, ports: [{{port: 8080}}], endpoints: [{{addresses: [{}]}}, {{addresses: [{}]}}]}}",
+            left[0], left[1]
+        );
+        network_after
+            .table()
+            .upsert_slice(&serde_yaml::from_str(&slice).unwrap());
+        let second = pick(&network_after, "192.0.2.1");
+        assert_ne!(second, first);
+        assert_eq!(pick(&network_after, "192.0.2.1"), second);
+    }
+
+    #[test]
+    fn without_affinity_one_client_goes_round_the_endpoints() {
+        let network = network(false, &["10.240.4.2", "10.240.4.3"]);
+        let picks: Vec<String> = (0..4).map(|_| pick(&network, "192.0.2.1")).collect();
+        assert_eq!(
+            picks,
+            ["10.240.4.2", "10.240.4.3", "10.240.4.2", "10.240.4.3"]
+        );
+    }
 }

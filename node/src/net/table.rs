@@ -23,6 +23,10 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// listens, at the Node's InternalIP.
 pub const MESH_PORT_ANNOTATION: &str = "flotilla.dev/mesh-port";
 
+/// How long a client sticks to its endpoint under `sessionAffinity:
+/// ClientIP` when the Service does not say: Kubernetes' default, 3 hours.
+pub const AFFINITY_TIMEOUT_SECS_DEFAULT: u64 = 10_800;
+
 /// `namespace/name` of an object.
 pub type ObjectKey = (String, String);
 
@@ -91,8 +95,9 @@ pub struct ServiceRoute {
     pub cluster_ip: Option<IpAddr>,
     pub kind: ServiceKind,
     pub ports: Vec<ServicePortRoute>,
-    /// `sessionAffinity: ClientIP`.
-    pub client_ip_affinity: bool,
+    /// `sessionAffinity: ClientIP`: how long a client sticks to the
+    /// endpoint it was given (`sessionAffinityConfig.clientIP.timeoutSeconds`).
+    pub client_ip_affinity: Option<std::time::Duration>,
     pub locality: Locality,
     pub endpoints: Vec<EndpointRoute>,
     /// Round-robin position over the endpoints.
@@ -148,7 +153,7 @@ struct ServiceSpec {
     cluster_ip: Option<IpAddr>,
     kind: ServiceKind,
     ports: Vec<ServicePortRoute>,
-    client_ip_affinity: bool,
+    client_ip_affinity: Option<std::time::Duration>,
     locality: Locality,
 }
 
@@ -492,7 +497,15 @@ fn service_spec(service: &Service) -> ServiceSpec {
         cluster_ip,
         kind,
         ports,
-        client_ip_affinity: spec.session_affinity.as_deref() == Some("ClientIP"),
+        client_ip_affinity: (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            let seconds = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|config| config.client_ip.as_ref()?.timeout_seconds)
+                .and_then(|seconds| u64::try_from(seconds).ok())
+                .unwrap_or(AFFINITY_TIMEOUT_SECS_DEFAULT);
+            std::time::Duration::from_secs(seconds)
+        }),
         locality,
     }
 }
@@ -703,6 +716,11 @@ spec: {clusterIP: 10.96.0.2, trafficDistribution: PreferClose, sessionAffinity: 
         assert!(a.is_headless());
         let b = table.service("x", "b").unwrap();
         assert_eq!(b.locality, Locality::PreferSameNode);
-        assert!(b.client_ip_affinity);
+        assert_eq!(
+            b.client_ip_affinity,
+            Some(std::time::Duration::from_secs(
+                AFFINITY_TIMEOUT_SECS_DEFAULT
+            ))
+        );
     }
 }
