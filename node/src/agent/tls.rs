@@ -3,20 +3,17 @@
 //! and answers only clients with a certificate from the same CA, which is
 //! what the API server presents when it proxies `kubectl logs`.
 //!
-//! This module knows TLS and the accept loop; what is served is `logs.rs`.
+//! This module knows TLS; the accept loop is `net/listen.rs`'s, what is
+//! served is `logs.rs`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use super::error::{AgentError, Result};
@@ -26,8 +23,6 @@ use super::error::{AgentError, Result};
 pub const KUBELET_SCHEME_ANNOTATION: &str = "flotilla.dev/kubelet-scheme";
 /// Connections served at once; more wait in the accept queue.
 const CONNECTIONS_MAX: usize = 256;
-/// A client that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The node's certificate, its key and the cluster CA, all PEM.
 #[derive(Clone)]
@@ -121,39 +116,6 @@ fn invalid(what: &str, error: &dyn std::fmt::Display) -> AgentError {
 
 /// Serves `router` over TLS on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, router: Router) {
-    let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "accepting a kubelet connection failed");
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
-        connections.spawn(async move {
-            let _permit = permit;
-            let stream =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(error)) => {
-                        tracing::debug!(%peer, %error, "TLS handshake refused");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-            let served = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
-            if let Err(error) = served {
-                tracing::debug!(%peer, %error, "kubelet connection ended");
-            }
-        });
-    }
+    let service = move |_| TowerToHyperService::new(router.clone());
+    crate::net::listen::serve_with(listener, Some(acceptor), CONNECTIONS_MAX, service).await;
 }

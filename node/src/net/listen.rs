@@ -34,10 +34,39 @@ pub(super) type Handler = Arc<
         + Sync,
 >;
 
-/// Serves `listener` until the task is dropped (which ends its
-/// connections too).
+/// Serves `listener` with `handler` until the task is dropped (which ends
+/// its connections too).
 pub(super) async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, handler: Handler) {
-    let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let service = move |client: SocketAddr| {
+        let handler = handler.clone();
+        hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let response = handler(client, request.map(crate::request_body));
+            async move { Ok::<_, std::convert::Infallible>(response.await) }
+        })
+    };
+    serve_with(listener, tls, CONNECTIONS_MAX, service).await;
+}
+
+/// Serves `listener` until the task is dropped, each connection (over TLS
+/// when `tls` is given; at most `connections_max` at once) with the
+/// service `service` makes for its client. The node's other HTTP
+/// endpoints (the kubelet's) share this loop.
+pub(crate) async fn serve_with<S, B>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    connections_max: usize,
+    service: impl Fn(SocketAddr) -> S,
+) where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let permits = Arc::new(Semaphore::new(connections_max));
     let mut connections = tokio::task::JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
@@ -52,21 +81,16 @@ pub(super) async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, handl
             }
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
         let tls = tls.clone();
+        let service = service(client);
         connections.spawn(async move {
             let _permit = permit;
-            let service =
-                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let response = handler(client, request.map(crate::request_body));
-                    async move { Ok::<_, std::convert::Infallible>(response.await) }
-                });
             let builder = auto::Builder::new(TokioExecutor::new());
             let served =
                 match tls {
                     None => {
                         builder
-                            .serve_connection(TokioIo::new(stream), service)
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
                             .await
                     }
                     Some(acceptor) => {
@@ -82,7 +106,7 @@ pub(super) async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, handl
                                 Err(_) => return,
                             };
                         builder
-                            .serve_connection(TokioIo::new(stream), service)
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
                             .await
                     }
                 };

@@ -19,7 +19,7 @@
 mod affinity;
 mod egress;
 mod ingress;
-mod listen;
+pub(crate) mod listen;
 mod mesh;
 mod metrics;
 mod nodeport;
