@@ -409,24 +409,44 @@ async fn ready_pod_names(client: &kube::Client) -> BTreeSet<String> {
         .collect()
 }
 
-/// Sends GETs to `address` one after another until told to stop; counts
-/// the answered and the failed ones (with the first failure).
-fn load(
-    address: String,
+/// A client sending GETs to an address one after another, from its start
+/// until `expect_no_failure`, counting the answered and failed ones.
+struct Load {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<(usize, Vec<String>)> {
-    std::thread::spawn(move || {
-        let mut answered = 0;
-        let mut failures = Vec::new();
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            match http_get(&address) {
-                Ok((200, _)) => answered += 1,
-                Ok((status, body)) => failures.push(format!("{status} {body}")),
-                Err(error) => failures.push(error),
+    thread: std::thread::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Load {
+    fn start(address: String) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut answered = 0;
+            let mut failures = Vec::new();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                match http_get(&address) {
+                    Ok((200, _)) => answered += 1,
+                    Ok((status, body)) => failures.push(format!("{status} {body}")),
+                    Err(error) => failures.push(error),
+                }
             }
-        }
-        (answered, failures)
-    })
+            (answered, failures)
+        });
+        Load { stop, thread }
+    }
+
+    /// Stops the client; fails unless every request `during` was answered.
+    fn expect_no_failure(self, during: &str) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (answered, failures) = self.thread.join().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} of {} requests failed {during}: {failures:?}",
+            failures.len(),
+            answered + failures.len()
+        );
+        assert!(answered > 0, "no request was answered {during}");
+    }
 }
 
 /// A module that behaves as `module` but has another digest: the same
@@ -502,8 +522,7 @@ async fn a_three_server_two_agent_cluster_runs_scales_and_survives_kills() {
     let release = new_release(&hello, cluster.root.path());
     cluster.flotilla(&["push", &release.display().to_string(), "hello-http:0.2.0"]);
     for image in ["hello-http:0.2.0", "undo"] {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let loader = load(format!("{}:{NODE_PORT}", agent_ip(0)), stop.clone());
+        let load = Load::start(format!("{}:{NODE_PORT}", agent_ip(0)));
         if image == "undo" {
             cluster.kubectl(0, &["rollout", "undo", "deployment/hello-http"]);
         } else {
@@ -526,15 +545,7 @@ async fn a_three_server_two_agent_cluster_runs_scales_and_survives_kills() {
                 "--timeout=120s",
             ],
         );
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let (answered, failures) = loader.join().unwrap();
-        assert!(
-            failures.is_empty(),
-            "{} of {} requests failed during {image}: {failures:?}",
-            failures.len(),
-            answered + failures.len()
-        );
-        assert!(answered > 0, "no request was answered during {image}");
+        load.expect_no_failure(&format!("during {image}"));
     }
     let image = cluster.kubectl(
         0,
@@ -625,8 +636,7 @@ async fn a_three_server_two_agent_cluster_runs_scales_and_survives_kills() {
     // kill -9 of an agent: its pods are replaced on the other one, and
     // calls through the survivor's NodePort go on meanwhile.
     four_on_both_agents(&cluster, &client).await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let loader = load(format!("{}:{NODE_PORT}", agent_ip(0)), stop.clone());
+    let load = Load::start(format!("{}:{NODE_PORT}", agent_ip(0)));
     cluster.agents[1].kill();
     wait_pods(
         &client,
@@ -635,15 +645,7 @@ async fn a_three_server_two_agent_cluster_runs_scales_and_survives_kills() {
         |pods| serving(pods) == (4, BTreeSet::from(["agent-0".into()])),
     )
     .await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (answered, failures) = loader.join().unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed while agent-1 died: {failures:?}",
-        failures.len(),
-        answered + failures.len()
-    );
-    assert!(answered > 0, "no request was answered while agent-1 died");
+    load.expect_no_failure("while agent-1 died");
 
     // kill -9 of the raft leader: kubectl keeps working through another
     // server, and nothing written is lost.
