@@ -636,7 +636,11 @@ async fn a_three_server_two_agent_cluster_runs_scales_and_survives_kills() {
     // kill -9 of an agent: its pods are replaced on the other one, and
     // calls through the survivor's NodePort go on meanwhile.
     four_on_both_agents(&cluster, &client).await;
-    let load = Load::start(format!("{}:{NODE_PORT}", agent_ip(0)));
+    // The survivor's table must hold its own pods before the kill, or
+    // there would be nothing left for it to route to.
+    let through_survivor = format!("{}:{NODE_PORT}", agent_ip(0));
+    answered_by_all(&through_survivor, &ready_pod_names(&client).await);
+    let load = Load::start(through_survivor);
     cluster.agents[1].kill();
     wait_pods(
         &client,

@@ -467,7 +467,12 @@ impl PodNetwork {
         let replay = replayable(&request);
         let mut request = Some(request);
         let mut tried = Vec::new();
+        // A retry picks from the table as it is now: the endpoints may have
+        // changed while the failed attempt waited (a dead node's pods gone,
+        // their replacements ready).
+        let mut current: Option<Arc<ServiceRoute>> = None;
         loop {
+            let route = current.as_deref().unwrap_or(route);
             let (endpoint, target_port) = self
                 .pick(route, port_name, port, client, &tried)
                 .ok_or_else(|| RouteError::NoEndpoints {
@@ -493,6 +498,7 @@ impl PodNetwork {
                     tracing::info!(%error, %target, "endpoint did not answer; trying another");
                     self.inner.metrics.retry();
                     tried.push(endpoint.ip);
+                    current = self.inner.table.service(&route.namespace, &route.name);
                 }
                 outcome => return outcome,
             }
