@@ -306,6 +306,7 @@ impl Agent {
             config: config.clone(),
             metrics: metrics.clone(),
             directory: directory.clone(),
+            network: network.clone(),
         });
         tasks.spawn(pods::run(context).instrument(tracing::info_span!(parent: &span, "pods")));
         if let Some(network) = &network {

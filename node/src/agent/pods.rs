@@ -32,6 +32,8 @@ pub struct PodContext {
     pub config: AgentConfig,
     pub metrics: Arc<Metrics>,
     pub directory: PodDirectory,
+    /// The pod network, if the node has one.
+    pub network: Option<crate::net::PodNetwork>,
 }
 
 /// Pods on this node by namespace and name, for the log endpoint, which

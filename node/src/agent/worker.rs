@@ -145,6 +145,11 @@ impl Worker {
         if let Some(address) = self.address {
             addressed.status.get_or_insert_default().pod_ip = Some(address.to_string());
         }
+        // The pod's policies apply from its first request or connection,
+        // before its address has gone round through the API.
+        if let Some(network) = &self.context.network {
+            network.table().policies().upsert_pod(&addressed);
+        }
         match self
             .context
             .runtime

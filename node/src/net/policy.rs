@@ -175,6 +175,10 @@ impl Policies {
             .and_then(|status| status.pod_ip.as_deref())
             .and_then(|ip| ip.parse().ok());
         let mut state = self.write();
+        // The node running a pod knows its address before the API does
+        // (and tells this table at once); an update that does not say it
+        // yet keeps the address known.
+        let ip = ip.or_else(|| state.pod_ips.get(&key).copied());
         state.forget_pod(&key);
         let Some(ip) = ip else {
             return;
