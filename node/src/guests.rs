@@ -39,11 +39,16 @@ pub struct GuestModules {
 impl GuestModules {
     /// The `.wasm` of the example crate `name` (e.g. `hello-http`).
     pub fn module(&self, name: &str) -> Result<PathBuf, GuestBuildError> {
-        let path = self.dir.join(format!("{}.wasm", name.replace('-', "_")));
-        if path.is_file() {
-            Ok(path)
+        // A library (a `wasi:http` component) is named with underscores,
+        // a binary (a `wasi:cli` command) as its crate is.
+        let library = self.dir.join(format!("{}.wasm", name.replace('-', "_")));
+        let binary = self.dir.join(format!("{name}.wasm"));
+        if library.is_file() {
+            Ok(library)
+        } else if binary.is_file() {
+            Ok(binary)
         } else {
-            Err(GuestBuildError::Missing { path })
+            Err(GuestBuildError::Missing { path: library })
         }
     }
 }

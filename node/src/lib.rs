@@ -10,6 +10,8 @@
 //! - `workload.rs`: services (`wasi:http/proxy`) and processes (`wasi:cli`
 //!   commands, WASI preview 1 modules);
 //! - `sandbox.rs`: what a guest is given, and the limits it runs under;
+//! - `sockets/`: the guest's `wasi:sockets` TCP and name lookups, carried
+//!   by the pod network instead of the host's;
 //! - `pod.rs`: the container lifecycle (restarts, back-off, stop);
 //! - `probes.rs`, `logs.rs`, `status.rs`;
 //! - `net/`: the pod network: routing guests' requests to siblings, pods
@@ -44,6 +46,7 @@ mod pod;
 mod probes;
 mod runtime;
 mod sandbox;
+pub mod sockets;
 mod source;
 mod spec;
 mod status;

@@ -26,6 +26,7 @@ use crate::pod::{
 };
 use crate::probes::{ProbeFuture, ProbeSender, run_probes};
 use crate::sandbox::{DenyOutgoing, OutgoingHttp, Preopen, SandboxSpec};
+use crate::sockets::{NoSockets, PodSockets};
 use crate::source::{ImageRef, ModuleSource, fetch_verified};
 use crate::spec::{ContainerPlan, PodInputs, PodPlan, VolumePlan};
 use crate::status::Terminated;
@@ -79,6 +80,7 @@ struct RuntimeInner {
     linkers: Linkers,
     source: Arc<dyn ModuleSource>,
     outgoing: Arc<dyn OutgoingHttp>,
+    sockets: Arc<dyn PodSockets>,
     /// Prepared modules by sha256; the lock also keeps two pods of one new
     /// module from compiling it twice.
     prepared: tokio::sync::Mutex<HashMap<String, Prepared>>,
@@ -143,6 +145,7 @@ impl NodeRuntime {
     ) -> Result<Self> {
         let engine = Arc::new(NodeEngine::new(&config.engine)?);
         let linkers = Linkers::new(engine.engine())?;
+        let sockets = outgoing.sockets().unwrap_or_else(|| Arc::new(NoSockets));
         Ok(Self {
             inner: Arc::new(RuntimeInner {
                 config,
@@ -150,6 +153,7 @@ impl NodeRuntime {
                 linkers,
                 source,
                 outgoing,
+                sockets,
                 prepared: tokio::sync::Mutex::new(HashMap::new()),
                 pods: Mutex::new(HashMap::new()),
                 addresses: Mutex::new(HashMap::new()),
@@ -571,6 +575,7 @@ impl ContainerHost for RuntimeInner {
             cpu_limit_millis: container.cpu_limit_millis,
             epoch_tick: self.config.engine.epoch_tick,
             outgoing: self.outgoing.clone(),
+            sockets: self.sockets.clone(),
         })
     }
 

@@ -3,9 +3,11 @@
 //!
 //! A guest gets exactly what its container spec gives: argv, the listed
 //! environment, stdout/stderr into its log, its volume mounts as preopened
-//! directories. No host files beyond those, no host environment, no sockets
-//! and no name lookups; outgoing `wasi:http` requests go to an
-//! [`OutgoingHttp`] the node supplies (by default one that refuses them).
+//! directories. No host files beyond those, no host environment, no host
+//! sockets and no host name lookups: outgoing `wasi:http` requests go to
+//! an [`OutgoingHttp`] the node supplies (by default one that refuses
+//! them), and `wasi:sockets` TCP and name lookups to its
+//! [`PodSockets`](crate::sockets::PodSockets), if it has one.
 //!
 //! This module knows nothing of pods' lifecycles: it builds stores.
 
@@ -26,6 +28,7 @@ use wasmtime_wasi_http::{
 use crate::engine::TABLE_ELEMENTS_MAX;
 use crate::error::{Error, Result};
 use crate::logs::{ContainerLog, LogPipe, LogStream};
+use crate::sockets::{PodSockets, SocketsCtx, SocketsView};
 
 /// A response future from an [`OutgoingHttp`].
 pub type OutgoingFuture = Pin<
@@ -43,6 +46,12 @@ pub trait OutgoingHttp: Send + Sync + 'static {
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
     ) -> OutgoingFuture;
+
+    /// The carrier of guests' raw TCP and name lookups (`wasi:sockets`),
+    /// if this one has them; without, every socket is refused.
+    fn sockets(&self) -> Option<Arc<dyn PodSockets>> {
+        None
+    }
 }
 
 /// Refuses all outgoing HTTP: a guest reaches nothing it was not given.
@@ -212,6 +221,8 @@ pub struct SandboxSpec {
     pub epoch_tick: Duration,
     /// Carrier of outgoing HTTP.
     pub outgoing: Arc<dyn OutgoingHttp>,
+    /// Carrier of raw TCP and name lookups.
+    pub sockets: Arc<dyn PodSockets>,
 }
 
 /// A host directory the guest sees at `guest_path`.
@@ -258,6 +269,7 @@ pub(crate) struct ComponentState {
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: HttpHooks,
+    sockets: SocketsCtx,
     limits: GuestLimits,
 }
 
@@ -271,8 +283,22 @@ impl ComponentState {
                 pod_uid: spec.pod_uid.clone(),
                 outgoing: spec.outgoing.clone(),
             },
+            sockets: SocketsCtx {
+                pod_uid: spec.pod_uid.clone(),
+                network: spec.sockets.clone(),
+            },
             limits: GuestLimits::new(spec, deadline),
         })
+    }
+}
+
+impl ComponentState {
+    /// The view our `wasi:sockets` host functions work on.
+    pub(crate) fn sockets(&mut self) -> SocketsView<'_> {
+        SocketsView {
+            table: &mut self.table,
+            ctx: &self.sockets,
+        }
     }
 }
 

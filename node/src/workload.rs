@@ -79,6 +79,8 @@ impl Linkers {
         wasmtime_wasi::p2::add_to_linker_async(&mut component).map_err(engine_error)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut component)
             .map_err(engine_error)?;
+        crate::sockets::add_to_linker(&mut component, ComponentState::sockets)
+            .map_err(engine_error)?;
         let mut core = wasmtime::Linker::new(engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut core, |state: &mut CoreState| &mut state.wasi)
             .map_err(engine_error)?;

@@ -3,13 +3,15 @@
 //!
 //! Both ends present node certificates from the cluster CA (mutual TLS):
 //! a node without one, or with one from another CA, is refused in the
-//! handshake. A stream opens with a fixed header naming the pod address
-//! and port the request is for (and the calling pod, for policy), then
-//! carries one HTTP/1.1 exchange, so bodies stream with QUIC's flow
-//! control as backpressure.
+//! handshake. A stream opens with a fixed header saying what it carries
+//! and naming the pod address and port it is for (and the calling pod, for
+//! policy). An HTTP stream then carries one HTTP/1.1 exchange; a TCP
+//! stream (a guest's `wasi:sockets` connection) gets one status byte back
+//! and then carries the connection's bytes both ways. Either way, QUIC's
+//! flow control is the backpressure.
 //!
-//! This module knows QUIC, TLS and the stream format; what a request does
-//! on arrival is the [`InboundHandler`] it is given.
+//! This module knows QUIC, TLS and the stream format; what a request or a
+//! connection does on arrival is the [`Inbound`] handlers it is given.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,6 +27,8 @@ use quinn::VarInt;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tracing::Instrument;
 
+use super::tcp::bridge;
+use crate::sockets::{Duplex, ErrorCode};
 use crate::workload::{RequestBody, ResponseBody};
 
 /// The ALPN protocol of mesh connections: a peer speaking anything else
@@ -47,10 +51,24 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// node bounds the guest's time itself; this bounds a node that stopped
 /// answering without closing the connection.
 const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(60);
-/// Stream header: version, target address (16), target port (2), source
-/// address (16, unspecified when there is none).
-const HEADER_BYTES: usize = 1 + 16 + 2 + 16;
-const HEADER_VERSION: u8 = 1;
+/// How long a TCP connection's status byte may take.
+const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Stream header: version, kind, target address (16), target port (2),
+/// source address (16, unspecified when there is none), source port (2).
+const HEADER_BYTES: usize = 1 + 1 + 16 + 2 + 16 + 2;
+const HEADER_VERSION: u8 = 2;
+
+/// What a mesh stream carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamKind {
+    /// One HTTP/1.1 exchange.
+    Http = 1,
+    /// A TCP connection's bytes.
+    Tcp = 2,
+}
+
+/// A TCP stream's status byte: accepted, or the error code's number.
+const TCP_ACCEPTED: u8 = 0;
 
 /// What a node does with a request that arrived over the mesh: serve it
 /// from the pod at `target`, on behalf of `source`.
@@ -63,6 +81,26 @@ pub type InboundHandler = Arc<
         + Send
         + Sync,
 >;
+
+/// What a node does with a TCP connection that arrived over the mesh for
+/// the pod address `target` from `source`: hand it to the listening guest
+/// (its end of the connection), or say why not.
+pub type TcpHandler =
+    Arc<dyn Fn(SocketAddr, SocketAddr) -> Result<Duplex, ErrorCode> + Send + Sync>;
+
+/// The handlers of what arrives over the mesh.
+#[derive(Clone)]
+pub struct Inbound {
+    pub http: InboundHandler,
+    /// None refuses every TCP connection.
+    pub tcp: Option<TcpHandler>,
+}
+
+impl From<InboundHandler> for Inbound {
+    fn from(http: InboundHandler) -> Self {
+        Self { http, tcp: None }
+    }
+}
 
 /// Why a request over the mesh failed.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +126,9 @@ pub enum MeshError {
     /// The local endpoint could not be set up.
     #[error("mesh endpoint: {reason}")]
     Setup { reason: String },
+    /// The other node refused a TCP connection.
+    #[error("node {node} refused the connection: {code:?}")]
+    TcpRefused { node: String, code: ErrorCode },
 }
 
 impl MeshError {
@@ -132,8 +173,9 @@ impl Mesh {
     pub fn bind(
         listen: SocketAddr,
         tls: MeshTls,
-        handler: InboundHandler,
+        handler: impl Into<Inbound>,
     ) -> Result<Self, MeshError> {
+        let handler = handler.into();
         let setup = |what: &str, error: &dyn std::fmt::Display| MeshError::Setup {
             reason: format!("{what}: {error}"),
         };
@@ -201,7 +243,8 @@ impl Mesh {
             .open_bi()
             .await
             .map_err(|e| stream_error(e.to_string()))?;
-        send.write_all(&encode_header(target, source))
+        let source = source.map(|ip| SocketAddr::new(ip, 0));
+        send.write_all(&encode_header(StreamKind::Http, target, source))
             .await
             .map_err(|e| stream_error(e.to_string()))?;
         let exchange_error = |reason: String| MeshError::Exchange {
@@ -224,6 +267,49 @@ impl Mesh {
             })?
             .map_err(|e| exchange_error(e.to_string()))?;
         Ok(response.map(crate::request_body))
+    }
+
+    /// Opens a TCP connection from `source` to the pod at `target` on the
+    /// node `node_name` (mesh endpoint `address`): the caller's end of it,
+    /// once the other node's guest has it.
+    pub async fn connect_tcp(
+        &self,
+        node_name: &str,
+        address: SocketAddr,
+        target: SocketAddr,
+        source: SocketAddr,
+    ) -> Result<Duplex, MeshError> {
+        let connection = self.connection(node_name, address).await?;
+        let stream_error = |reason: String| MeshError::Stream {
+            node: node_name.to_owned(),
+            reason,
+        };
+        let (mut send, mut recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| stream_error(e.to_string()))?;
+        send.write_all(&encode_header(StreamKind::Tcp, target, Some(source)))
+            .await
+            .map_err(|e| stream_error(e.to_string()))?;
+        let mut status = [0u8; 1];
+        tokio::time::timeout(TCP_CONNECT_TIMEOUT, recv.read_exact(&mut status))
+            .await
+            .map_err(|_| MeshError::Timeout {
+                node: node_name.to_owned(),
+            })?
+            .map_err(|e| MeshError::Exchange {
+                node: node_name.to_owned(),
+                reason: e.to_string(),
+            })?;
+        if status[0] != TCP_ACCEPTED {
+            return Err(MeshError::TcpRefused {
+                node: node_name.to_owned(),
+                code: error_code_of(status[0]),
+            });
+        }
+        let (ours, theirs) = Duplex::pair();
+        bridge(recv, send, theirs);
+        Ok(ours)
     }
 
     /// The live connection to `address`, made if there is none.
@@ -281,29 +367,66 @@ fn transport_config() -> Result<quinn::TransportConfig, quinn::VarIntBoundsExcee
     Ok(config)
 }
 
-fn encode_header(target: SocketAddr, source: Option<IpAddr>) -> [u8; HEADER_BYTES] {
+fn encode_header(
+    kind: StreamKind,
+    target: SocketAddr,
+    source: Option<SocketAddr>,
+) -> [u8; HEADER_BYTES] {
     let mut header = [0u8; HEADER_BYTES];
     header[0] = HEADER_VERSION;
-    header[1..17].copy_from_slice(&v6(target.ip()).octets());
-    header[17..19].copy_from_slice(&target.port().to_be_bytes());
-    let source = source.map_or(Ipv6Addr::UNSPECIFIED, v6);
-    header[19..35].copy_from_slice(&source.octets());
+    header[1] = kind as u8;
+    header[2..18].copy_from_slice(&v6(target.ip()).octets());
+    header[18..20].copy_from_slice(&target.port().to_be_bytes());
+    let (source_ip, source_port) = source.map_or((Ipv6Addr::UNSPECIFIED, 0), |source| {
+        (v6(source.ip()), source.port())
+    });
+    header[20..36].copy_from_slice(&source_ip.octets());
+    header[36..38].copy_from_slice(&source_port.to_be_bytes());
     header
 }
 
-fn decode_header(header: &[u8; HEADER_BYTES]) -> Option<(SocketAddr, Option<IpAddr>)> {
+fn decode_header(
+    header: &[u8; HEADER_BYTES],
+) -> Option<(StreamKind, SocketAddr, Option<SocketAddr>)> {
     if header[0] != HEADER_VERSION {
         return None;
     }
+    let kind = match header[1] {
+        1 => StreamKind::Http,
+        2 => StreamKind::Tcp,
+        _ => return None,
+    };
     let address = |bytes: &[u8]| -> Option<IpAddr> {
         let octets: [u8; 16] = bytes.try_into().ok()?;
         let ip = Ipv6Addr::from(octets);
         Some(ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4))
     };
-    let target = address(&header[1..17])?;
-    let port = u16::from_be_bytes([header[17], header[18]]);
-    let source = address(&header[19..35]).filter(|ip| !ip.is_unspecified());
-    Some((SocketAddr::new(target, port), source))
+    let target = address(&header[2..18])?;
+    let port = u16::from_be_bytes([header[18], header[19]]);
+    let source_port = u16::from_be_bytes([header[36], header[37]]);
+    let source = address(&header[20..36])
+        .filter(|ip| !ip.is_unspecified())
+        .map(|ip| SocketAddr::new(ip, source_port));
+    Some((kind, SocketAddr::new(target, port), source))
+}
+
+/// The status byte that reports `code` to the connecting node.
+fn status_of(code: ErrorCode) -> u8 {
+    match code {
+        ErrorCode::AccessDenied => 1,
+        ErrorCode::ConnectionRefused => 2,
+        ErrorCode::RemoteUnreachable => 3,
+        _ => 255,
+    }
+}
+
+fn error_code_of(status: u8) -> ErrorCode {
+    match status {
+        1 => ErrorCode::AccessDenied,
+        2 => ErrorCode::ConnectionRefused,
+        3 => ErrorCode::RemoteUnreachable,
+        _ => ErrorCode::ConnectionReset,
+    }
 }
 
 fn v6(ip: IpAddr) -> Ipv6Addr {
@@ -313,7 +436,7 @@ fn v6(ip: IpAddr) -> Ipv6Addr {
     }
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, handler: InboundHandler) {
+async fn accept_loop(endpoint: quinn::Endpoint, handler: Inbound) {
     while let Some(incoming) = endpoint.accept().await {
         let handler = handler.clone();
         tokio::spawn(async move {
@@ -333,7 +456,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, handler: InboundHandler) {
     }
 }
 
-async fn serve_connection(connection: quinn::Connection, handler: InboundHandler) {
+async fn serve_connection(connection: quinn::Connection, handler: Inbound) {
     loop {
         let (send, mut recv) = match connection.accept_bi().await {
             Ok(stream) => stream,
@@ -348,26 +471,66 @@ async fn serve_connection(connection: quinn::Connection, handler: InboundHandler
             if recv.read_exact(&mut header).await.is_err() {
                 return;
             }
-            let Some((target, source)) = decode_header(&header) else {
-                tracing::warn!("mesh stream with an unknown header version");
+            let Some((kind, target, source)) = decode_header(&header) else {
+                tracing::warn!("mesh stream with an unknown header");
                 return;
             };
-            let service =
-                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let handler = handler.clone();
-                    async move {
-                        let request = request.map(crate::request_body);
-                        Ok::<_, std::convert::Infallible>(handler(target, source, request).await)
-                    }
-                });
-            let io = TokioIo::new(tokio::io::join(recv, send));
-            let served = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
-            if let Err(error) = served {
-                tracing::debug!(%error, %target, "mesh request ended early");
+            match kind {
+                StreamKind::Http => serve_http(handler.http, target, source, send, recv).await,
+                StreamKind::Tcp => serve_tcp(handler.tcp, target, source, send, recv).await,
             }
         });
+    }
+}
+
+async fn serve_http(
+    handler: InboundHandler,
+    target: SocketAddr,
+    source: Option<SocketAddr>,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    let source = source.map(|source| source.ip());
+    let service =
+        hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let handler = handler.clone();
+            async move {
+                let request = request.map(crate::request_body);
+                Ok::<_, std::convert::Infallible>(handler(target, source, request).await)
+            }
+        });
+    let io = TokioIo::new(tokio::io::join(recv, send));
+    let served = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .await;
+    if let Err(error) = served {
+        tracing::debug!(%error, %target, "mesh request ended early");
+    }
+}
+
+async fn serve_tcp(
+    handler: Option<TcpHandler>,
+    target: SocketAddr,
+    source: Option<SocketAddr>,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    let accepted = match (handler, source) {
+        (Some(handler), Some(source)) => handler(target, source),
+        _ => Err(ErrorCode::ConnectionRefused),
+    };
+    match accepted {
+        Ok(duplex) => {
+            if send.write_all(&[TCP_ACCEPTED]).await.is_ok() {
+                bridge(recv, send, duplex);
+            }
+        }
+        Err(code) => {
+            tracing::debug!(%target, ?code, "mesh TCP connection refused");
+            // The caller learns why from the status byte; nothing follows.
+            let _ = send.write_all(&[status_of(code)]).await;
+            let _ = send.finish();
+        }
     }
 }
 
@@ -395,18 +558,36 @@ mod tests {
     #[test]
     fn headers_round_trip() {
         let target: SocketAddr = "10.240.0.7:8080".parse().unwrap();
-        let source: IpAddr = "10.240.4.2".parse().unwrap();
+        let source: SocketAddr = "10.240.4.2:49152".parse().unwrap();
         assert_eq!(
-            decode_header(&encode_header(target, Some(source))),
-            Some((target, Some(source)))
+            decode_header(&encode_header(StreamKind::Tcp, target, Some(source))),
+            Some((StreamKind::Tcp, target, Some(source)))
         );
         let v6_target: SocketAddr = "[fd00::7]:80".parse().unwrap();
         assert_eq!(
-            decode_header(&encode_header(v6_target, None)),
-            Some((v6_target, None))
+            decode_header(&encode_header(StreamKind::Http, v6_target, None)),
+            Some((StreamKind::Http, v6_target, None))
         );
-        let mut bad = encode_header(target, None);
+        let mut bad = encode_header(StreamKind::Http, target, None);
         bad[0] = 9;
         assert_eq!(decode_header(&bad), None);
+        let mut unknown_kind = encode_header(StreamKind::Http, target, None);
+        unknown_kind[1] = 7;
+        assert_eq!(decode_header(&unknown_kind), None);
+    }
+
+    #[test]
+    fn tcp_refusals_keep_their_reason() {
+        for code in [
+            ErrorCode::AccessDenied,
+            ErrorCode::ConnectionRefused,
+            ErrorCode::RemoteUnreachable,
+        ] {
+            assert_eq!(error_code_of(status_of(code)), code);
+        }
+        assert_eq!(
+            error_code_of(status_of(ErrorCode::Unknown)),
+            ErrorCode::ConnectionReset
+        );
     }
 }

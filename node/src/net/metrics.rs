@@ -1,7 +1,8 @@
 //! The pod network's counters, in Prometheus' text format for the agent's
 //! `/metrics`: where requests went (in-process, over the mesh, arriving
-//! from the mesh), which endpoints Services chose (this node's or
-//! another's), retries, denials and failures.
+//! from the mesh), guests' TCP connections the same way, which endpoints
+//! Services chose (this node's or another's), retries, denials and
+//! failures.
 //!
 //! This module only counts; the router decides what to count.
 
@@ -17,6 +18,15 @@ type Family = (
     Vec<(&'static str, u64)>,
 );
 
+/// Where a guest's TCP connection went.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum TcpPath {
+    Local = 0,
+    MeshOut = 1,
+    MeshIn = 2,
+    Egress = 3,
+}
+
 /// Counters of one node's network. Relaxed atomics: each is read alone.
 #[derive(Debug, Default)]
 pub struct NetworkMetrics {
@@ -24,6 +34,7 @@ pub struct NetworkMetrics {
     mesh: AtomicU64,
     inbound: AtomicU64,
     egress: AtomicU64,
+    tcp: [AtomicU64; 4],
     same_node: AtomicU64,
     other_node: AtomicU64,
     retries: AtomicU64,
@@ -47,6 +58,10 @@ impl NetworkMetrics {
 
     pub(crate) fn inbound(&self) {
         self.inbound.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn tcp(&self, path: TcpPath) {
+        self.tcp[path as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn picked(&self, same_node: bool) {
@@ -83,6 +98,17 @@ impl NetworkMetrics {
         )
     }
 
+    /// Guests' TCP connections made in-process, over the mesh, and
+    /// arriving from it.
+    pub fn tcp_connections(&self) -> (u64, u64, u64) {
+        let load = |path: TcpPath| self.tcp[path as usize].load(Ordering::Relaxed);
+        (
+            load(TcpPath::Local),
+            load(TcpPath::MeshOut),
+            load(TcpPath::MeshIn),
+        )
+    }
+
     /// Requests refused because they would leave the cluster.
     pub fn denied_egress(&self) -> u64 {
         self.denied_egress.load(Ordering::Relaxed)
@@ -97,7 +123,8 @@ impl NetworkMetrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let families: [Family; 5] = [
+        let tcp = |path: TcpPath| load(&self.tcp[path as usize]);
+        let families: [Family; 6] = [
             (
                 "flotilla_network_requests_total",
                 "Requests the pod network carried, by path.",
@@ -107,6 +134,17 @@ impl NetworkMetrics {
                     ("mesh_out", load(&self.mesh)),
                     ("mesh_in", load(&self.inbound)),
                     ("egress", load(&self.egress)),
+                ],
+            ),
+            (
+                "flotilla_network_tcp_connections_total",
+                "Guests' TCP connections the pod network carried, by path.",
+                "path",
+                vec![
+                    ("local", tcp(TcpPath::Local)),
+                    ("mesh_out", tcp(TcpPath::MeshOut)),
+                    ("mesh_in", tcp(TcpPath::MeshIn)),
+                    ("egress", tcp(TcpPath::Egress)),
                 ],
             ),
             (
@@ -126,7 +164,7 @@ impl NetworkMetrics {
             ),
             (
                 "flotilla_network_denied_total",
-                "Requests refused by policy, by reason.",
+                "Requests and connections refused by policy, by reason.",
                 "reason",
                 vec![
                     ("egress", load(&self.denied_egress)),

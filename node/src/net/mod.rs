@@ -9,6 +9,8 @@
 //!   Service, outside), as cluster DNS would resolve it;
 //! - `mesh.rs`: [`Mesh`], QUIC between nodes with node certificates;
 //! - `nodeport.rs`: a listener on the node's address per Service nodePort;
+//! - `tcp.rs`: guests' raw TCP (`wasi:sockets`): each pod's ports, and
+//!   connections to pods, ClusterIPs and (with egress) outside;
 //! - `metrics.rs`: the counters the agent's `/metrics` shows.
 //!
 //! [`PodNetwork`] ties them together: requests to pods on this node are
@@ -26,6 +28,7 @@ mod nodeport;
 mod policy;
 mod resolve;
 mod table;
+mod tcp;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -38,7 +41,7 @@ use tracing::Instrument;
 
 pub use egress::{AllowList, EGRESS_ALLOW_ANNOTATION};
 pub use ingress::{Backend, BackendPort, INGRESS_CLASS, Ingresses};
-pub use mesh::{InboundHandler, MESH_ALPN, Mesh, MeshError, MeshTls};
+pub use mesh::{Inbound, InboundHandler, MESH_ALPN, Mesh, MeshError, MeshTls, TcpHandler};
 pub use metrics::NetworkMetrics;
 pub use policy::{Denied, Direction, PodIdentity, Policies};
 pub use resolve::{CLUSTER_DOMAIN, Destination, ResolveError, resolve};
@@ -217,6 +220,8 @@ struct NetworkInner {
     unreachable: Mutex<HashMap<String, Instant>>,
     /// Which endpoint each client of a ClientIP-affinity Service sticks to.
     affinity: affinity::Affinity,
+    /// Guests' listening TCP ports.
+    ports: tcp::Ports,
 }
 
 impl PodNetwork {
@@ -231,6 +236,7 @@ impl PodNetwork {
                 metrics: NetworkMetrics::default(),
                 unreachable: Mutex::new(HashMap::new()),
                 affinity: affinity::Affinity::default(),
+                ports: tcp::Ports::default(),
             }),
         }
     }
@@ -261,7 +267,14 @@ impl PodNetwork {
             let network = network.clone();
             Box::pin(async move { network.serve_inbound(target, source, request).await })
         });
-        let mesh = Mesh::bind(listen, tls, handler)?;
+        let network = self.clone();
+        let tcp: mesh::TcpHandler =
+            Arc::new(move |target, source| network.accept_from_mesh(target, source));
+        let inbound = mesh::Inbound {
+            http: handler,
+            tcp: Some(tcp),
+        };
+        let mesh = Mesh::bind(listen, tls, inbound)?;
         let address = mesh.local_addr().unwrap_or(listen);
         if self.inner.mesh.set(mesh).is_err() {
             return Err(MeshError::Setup {
@@ -725,6 +738,10 @@ impl OutgoingHttp for PodNetwork {
             }
             .instrument(span),
         )
+    }
+
+    fn sockets(&self) -> Option<Arc<dyn crate::sockets::PodSockets>> {
+        Some(Arc::new(self.clone()))
     }
 }
 
