@@ -3,12 +3,15 @@
 //!
 //! Both ends present node certificates from the cluster CA (mutual TLS):
 //! a node without one, or with one from another CA, is refused in the
-//! handshake. A stream opens with a fixed header saying what it carries
-//! and naming the pod address and port it is for (and the calling pod, for
-//! policy). An HTTP stream then carries one HTTP/1.1 exchange; a TCP
-//! stream (a guest's `wasi:sockets` connection) gets one status byte back
-//! and then carries the connection's bytes both ways. Either way, QUIC's
-//! flow control is the backpressure.
+//! handshake, and a certificate of the cluster CA that is not a node's
+//! (`system:node:<name>`) right after it.
+//!
+//! A stream opens with a fixed header saying what it carries and naming
+//! the pod address and port it is for (and the calling pod, for policy).
+//! An HTTP stream then carries one HTTP/1.1 exchange; a TCP stream (a
+//! guest's `wasi:sockets` connection) gets one status byte back and then
+//! carries the connection's bytes both ways. Either way, QUIC's flow
+//! control is the backpressure.
 //!
 //! This module knows QUIC, TLS and the stream format; what a request or a
 //! connection does on arrival is the [`Inbound`] handlers it is given.
@@ -21,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use flotilla_raft_store::transport::certificate_common_name;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use quinn::VarInt;
@@ -66,6 +70,9 @@ enum StreamKind {
     /// A TCP connection's bytes.
     Tcp = 2,
 }
+
+/// The common-name prefix of node certificates.
+const NODE_NAME_PREFIX: &str = "system:node:";
 
 /// A TCP stream's status byte: accepted, or the error code's number.
 const TCP_ACCEPTED: u8 = 0;
@@ -449,11 +456,30 @@ async fn accept_loop(endpoint: quinn::Endpoint, handler: Inbound) {
                     return;
                 }
             };
+            // The CA also signs users' and store members' certificates;
+            // only nodes may send: the receiving node trusts the sender's
+            // policy checks.
+            let Some(node) = peer_node(&connection) else {
+                tracing::warn!(%remote, "mesh peer's certificate is not a node's; refused");
+                connection.close(VarInt::from_u32(1), b"not a node");
+                return;
+            };
             serve_connection(connection, handler)
-                .instrument(tracing::debug_span!("mesh_peer", %remote))
+                .instrument(tracing::debug_span!("mesh_peer", %remote, %node))
                 .await;
         });
     }
+}
+
+/// The node a verified peer's certificate was issued to
+/// (`system:node:<name>`, as Kubernetes names nodes' credentials).
+fn peer_node(connection: &quinn::Connection) -> Option<String> {
+    let identity = connection.peer_identity()?;
+    let chain = identity
+        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    let name = certificate_common_name(chain.first()?)?;
+    name.strip_prefix(NODE_NAME_PREFIX).map(str::to_owned)
 }
 
 async fn serve_connection(connection: quinn::Connection, handler: Inbound) {

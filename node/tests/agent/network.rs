@@ -436,6 +436,23 @@ async fn the_mesh_refuses_a_node_whose_certificate_is_forged() {
         .unwrap_err();
     assert!(matches!(refused, MeshError::Connect { .. }), "{refused}");
 
+    // Nor is a certificate from the cluster's CA that is not a node's (an
+    // administrator's, say).
+    let issued = ca.issue("admin", &["127.0.13.7".to_owned()]).unwrap();
+    let admin = KubeletTls {
+        ca_pem: issued.ca_cert_pem,
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
+    }
+    .mesh_tls()
+    .unwrap();
+    let admin = Mesh::bind("127.0.13.7:0".parse().unwrap(), admin, refuse.clone()).unwrap();
+    let refused = admin
+        .send("mesh-a", mesh_address, target, None, request())
+        .await;
+    assert!(refused.is_err(), "a user's certificate was let in");
+    assert_eq!(a.network.metrics().requests().2, 0, "nothing arrived");
+
     // A node with a certificate from the cluster's CA is served.
     let genuine: MeshTls = node_tls(&ca, "mesh-b", "127.0.13.2".parse().unwrap())
         .mesh_tls()
