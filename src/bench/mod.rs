@@ -7,6 +7,7 @@
 mod api;
 mod etcd;
 mod load;
+mod network;
 mod node;
 mod node_http;
 mod node_pods;
@@ -43,6 +44,11 @@ pub enum BenchCommand {
     /// each pod's ADDED to Running and Ready (p50, p99), against
     /// Kubernetes' pod-startup SLO.
     Startup(startup::StartupBenchArgs),
+    /// The same request four ways on two in-process nodes: pod to pod on
+    /// one node, a Service on the same node, a Service across nodes over
+    /// the QUIC mesh, and direct HTTP over loopback as the baseline:
+    /// req/s, p50 and p99 at 1 and 50 concurrent requests.
+    Network(network::NetworkBenchArgs),
 }
 
 pub async fn run(command: BenchCommand) -> Result<()> {
@@ -52,5 +58,6 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Api(args) => api::run(args).await,
         BenchCommand::Scheduler(args) => scheduler::run(args).await,
         BenchCommand::Startup(args) => startup::run(args).await,
+        BenchCommand::Network(args) => network::run(args).await,
     }
 }
