@@ -181,6 +181,57 @@ fn service_ports(service: &Value) -> Value {
     text_or_none(ports)
 }
 
+/// The addresses a `status.loadBalancer` lists (IPs, else hostnames).
+fn balancer_addresses(balancer: &Value) -> Vec<String> {
+    balancer["ingress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ingress| ingress["ip"].as_str().or(ingress["hostname"].as_str()))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// kubectl's External-IP: a LoadBalancer's addresses (`<pending>` before
+/// it has any) after any `externalIPs`, an ExternalName's name, else the
+/// `externalIPs` or `<none>`.
+fn service_external_ip(service: &Value) -> Value {
+    let external: Vec<String> = service["spec"]["externalIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect();
+    match service["spec"]["type"].as_str() {
+        Some("LoadBalancer") => {
+            let balancer = balancer_addresses(&service["status"]["loadBalancer"]);
+            if balancer.is_empty() && external.is_empty() {
+                json!("<pending>")
+            } else {
+                json!([external, balancer].concat().join(","))
+            }
+        }
+        Some("ExternalName") => text(&service["spec"]["externalName"]),
+        _ => text_or_none(external.join(",")),
+    }
+}
+
+/// kubectl's Hosts: the rules' hosts, `*` when none names one.
+fn ingress_hosts(ingress: &Value) -> Value {
+    let hosts: Vec<&str> = ingress["spec"]["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|rule| rule["host"].as_str())
+        .collect();
+    json!(if hosts.is_empty() {
+        "*".to_owned()
+    } else {
+        hosts.join(",")
+    })
+}
+
 fn columns(info: &ResourceInfo) -> Vec<Column> {
     let name_column = column("Name", 0, name);
     let age_column = column("Age", 0, age);
@@ -229,19 +280,7 @@ fn columns(info: &ResourceInfo) -> Vec<Column> {
             name_column,
             column("Type", 0, |s| text(&s["spec"]["type"])),
             column("Cluster-IP", 0, |s| text(&s["spec"]["clusterIP"])),
-            column("External-IP", 0, |s| {
-                s["spec"]["externalIPs"]
-                    .as_array()
-                    .map(|ips| {
-                        text_or_none(
-                            ips.iter()
-                                .filter_map(Value::as_str)
-                                .collect::<Vec<_>>()
-                                .join(","),
-                        )
-                    })
-                    .unwrap_or_else(|| json!("<none>"))
-            }),
+            column("External-IP", 0, service_external_ip),
             column("Port(s)", 0, service_ports),
             age_column,
             column("Selector", 1, |s| selector_text(&s["spec"]["selector"])),
@@ -308,6 +347,28 @@ fn columns(info: &ResourceInfo) -> Vec<Column> {
                     int(&j["status"]["succeeded"]),
                     j["spec"]["completions"].as_i64().unwrap_or(1)
                 ))
+            }),
+            age_column,
+        ],
+        "Ingress" => vec![
+            name_column,
+            column("Class", 0, |i| {
+                text_or_none(
+                    i["spec"]["ingressClassName"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned(),
+                )
+            }),
+            column("Hosts", 0, ingress_hosts),
+            column("Address", 0, |i| {
+                json!(balancer_addresses(&i["status"]["loadBalancer"]).join(","))
+            }),
+            column("Ports", 0, |i| {
+                let tls = i["spec"]["tls"]
+                    .as_array()
+                    .is_some_and(|tls| !tls.is_empty());
+                json!(if tls { "80, 443" } else { "80" })
             }),
             age_column,
         ],
@@ -416,6 +477,62 @@ mod tests {
         ] {
             assert_eq!(human_duration(seconds), text);
         }
+    }
+
+    /// The cells of one object's row, as text.
+    fn row(resource: &str, group: &str, version: &str, object: Value) -> Vec<Value> {
+        let info = registry().find(group, version, resource).unwrap();
+        let table = table(info, &[object], json!({}), "Metadata");
+        table["rows"][0]["cells"].as_array().unwrap().clone()
+    }
+
+    #[test]
+    fn services_show_their_load_balancer_addresses() {
+        let service = |kind: &str, status: Value| {
+            json!({
+                "metadata": {"name": "web"},
+                "spec": {"type": kind, "clusterIP": "10.96.0.7", "ports": [{"port": 80}]},
+                "status": status,
+            })
+        };
+        let balanced =
+            json!({"loadBalancer": {"ingress": [{"ip": "10.0.0.9"}, {"ip": "10.0.0.10"}]}});
+        let cells = row("services", "", "v1", service("LoadBalancer", balanced));
+        assert_eq!(cells[3], "10.0.0.9,10.0.0.10");
+        let cells = row("services", "", "v1", service("LoadBalancer", json!({})));
+        assert_eq!(cells[3], "<pending>");
+        let cells = row("services", "", "v1", service("ClusterIP", json!({})));
+        assert_eq!(cells[3], "<none>");
+    }
+
+    #[test]
+    fn ingresses_show_class_hosts_address_and_ports() {
+        let ingress = json!({
+            "metadata": {"name": "front"},
+            "spec": {
+                "ingressClassName": "flotilla",
+                "rules": [{"host": "a.example"}, {"host": "b.example"}],
+                "tls": [{"hosts": ["a.example"], "secretName": "a-tls"}],
+            },
+            "status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.9"}]}},
+        });
+        let cells = row("ingresses", "networking.k8s.io", "v1", ingress);
+        assert_eq!(
+            cells[..5],
+            [
+                json!("front"),
+                json!("flotilla"),
+                json!("a.example,b.example"),
+                json!("10.0.0.9"),
+                json!("80, 443")
+            ]
+        );
+        let bare = json!({"metadata": {"name": "any"}, "spec": {"defaultBackend": {}}});
+        let cells = row("ingresses", "networking.k8s.io", "v1", bare);
+        assert_eq!(
+            cells[1..5],
+            [json!("<none>"), json!("*"), json!(""), json!("80")]
+        );
     }
 
     #[test]
