@@ -1611,6 +1611,26 @@ async fn nodes_get_distinct_pod_cidrs_and_freed_ones_are_reused() {
     server.stop().await;
 }
 
+/// The addresses in the status of the Ingress called `name`, if it is there.
+fn ingress_addresses(
+    ingresses: &[k8s_openapi::api::networking::v1::Ingress],
+    name: &str,
+) -> Option<Vec<String>> {
+    let ingress = ingresses
+        .iter()
+        .find(|ingress| ingress.metadata.name.as_deref() == Some(name))?;
+    let status = ingress.status.as_ref();
+    let balancer = status.and_then(|status| status.load_balancer.as_ref());
+    let addresses = balancer.and_then(|balancer| balancer.ingress.as_ref());
+    Some(
+        addresses
+            .into_iter()
+            .flatten()
+            .map(|address| address.ip.clone().unwrap_or_default())
+            .collect(),
+    )
+}
+
 /// The ingress addresses of the Service called `name`, if it is there.
 fn ingress_of(services: &[k8s_openapi::api::core::v1::Service], name: &str) -> Option<Vec<String>> {
     let service = services
@@ -1630,6 +1650,7 @@ fn ingress_of(services: &[k8s_openapi::api::core::v1::Service], name: &str) -> O
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_balancer_lists_the_ready_nodes() {
     use k8s_openapi::api::core::v1::{Node, NodeAddress, Service};
+    use k8s_openapi::api::networking::v1::Ingress;
     use kube::api::{Patch, PatchParams};
 
     let (server, client, controllers) = with_controllers().await;
@@ -1677,6 +1698,30 @@ async fn a_load_balancer_lists_the_ready_nodes() {
     // Sorted as addresses, not as text.
     wait_until(&services, "both nodes", expect(&["10.0.0.9", "10.0.0.10"])).await;
 
+    // Every node is the Ingress gateway too: an Ingress of the flotilla
+    // class (or none) lists them; one of another class is left alone.
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), "default");
+    for (name, class) in [("web", None), ("theirs", Some("nginx"))] {
+        let ingress = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "ingressClassName": class,
+                "defaultBackend": {"service": {"name": "lb", "port": {"number": 80}}},
+            },
+        }))
+        .unwrap();
+        ingresses.create(&params, &ingress).await.unwrap();
+    }
+    let ingress_expect = |wanted: &'static [&'static str]| {
+        move |all: &[Ingress]| ingress_addresses(all, "web").is_some_and(|ips| ips == wanted)
+    };
+    wait_until(
+        &ingresses,
+        "the Ingress to list both nodes",
+        ingress_expect(&["10.0.0.9", "10.0.0.10"]),
+    )
+    .await;
+
     // A node joins, one stops being Ready, one goes.
     add_node("c", "10.0.0.11").await;
     wait_until(
@@ -1698,6 +1743,17 @@ async fn a_load_balancer_lists_the_ready_nodes() {
     .await;
     nodes.delete("a", &DeleteParams::default()).await.unwrap();
     wait_until(&services, "a gone", expect(&["10.0.0.11"])).await;
+    let all = wait_until(
+        &ingresses,
+        "a gone from the Ingress",
+        ingress_expect(&["10.0.0.11"]),
+    )
+    .await;
+    let theirs = ingress_addresses(&all, "theirs").expect("the other class's Ingress");
+    assert!(
+        theirs.is_empty(),
+        "another class's Ingress was given {theirs:?}"
+    );
 
     // No longer a LoadBalancer: no ingress. A ClusterIP Service never had one.
     let to_cluster_ip = json!({"spec": {"type": "ClusterIP"}});

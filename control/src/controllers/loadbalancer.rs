@@ -6,17 +6,24 @@
 //! implementation and is left alone; one that is no longer a LoadBalancer
 //! has its ingress cleared.
 //!
+//! Every node is also the Ingress gateway, so an Ingress of the
+//! `flotilla` class (or of none) gets the same addresses in its own
+//! `status.loadBalancer.ingress`, as ingress controllers publish theirs
+//! (kubectl's ADDRESS column); one of another class is left alone.
+//!
 //! The nodes are held in a reflector. Only a change of the addresses they
-//! add up to wakes the Services (all of them, through `reconcile_all_on`),
-//! so the heartbeats that rewrite node status every few seconds cost a
-//! comparison, not a write; and a reconcile writes only a status that
-//! differs.
+//! add up to wakes the Services and Ingresses (all of them, through
+//! `reconcile_all_on`), so the heartbeats that rewrite node status every
+//! few seconds cost a comparison, not a write; and a reconcile writes only
+//! a status that differs.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use futures::channel::mpsc;
 use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, Service};
+use k8s_openapi::api::networking::v1::{Ingress, IngressLoadBalancerIngress};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
@@ -29,6 +36,9 @@ use super::scheduler::fit::is_ready;
 /// The label that keeps a node out of load balancers (Kubernetes').
 pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 
+/// The IngressClass the nodes' gateways serve (with Ingresses naming none).
+pub const INGRESS_CLASS: &str = "flotilla";
+
 struct Context {
     client: kube::Client,
     nodes: Store<Node>,
@@ -38,40 +48,56 @@ pub async fn run(client: kube::Client) {
     let (nodes, writer) = reflector::store::<Node>();
     let reader = nodes.clone();
     let mut last: Option<Vec<IpAddr>> = None;
-    let addresses_changed = reflector::reflector(
+    // One wake-up queued per controller is enough: a reconcile of all
+    // reads the addresses as they are when it runs.
+    let (mut wake_services, services_woken) = mpsc::channel(1);
+    let (mut wake_ingresses, ingresses_woken) = mpsc::channel(1);
+    let follow_nodes = reflector::reflector(
         writer,
         watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
     )
     .default_backoff()
-    .filter_map(move |event| {
+    .for_each(move |event| {
         // The reflector has applied the event to the store by now; during
         // a (re)list the store keeps the old nodes until `InitDone`.
         let settled = matches!(
             event,
             Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)
         );
-        let changed = settled && {
+        if settled {
             let now = addresses(&reader.state());
-            let changed = last.as_ref() != Some(&now);
-            last = Some(now);
-            changed
-        };
-        future::ready(changed.then_some(()))
-    });
-    let services = Api::<Service>::all(client.clone());
-    Controller::new(services, watcher::Config::default())
-        .reconcile_all_on(addresses_changed)
-        .run(
-            reconcile,
-            super::retry_later,
-            Arc::new(Context { client, nodes }),
-        )
-        .for_each(|outcome| async move {
-            if let Err(error) = outcome {
-                tracing::debug!(%error, "load balancer reconcile failed");
+            if last.as_ref() != Some(&now) {
+                let _ = wake_services.try_send(());
+                let _ = wake_ingresses.try_send(());
             }
-        })
-        .await;
+            last = Some(now);
+        }
+        future::ready(())
+    });
+    let context = Arc::new(Context { client, nodes });
+    let services = Controller::new(
+        Api::<Service>::all(context.client.clone()),
+        watcher::Config::default(),
+    )
+    .reconcile_all_on(services_woken)
+    .run(reconcile, super::retry_later, context.clone())
+    .for_each(|outcome| async move {
+        if let Err(error) = outcome {
+            tracing::debug!(%error, "load balancer reconcile failed");
+        }
+    });
+    let ingresses = Controller::new(
+        Api::<Ingress>::all(context.client.clone()),
+        watcher::Config::default(),
+    )
+    .reconcile_all_on(ingresses_woken)
+    .run(reconcile_ingress, super::retry_later, context)
+    .for_each(|outcome| async move {
+        if let Err(error) = outcome {
+            tracing::debug!(%error, "Ingress status reconcile failed");
+        }
+    });
+    tokio::join!(follow_nodes, services, ingresses);
 }
 
 #[tracing::instrument(skip_all, fields(namespace = service.namespace(), name = service.name_any()))]
@@ -83,14 +109,8 @@ async fn reconcile(service: Arc<Service>, context: Arc<Context>) -> Result<Actio
     }
     let wanted: Vec<LoadBalancerIngress> =
         if spec.and_then(|spec| spec.type_.as_deref()) == Some("LoadBalancer") {
-            // Before the nodes are listed an empty list would be a lie that
-            // clears every Service's ingress.
-            context
-                .nodes
-                .wait_until_ready()
-                .await
-                .map_err(|_| Error::Invalid("the nodes' cache is gone".into()))?;
-            addresses(&context.nodes.state())
+            node_addresses(&context)
+                .await?
                 .into_iter()
                 .map(|ip| LoadBalancerIngress {
                     ip: Some(ip.to_string()),
@@ -104,18 +124,73 @@ async fn reconcile(service: Arc<Service>, context: Arc<Context>) -> Result<Actio
         .status
         .as_ref()
         .and_then(|status| status.load_balancer.as_ref())
-        .and_then(|balancer| balancer.ingress.clone())
-        .unwrap_or_default();
-    if current == wanted {
+        .and_then(|balancer| balancer.ingress.clone());
+    publish(&context, service.as_ref(), current, wanted).await
+}
+
+#[tracing::instrument(skip_all, fields(namespace = ingress.namespace(), name = ingress.name_any()))]
+async fn reconcile_ingress(ingress: Arc<Ingress>, context: Arc<Context>) -> Result<Action, Error> {
+    let class = ingress
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.ingress_class_name.as_deref());
+    if class.is_some_and(|class| class != INGRESS_CLASS)
+        || ingress.metadata.deletion_timestamp.is_some()
+    {
         return Ok(Action::await_change());
     }
-    tracing::info!(ingress = ?wanted, "setting the load balancer's ingress");
+    let wanted: Vec<IngressLoadBalancerIngress> = node_addresses(&context)
+        .await?
+        .into_iter()
+        .map(|ip| IngressLoadBalancerIngress {
+            ip: Some(ip.to_string()),
+            ..IngressLoadBalancerIngress::default()
+        })
+        .collect();
+    let current = ingress
+        .status
+        .as_ref()
+        .and_then(|status| status.load_balancer.as_ref())
+        .and_then(|balancer| balancer.ingress.clone());
+    publish(&context, ingress.as_ref(), current, wanted).await
+}
+
+/// Writes `wanted` as the object's `status.loadBalancer.ingress`, unless
+/// that is what it says already.
+async fn publish<K, A>(
+    context: &Context,
+    object: &K,
+    current: Option<Vec<A>>,
+    wanted: Vec<A>,
+) -> Result<Action, Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    A: serde::Serialize + PartialEq + std::fmt::Debug,
+{
+    if current.unwrap_or_default() == wanted {
+        return Ok(Action::await_change());
+    }
+    tracing::info!(addresses = ?wanted, "setting the load balancer's addresses");
     // Null, not an empty list, removes the field in a merge patch, as
     // Kubernetes leaves it out when empty.
-    let ingress = (!wanted.is_empty()).then_some(&wanted);
-    let status = serde_json::json!({"loadBalancer": {"ingress": ingress}});
-    super::write_status(&context.client, service.as_ref(), None, &status).await?;
+    let addresses = (!wanted.is_empty()).then_some(&wanted);
+    let status = serde_json::json!({"loadBalancer": {"ingress": addresses}});
+    super::write_status(&context.client, object, None, &status).await?;
     Ok(Action::await_change())
+}
+
+/// The nodes' addresses, once the nodes are listed: before, an empty list
+/// would be a lie that clears every status.
+async fn node_addresses(context: &Context) -> Result<Vec<IpAddr>, Error> {
+    context
+        .nodes
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::Invalid("the nodes' cache is gone".into()))?;
+    Ok(addresses(&context.nodes.state()))
 }
 
 /// The InternalIPs of the Ready nodes not excluded from load balancers,
