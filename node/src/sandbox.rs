@@ -283,10 +283,7 @@ impl ComponentState {
                 pod_uid: spec.pod_uid.clone(),
                 outgoing: spec.outgoing.clone(),
             },
-            sockets: SocketsCtx {
-                pod_uid: spec.pod_uid.clone(),
-                network: spec.sockets.clone(),
-            },
+            sockets: SocketsCtx::new(spec.pod_uid.clone(), spec.sockets.clone()),
             limits: GuestLimits::new(spec, deadline),
         })
     }

@@ -273,7 +273,11 @@ impl network::HostNetwork for SocketsView<'_> {
 
 impl tcp_create_socket::Host for SocketsView<'_> {
     fn create_tcp_socket(&mut self, family: IpAddressFamily) -> SocketResult<Resource<TcpSocket>> {
-        let socket = self.table.push(GuestSocket::new(family, State::Unbound))?;
+        self.ctx.claim()?;
+        let socket = self
+            .table
+            .push(GuestSocket::new(family, State::Unbound))
+            .inspect_err(|_| self.ctx.release())?;
         Ok(theirs(socket))
     }
 }
@@ -447,8 +451,14 @@ impl tcp::HostTcpSocket for SocketsView<'_> {
                 .try_recv()
                 .map_err(|_| ErrorCode::WouldBlock)?,
         };
+        // Past the limit the connection is dropped: its other end reads
+        // end-of-stream, as after a kernel's reset.
+        self.ctx.claim()?;
         let (local, remote) = (connection.local, connection.remote);
-        let accepted = self.table.push(GuestSocket::new(family, State::Unbound))?;
+        let accepted = self
+            .table
+            .push(GuestSocket::new(family, State::Unbound))
+            .inspect_err(|_| self.ctx.release())?;
         let (input, output, outgoing) = self.streams(&accepted, connection)?;
         let socket = self.table.get_mut(&accepted)?;
         socket.options = options;
@@ -595,6 +605,7 @@ impl tcp::HostTcpSocket for SocketsView<'_> {
     fn drop(&mut self, this: Resource<TcpSocket>) -> wasmtime::Result<()> {
         self.table
             .delete(Resource::<GuestSocket>::new_own(this.rep()))?;
+        self.ctx.release();
         Ok(())
     }
 }

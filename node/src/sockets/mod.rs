@@ -18,6 +18,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -130,9 +131,67 @@ impl PodSockets for NoSockets {
     }
 }
 
-/// What a container's sockets are given: its pod and the network.
+/// Sockets one instance may hold open at once; the next is refused with
+/// `new-socket-limit` (as a process past its descriptor limit gets
+/// EMFILE).
+pub const SOCKETS_PER_INSTANCE_MAX: usize = 1024;
+
+/// What an instance's sockets are given: its pod, the network, and the
+/// count of sockets it holds.
 #[derive(Clone)]
 pub(crate) struct SocketsCtx {
     pub(crate) pod_uid: String,
     pub(crate) network: Arc<dyn PodSockets>,
+    open: Arc<AtomicUsize>,
+}
+
+impl SocketsCtx {
+    pub(crate) fn new(pod_uid: String, network: Arc<dyn PodSockets>) -> Self {
+        Self {
+            pod_uid,
+            network,
+            open: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Counts one more open socket, unless the instance is at its limit.
+    fn claim(&self) -> Result<(), ErrorCode> {
+        self.open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
+                (open < SOCKETS_PER_INSTANCE_MAX).then_some(open + 1)
+            })
+            .map(drop)
+            .map_err(|_| ErrorCode::NewSocketLimit)
+    }
+
+    /// Counts a socket closed.
+    fn release(&self) {
+        let _ = self
+            .open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
+                open.checked_sub(1)
+            });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_holds_at_most_its_limit_of_sockets() {
+        let ctx = SocketsCtx::new("pod".to_owned(), Arc::new(NoSockets));
+        for _ in 0..SOCKETS_PER_INSTANCE_MAX {
+            ctx.claim().unwrap();
+        }
+        assert_eq!(ctx.claim(), Err(ErrorCode::NewSocketLimit));
+        ctx.release();
+        assert_eq!(ctx.claim(), Ok(()), "a closed socket frees its place");
+        let clone = ctx.clone();
+        assert_eq!(
+            clone.claim(),
+            Err(ErrorCode::NewSocketLimit),
+            "clones count together"
+        );
+    }
 }
