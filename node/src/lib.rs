@@ -70,8 +70,8 @@ pub use runtime::{
 pub use sandbox::{DenyOutgoing, OutgoingFuture, OutgoingHttp};
 pub use source::{ImageRef, LocalSource, MODULE_BYTES_MAX, ModuleSource, fetch_verified};
 pub use spec::{
-    ContainerPlan, MountPlan, PodInputs, PodPlan, ProbePlan, REQUEST_TIMEOUT_ANNOTATION,
-    RestartPolicy, VolumePlan,
+    ContainerPlan, MountPlan, PodInputs, PodPlan, ProbeCheck, ProbePlan,
+    REQUEST_TIMEOUT_ANNOTATION, RestartPolicy, VolumePlan,
 };
 pub use status::{State, Terminated};
 /// Types an [`OutgoingHttp`] implementation works with.

@@ -294,7 +294,7 @@ pub(crate) trait ContainerHost: Send + Sync + 'static {
     fn new_log(&self, pod: &PodShared, index: usize, restart_count: i32) -> Arc<ContainerLog>;
     /// Restart back-off settings.
     fn backoff(&self) -> &BackoffConfig;
-    /// Starts the probes of a service container instance; they end when
+    /// Starts the probes of a container instance; they end when
     /// `instance_stopped` changes.
     fn start_probes(
         &self,
@@ -460,7 +460,7 @@ async fn start_instance<H: ContainerHost>(
     });
     let exit = match prepared {
         Prepared::Service(_) => run_service(host, pod, index).await,
-        _ => run_process_until_stopped(pod, prepared, &spec).await?,
+        _ => run_process_until_stopped(host, pod, index, prepared, &spec).await?,
     };
     log.finish();
     Ok(exit)
@@ -502,8 +502,10 @@ async fn run_service<H: ContainerHost>(host: &Arc<H>, pod: &Arc<PodShared>, inde
 
 /// Runs a process; on stop, gives it the grace period to end by itself, then
 /// ends it (a WASI guest has no signals to catch, so it cannot be asked).
-async fn run_process_until_stopped(
+async fn run_process_until_stopped<H: ContainerHost>(
+    host: &Arc<H>,
     pod: &Arc<PodShared>,
+    index: usize,
     prepared: &Prepared,
     spec: &SandboxSpec,
 ) -> Result<Exit> {
@@ -511,19 +513,31 @@ async fn run_process_until_stopped(
         .plan
         .active_deadline
         .map(|deadline| Instant::now() + deadline);
+    // A process's probes (tcpSocket, for one that listens) run while it
+    // does; a failed liveness probe ends it like a service's.
+    let (instance_stopped, stopped_receiver) = watch::channel(false);
+    host.start_probes(pod, index, stopped_receiver);
     let run = run_process(prepared, spec, deadline);
     tokio::pin!(run);
-    let request = tokio::select! {
-        exit = &mut run => return exit,
-        request = stop_requested(pod) => request,
+    let exit = tokio::select! {
+        exit = &mut run => exit,
+        () = pod.containers[index].restart.notified() => Ok(Exit {
+            exit_code: KILLED_EXIT_CODE,
+            reason: "Error",
+            message: Some("liveness probe failed; container will be restarted".to_owned()),
+        }),
+        request = stop_requested(pod) => {
+            match tokio::time::timeout(request.grace, &mut run).await {
+                Ok(exit) if !request.deadline_exceeded => exit,
+                _ => Ok(request.killed(format!(
+                    "killed after the {} ms grace period",
+                    request.grace.as_millis()
+                ))),
+            }
+        }
     };
-    match tokio::time::timeout(request.grace, &mut run).await {
-        Ok(exit) if !request.deadline_exceeded => exit,
-        _ => Ok(request.killed(format!(
-            "killed after the {} ms grace period",
-            request.grace.as_millis()
-        ))),
-    }
+    let _ = instance_stopped.send(true);
+    exit
 }
 
 /// Waits until the pod is asked to stop; returns how.

@@ -1,6 +1,8 @@
-//! Startup, liveness and readiness probes of a service container: HTTP GETs
-//! sent in-process into the container (no socket), on Kubernetes' schedule
-//! (initial delay, period, timeout, success and failure thresholds).
+//! Startup, liveness and readiness probes of a container, on Kubernetes'
+//! schedule (initial delay, period, timeout, success and failure
+//! thresholds): `httpGet` sends its GET in-process into a service
+//! container (no socket); `tcpSocket` opens a connection to the port in
+//! the pod's network and closes it, as kubelet does.
 //!
 //! Time comes from tokio's clock, so tests can pause and advance it. This
 //! module decides; the container task acts (a failed liveness or startup
@@ -14,23 +16,23 @@ use http_body_util::Empty;
 use tokio::sync::watch;
 
 use crate::pod::PodShared;
-use crate::spec::ProbePlan;
+use crate::spec::{ProbeCheck, ProbePlan};
 use crate::workload::request_body;
 
-/// Sends one request for a probe; implemented by the runtime.
-pub(crate) type ProbeSender = Arc<
-    dyn Fn(
-            Arc<PodShared>,
-            usize,
-            u16,
-            http::Request<crate::workload::RequestBody>,
-            Duration,
-        ) -> ProbeFuture
-        + Send
-        + Sync,
->;
+/// One probe's attempt.
+pub(crate) enum Attempt {
+    /// This request, to the container's port (boxed: a request is large
+    /// beside nothing).
+    Http(Box<http::Request<crate::workload::RequestBody>>),
+    /// A connection to the port.
+    Tcp,
+}
 
-/// Whether a probe request got a 2xx or 3xx answer in time.
+/// Makes one attempt of a probe on a port; implemented by the runtime.
+pub(crate) type ProbeSender =
+    Arc<dyn Fn(Arc<PodShared>, usize, u16, Attempt, Duration) -> ProbeFuture + Send + Sync>;
+
+/// Whether the attempt succeeded in time (for HTTP, a 2xx or 3xx answer).
 pub(crate) type ProbeFuture = std::pin::Pin<Box<dyn Future<Output = bool> + Send>>;
 
 /// Runs the container's probes until `stopped` turns true.
@@ -107,17 +109,23 @@ impl<'a> Prober<'a> {
     }
 
     async fn probe(&self) -> bool {
-        let request = http::Request::get(self.plan.path.as_str())
-            .header(http::header::USER_AGENT, "flotilla-probe")
-            .body(request_body(Empty::<Bytes>::new()));
-        let Ok(request) = request else {
-            return false;
+        let attempt = match &self.plan.check {
+            ProbeCheck::HttpGet { path } => {
+                let request = http::Request::get(path.as_str())
+                    .header(http::header::USER_AGENT, "flotilla-probe")
+                    .body(request_body(Empty::<Bytes>::new()));
+                let Ok(request) = request else {
+                    return false;
+                };
+                Attempt::Http(Box::new(request))
+            }
+            ProbeCheck::TcpSocket => Attempt::Tcp,
         };
         (self.send)(
             self.pod.clone(),
             self.index,
             self.plan.port,
-            request,
+            attempt,
             self.plan.timeout,
         )
         .await

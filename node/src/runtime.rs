@@ -7,7 +7,7 @@
 //! objects and report the statuses it returns.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use crate::pod::{
     BackoffConfig, ContainerHost, PodHandle, PodShared, StopRequest, enforce_active_deadline, lock,
     run_container,
 };
-use crate::probes::{ProbeFuture, ProbeSender, run_probes};
+use crate::probes::{Attempt, ProbeFuture, ProbeSender, run_probes};
 use crate::sandbox::{DenyOutgoing, OutgoingHttp, Preopen, SandboxSpec};
 use crate::sockets::{NoSockets, PodSockets};
 use crate::source::{ImageRef, ModuleSource, fetch_verified};
@@ -488,20 +488,35 @@ impl RuntimeInner {
         ContainerLog::new(file)
     }
 
-    fn probe_sender() -> ProbeSender {
+    fn probe_sender(&self) -> ProbeSender {
+        let sockets = self.sockets.clone();
         Arc::new(
-            |pod: Arc<PodShared>,
-             index: usize,
-             port: u16,
-             request: http::Request<RequestBody>,
-             timeout: Duration|
-             -> ProbeFuture {
+            move |pod: Arc<PodShared>,
+                  index: usize,
+                  port: u16,
+                  attempt: Attempt,
+                  timeout: Duration|
+                  -> ProbeFuture {
+                let sockets = sockets.clone();
                 Box::pin(async move {
-                    match serve_container(&pod, index, port, request, timeout).await {
-                        Ok(response) => {
-                            response.status().is_success() || response.status().is_redirection()
+                    match attempt {
+                        Attempt::Http(request) => {
+                            match serve_container(&pod, index, port, *request, timeout).await {
+                                Ok(response) => {
+                                    let status = response.status();
+                                    status.is_success() || status.is_redirection()
+                                }
+                                Err(_) => false,
+                            }
                         }
-                        Err(_) => false,
+                        // Opened and closed at once, as kubelet's probe
+                        // does; the guest sees a connection end.
+                        Attempt::Tcp => {
+                            let local = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+                            let remote = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+                            let connect = sockets.connect(&pod.plan.uid, local, remote);
+                            matches!(tokio::time::timeout(timeout, connect).await, Ok(Ok(_)))
+                        }
                     }
                 })
             },
@@ -601,7 +616,7 @@ impl ContainerHost for RuntimeInner {
             return;
         }
         tokio::spawn(run_probes(
-            Self::probe_sender(),
+            self.probe_sender(),
             pod.clone(),
             index,
             instance_stopped,

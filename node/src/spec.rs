@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, EnvVar, HTTPGetAction, Pod, Probe, Volume};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, Probe, Volume};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -117,12 +117,20 @@ pub struct MountPlan {
     pub read_only: bool,
 }
 
-/// An HTTP GET probe with Kubernetes' timing fields.
+/// What a probe checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeCheck {
+    /// `httpGet`: a GET of this path and query answers 2xx or 3xx.
+    HttpGet { path: String },
+    /// `tcpSocket`: a connection to the port in the pod's network opens.
+    TcpSocket,
+}
+
+/// A probe with Kubernetes' timing fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbePlan {
-    /// Path and query to GET.
-    pub path: String,
-    /// Container port to send it to.
+    pub check: ProbeCheck,
+    /// Container port to probe.
     pub port: u16,
     /// `initialDelaySeconds`.
     pub initial_delay: Duration,
@@ -435,11 +443,19 @@ fn check_mounts(
 }
 
 fn probe_plan(probe: &Probe, ports: &[u16]) -> Result<ProbePlan> {
-    let get: &HTTPGetAction = probe
-        .http_get
-        .as_ref()
-        .ok_or_else(|| invalid("only httpGet probes are supported"))?;
-    let port = match &get.port {
+    let (check, port) = match (&probe.http_get, &probe.tcp_socket) {
+        (Some(get), _) => {
+            let path = get.path.clone().unwrap_or_else(|| "/".to_owned());
+            (ProbeCheck::HttpGet { path }, &get.port)
+        }
+        (None, Some(tcp)) => (ProbeCheck::TcpSocket, &tcp.port),
+        (None, None) => {
+            return Err(invalid(
+                "only httpGet and tcpSocket probes are supported (exec and grpc are not)",
+            ));
+        }
+    };
+    let port = match port {
         IntOrString::Int(port) => {
             u16::try_from(*port).map_err(|_| invalid("probe port out of range"))?
         }
@@ -456,7 +472,7 @@ fn probe_plan(probe: &Probe, ports: &[u16]) -> Result<ProbePlan> {
             .unwrap_or(default)
     };
     Ok(ProbePlan {
-        path: get.path.clone().unwrap_or_else(|| "/".to_owned()),
+        check,
         port,
         initial_delay: seconds(probe.initial_delay_seconds.unwrap_or(0).into()),
         period: seconds(count(probe.period_seconds, 10).into()),
@@ -524,5 +540,30 @@ mod tests {
         assert_eq!(cpu_millis(&q("0.25")).unwrap(), 250);
         assert_eq!(cpu_millis(&q("2")).unwrap(), 2000);
         assert!(cpu_millis(&q("0")).is_err());
+    }
+
+    #[test]
+    fn probes_check_http_or_tcp_and_refuse_the_rest() {
+        let probe = |json: serde_json::Value| -> Probe { serde_json::from_value(json).unwrap() };
+        let http = probe_plan(&probe(serde_json::json!({"httpGet": {"port": 8080}})), &[]);
+        assert_eq!(
+            http.unwrap().check,
+            ProbeCheck::HttpGet {
+                path: "/".to_owned()
+            }
+        );
+        let tcp = probe_plan(
+            &probe(serde_json::json!({"tcpSocket": {"port": 7000}, "periodSeconds": 2})),
+            &[],
+        )
+        .unwrap();
+        assert_eq!((tcp.check, tcp.port), (ProbeCheck::TcpSocket, 7000));
+        assert_eq!(tcp.period, Duration::from_secs(2));
+        let exec = probe_plan(
+            &probe(serde_json::json!({"exec": {"command": ["true"]}})),
+            &[],
+        );
+        let error = exec.unwrap_err().to_string();
+        assert!(error.contains("httpGet and tcpSocket"), "{error}");
     }
 }

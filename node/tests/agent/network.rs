@@ -784,12 +784,17 @@ async fn raw_tcp_echoes_between_pods_across_nodes_under_network_policy() {
     let a = cluster.net_node("tcp-a", "127.0.16.1", &ca).await;
     let b = cluster.net_node("tcp-b", "127.0.16.2", &ca).await;
     let mut server = tcp_echo("echo", "tcp-b", &["serve", "7000"], json!({"app": "echo"}));
-    server.spec.as_mut().unwrap().restart_policy = Some("Always".to_owned());
+    // Ready once a tcpSocket probe connects: the server listens.
+    let spec = server.spec.as_mut().unwrap();
+    spec.restart_policy = Some("Always".to_owned());
+    spec.containers[0].readiness_probe = Some(
+        serde_json::from_value(json!({"tcpSocket": {"port": 7000}, "periodSeconds": 1})).unwrap(),
+    );
     let server = cluster.running(server).await;
-    eventually("the echo server to listen", || {
-        printed(&b, &server, "echo").contains("listening on 7000")
-    })
-    .await;
+    assert!(
+        printed(&b, &server, "echo").contains("listening on 7000"),
+        "ready before listening"
+    );
     let service: Service = cluster
         .create(json!({
             "metadata": {"name": "echo"},
