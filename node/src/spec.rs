@@ -313,17 +313,17 @@ fn container_plan(
         liveness: container
             .liveness_probe
             .as_ref()
-            .map(|p| probe_plan(p, &ports))
+            .map(|p| probe_plan(p, container))
             .transpose()?,
         readiness: container
             .readiness_probe
             .as_ref()
-            .map(|p| probe_plan(p, &ports))
+            .map(|p| probe_plan(p, container))
             .transpose()?,
         startup: container
             .startup_probe
             .as_ref()
-            .map(|p| probe_plan(p, &ports))
+            .map(|p| probe_plan(p, container))
             .transpose()?,
         ports,
         mounts,
@@ -442,7 +442,7 @@ fn check_mounts(
     Ok(())
 }
 
-fn probe_plan(probe: &Probe, ports: &[u16]) -> Result<ProbePlan> {
+fn probe_plan(probe: &Probe, container: &Container) -> Result<ProbePlan> {
     let (check, port) = match (&probe.http_get, &probe.tcp_socket) {
         (Some(get), _) => {
             let path = get.path.clone().unwrap_or_else(|| "/".to_owned());
@@ -459,11 +459,20 @@ fn probe_plan(probe: &Probe, ports: &[u16]) -> Result<ProbePlan> {
         IntOrString::Int(port) => {
             u16::try_from(*port).map_err(|_| invalid("probe port out of range"))?
         }
-        IntOrString::String(name) => name
-            .parse::<u16>()
-            .ok()
-            .or(ports.first().copied())
-            .ok_or_else(|| invalid(format!("probe port {name:?} names no port")))?,
+        // A name is one of the container's named ports, as in Kubernetes.
+        IntOrString::String(name) => container
+            .ports
+            .iter()
+            .flatten()
+            .find(|port| port.name.as_deref() == Some(name.as_str()))
+            .and_then(|port| u16::try_from(port.container_port).ok())
+            .or_else(|| name.parse().ok())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "probe port {name:?} names no port of container {:?}",
+                    container.name
+                ))
+            })?,
     };
     let count = |value: Option<i32>, default: u32| {
         value
@@ -545,7 +554,15 @@ mod tests {
     #[test]
     fn probes_check_http_or_tcp_and_refuse_the_rest() {
         let probe = |json: serde_json::Value| -> Probe { serde_json::from_value(json).unwrap() };
-        let http = probe_plan(&probe(serde_json::json!({"httpGet": {"port": 8080}})), &[]);
+        let container: Container = serde_json::from_value(serde_json::json!({
+            "name": "web",
+            "ports": [{"containerPort": 8080}, {"name": "admin", "containerPort": 9090}],
+        }))
+        .unwrap();
+        let http = probe_plan(
+            &probe(serde_json::json!({"httpGet": {"port": 8080}})),
+            &container,
+        );
         assert_eq!(
             http.unwrap().check,
             ProbeCheck::HttpGet {
@@ -554,14 +571,25 @@ mod tests {
         );
         let tcp = probe_plan(
             &probe(serde_json::json!({"tcpSocket": {"port": 7000}, "periodSeconds": 2})),
-            &[],
+            &container,
         )
         .unwrap();
         assert_eq!((tcp.check, tcp.port), (ProbeCheck::TcpSocket, 7000));
         assert_eq!(tcp.period, Duration::from_secs(2));
+        let named = probe_plan(
+            &probe(serde_json::json!({"tcpSocket": {"port": "admin"}})),
+            &container,
+        );
+        assert_eq!(named.unwrap().port, 9090, "a named port is looked up");
+        let unknown = probe_plan(
+            &probe(serde_json::json!({"httpGet": {"port": "metrics"}})),
+            &container,
+        );
+        let error = unknown.unwrap_err().to_string();
+        assert!(error.contains("\"metrics\" names no port"), "{error}");
         let exec = probe_plan(
             &probe(serde_json::json!({"exec": {"command": ["true"]}})),
-            &[],
+            &container,
         );
         let error = exec.unwrap_err().to_string();
         assert!(error.contains("httpGet and tcpSocket"), "{error}");
