@@ -32,6 +32,8 @@ use super::table::{ObjectKey, key_of};
 pub struct PodIdentity {
     pub namespace: String,
     pub name: String,
+    /// Told apart from a pod of the same name that replaced it.
+    pub uid: Option<String>,
     pub labels: BTreeMap<String, String>,
     /// Container ports by name.
     pub ports: Vec<(String, u16)>,
@@ -177,8 +179,16 @@ impl Policies {
         let mut state = self.write();
         // The node running a pod knows its address before the API does
         // (and tells this table at once); an update that does not say it
-        // yet keeps the address known.
-        let ip = ip.or_else(|| state.pod_ips.get(&key).copied());
+        // yet keeps the address known, if it is of the same pod (not of
+        // one that replaced it under the same name).
+        let ip = ip.or_else(|| {
+            let known = *state.pod_ips.get(&key)?;
+            let same_pod = state
+                .pods
+                .get(&known)
+                .is_some_and(|identity| identity.uid == pod.metadata.uid);
+            same_pod.then_some(known)
+        });
         state.forget_pod(&key);
         let Some(ip) = ip else {
             return;
@@ -193,6 +203,7 @@ impl Policies {
         let identity = PodIdentity {
             namespace: key.0.clone(),
             name: key.1.clone(),
+            uid: pod.metadata.uid.clone(),
             labels: pod.metadata.labels.clone().unwrap_or_default(),
             ports,
         };
@@ -556,6 +567,30 @@ mod tests {
                 .check(Some(source.parse().unwrap()), target)
                 .is_ok()
         })
+    }
+
+    #[test]
+    fn an_update_without_an_address_keeps_its_own_pods_address_only() {
+        let policies = Policies::default();
+        let pod = |uid: &str, ip: Option<&str>| -> Pod {
+            let status = ip.map_or(String::new(), |ip| format!(", status: {{podIP: {ip}}}"));
+            serde_yaml::from_str(&format!(
+                "{{metadata: {{name: web-0, namespace: shop, uid: {uid}}}{status}}}"
+            ))
+            .unwrap()
+        };
+        let ip: IpAddr = "10.240.0.9".parse().unwrap();
+        // The node enters its pod with its address; the API's copy of the
+        // pod, a moment behind, does not say it yet.
+        policies.upsert_pod(&pod("first", Some("10.240.0.9")));
+        policies.upsert_pod(&pod("first", None));
+        assert_eq!(
+            policies.pod_at(ip).map(|p| p.name.clone()).as_deref(),
+            Some("web-0")
+        );
+        // A pod of the same name that replaced it has no address yet.
+        policies.upsert_pod(&pod("second", None));
+        assert!(policies.pod_at(ip).is_none());
     }
 
     #[test]
