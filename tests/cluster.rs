@@ -504,6 +504,7 @@ async fn a_three_server_two_agent_cluster_runs_scales_and_survives_kills() {
     // Modules pushed with the CLI; the examples' manifests unchanged.
     let hello = guests.module("hello-http").unwrap();
     let job = guests.module("job").unwrap();
+    let tcp_echo = guests.module("tcp-echo").unwrap();
     cluster.flotilla(&["push", &hello.display().to_string(), "hello-http:0.1.0"]);
     cluster.flotilla(&["push", &job.display().to_string(), "job:0.1.0"]);
     let manifest = repo.join("examples/hello-http/k8s.yaml");
@@ -618,6 +619,66 @@ async fn a_three_server_two_agent_cluster_runs_scales_and_survives_kills() {
     );
     let logs = cluster.kubectl(0, &["logs", "job/primes"]);
     assert_eq!(logs.trim(), "sum=454396537");
+
+    // Raw TCP between pods: examples/tcp-echo's server behind its Service
+    // (ready once its port accepts), then its Job, which connects by name.
+    cluster.flotilla(&["push", &tcp_echo.display().to_string(), "tcp-echo:0.1.0"]);
+    let manifest = std::fs::read_to_string(repo.join("examples/tcp-echo/k8s.yaml")).unwrap();
+    let (server_part, job_part): (Vec<&str>, Vec<&str>) = manifest
+        .split("\n---\n")
+        .partition(|document| !document.contains("kind: Job"));
+    let mut applied = Vec::new();
+    for (name, documents) in [
+        ("tcp-echo-server", server_part),
+        ("tcp-echo-client", job_part),
+    ] {
+        let path = cluster.dir(&format!("{name}.yaml"));
+        std::fs::write(&path, documents.join("\n---\n")).unwrap();
+        cluster.kubectl(0, &["apply", "-f", &path.display().to_string()]);
+        applied.push(path);
+        if name == "tcp-echo-server" {
+            cluster.kubectl(
+                0,
+                &["rollout", "status", "deployment/tcp-echo", "--timeout=120s"],
+            );
+        }
+    }
+    cluster.kubectl(
+        0,
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/tcp-echo-client",
+            "--timeout=120s",
+        ],
+    );
+    let logs = cluster.kubectl(0, &["logs", "job/tcp-echo-client"]);
+    assert!(logs.contains("echo: hello over tcp"), "{logs}");
+    // Its CPU is needed back: after the agent kill below, agent-0 alone
+    // holds all four hello-http replicas. The server has nothing to drain,
+    // so its pod goes without the 30 s grace period.
+    for path in &applied {
+        let path = path.display().to_string();
+        cluster.kubectl(0, &["delete", "-f", &path, "--wait=false"]);
+    }
+    cluster.kubectl(
+        0,
+        &[
+            "delete",
+            "pods",
+            "-l",
+            "app=tcp-echo",
+            "--grace-period=0",
+            "--force",
+        ],
+    );
+    wait_pods(
+        &client,
+        "tcp-echo",
+        "the echo server gone",
+        <[Pod]>::is_empty,
+    )
+    .await;
 
     // Objects written before the kills, to count after them.
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
