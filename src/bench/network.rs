@@ -34,7 +34,7 @@ use flotilla_node::agent::KubeletTls;
 use flotilla_node::net::{MESH_PORT_ANNOTATION, PodNetwork, SERVICE_NAME_LABEL};
 use flotilla_node::{LocalSource, NodeConfig, NodeRuntime};
 use flotilla_raft_store::transport::ClusterCa;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::{Node, PodStatus, Service};
@@ -486,13 +486,7 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .context("reading the response body")?
-        .to_bytes();
+    let (status, body) = node_pods::read_response(response).await?;
     ensure!(
         status == http::StatusCode::OK,
         "answered {status}: {}",

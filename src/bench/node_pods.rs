@@ -114,14 +114,24 @@ pub async fn get(runtime: &NodeRuntime, uid: &str, path: &str) -> Result<(u16, B
         .body(flotilla_node::request_body(Full::new(Bytes::new())))
         .context("building a request")?;
     let response = runtime.serve_http(uid, SERVICE_PORT, request).await?;
-    let code = response.status().as_u16();
+    let (status, body) = read_response(response).await?;
+    Ok((status.as_u16(), body))
+}
+
+/// A response's status and its whole body.
+pub async fn read_response<B>(response: http::Response<B>) -> Result<(http::StatusCode, Bytes)>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let status = response.status();
     let body = response
         .into_body()
         .collect()
         .await
         .context("reading the response body")?
         .to_bytes();
-    Ok((code, body))
+    Ok((status, body))
 }
 
 /// Removes pods, a bounded number at a time (each removal waits for the
