@@ -12,6 +12,7 @@
 //! store only through `storage`.
 
 pub mod api;
+pub mod auth;
 pub mod controllers;
 pub mod fence;
 pub mod join;
