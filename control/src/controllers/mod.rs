@@ -9,6 +9,7 @@
 //! so they see exactly what users see and are bound by the same
 //! validation and optimistic concurrency. They know nothing of the store.
 
+pub mod aggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
