@@ -50,4 +50,7 @@ pub use frame::{
 };
 pub use peer::{PeerNetwork, PeerReport};
 pub use quic::{ClientHandler, Inbound, QuicEndpoint, RaftEnvelope, TransportStats};
-pub use tls::{ClusterCa, Credentials, PeerIdentity, certificate_common_name, member_name};
+pub use tls::{
+    CertificateSubject, ClusterCa, Credentials, PeerIdentity, certificate_common_name,
+    certificate_subject, member_name,
+};

@@ -98,9 +98,58 @@ impl ClusterCa {
     /// `["127.0.0.1", "localhost"]`. It is valid for both server and client
     /// use, since members are both.
     pub fn issue(&self, name: &str, subject_alt_names: &[String]) -> Result<Credentials> {
+        self.issue_in_group(name, None, subject_alt_names)
+    }
+
+    /// As [`ClusterCa::issue`], with `group` as the certificate's
+    /// organization, which Kubernetes reads as the holder's group
+    /// (`system:masters`, `system:nodes`, a team's). One group at most:
+    /// the certificate library keeps one value per subject attribute.
+    pub fn issue_in_group(
+        &self,
+        name: &str,
+        group: Option<&str>,
+        subject_alt_names: &[String],
+    ) -> Result<Credentials> {
+        self.issue_with(name, group, subject_alt_names, None)
+    }
+
+    /// A client certificate for `name` in `group`, valid from now for
+    /// `valid_for` (a user's credential that expires, as `kubeadm
+    /// kubeconfig user --validity-period` issues).
+    pub fn issue_client(
+        &self,
+        name: &str,
+        group: Option<&str>,
+        valid_for: std::time::Duration,
+    ) -> Result<Credentials> {
+        self.issue_with(name, group, &[], Some(valid_for))
+    }
+
+    fn issue_with(
+        &self,
+        name: &str,
+        group: Option<&str>,
+        subject_alt_names: &[String],
+        valid_for: Option<std::time::Duration>,
+    ) -> Result<Credentials> {
         let mut params = CertificateParams::new(subject_alt_names.to_vec())
             .map_err(|e| tls_error("certificate names", e))?;
         params.distinguished_name.push(DnType::CommonName, name);
+        if let Some(group) = group {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, group);
+        }
+        if let Some(valid_for) = valid_for {
+            let since_epoch = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|e| tls_error("the clock", e))?;
+            let now = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
+            // A minute of slack for clocks a little behind the issuer's.
+            params.not_before = now - std::time::Duration::from_secs(60);
+            params.not_after = now + valid_for;
+        }
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
@@ -244,7 +293,19 @@ fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// The common name of a DER certificate (who it was issued to), for
 /// servers that authenticate their clients by certificate.
 pub fn certificate_common_name(certificate: &[u8]) -> Option<String> {
-    der::common_name(certificate)
+    der::subject(certificate).map(|subject| subject.common_name)
+}
+
+/// Who a DER certificate was issued to: its common name and organizations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateSubject {
+    pub common_name: String,
+    pub organizations: Vec<String>,
+}
+
+/// The subject of a DER certificate; `None` when it has no common name.
+pub fn certificate_subject(certificate: &[u8]) -> Option<CertificateSubject> {
+    der::subject(certificate)
 }
 
 /// Who is on the other end of a connection, as its CA-verified certificate
@@ -267,7 +328,7 @@ impl PeerIdentity {
         let leaf = certs
             .first()
             .ok_or_else(|| Error::Transport("peer presented an empty chain".into()))?;
-        let name = der::common_name(leaf.as_ref())
+        let name = certificate_common_name(leaf.as_ref())
             .ok_or_else(|| Error::Transport("peer certificate has no common name".into()))?;
         Ok(Self { name })
     }
@@ -325,6 +386,8 @@ mod der {
     const EXPLICIT_VERSION: u8 = 0xa0;
     /// 2.5.4.3, id-at-commonName.
     const COMMON_NAME_OID: &[u8] = &[0x55, 0x04, 0x03];
+    /// 2.5.4.10, id-at-organizationName.
+    const ORGANIZATION_OID: &[u8] = &[0x55, 0x04, 0x0a];
 
     /// Splits one TLV off the front of `bytes`: (tag, contents, rest).
     fn next(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
@@ -353,7 +416,7 @@ mod der {
         (found == tag).then_some((contents, rest))
     }
 
-    pub(super) fn common_name(certificate: &[u8]) -> Option<String> {
+    pub(super) fn subject(certificate: &[u8]) -> Option<super::CertificateSubject> {
         let (certificate, _) = expect(certificate, SEQUENCE)?;
         let (tbs, _) = expect(certificate, SEQUENCE)?;
         let mut fields = tbs;
@@ -365,17 +428,25 @@ mod der {
             fields = next(fields)?.2;
         }
         let (mut subject, _) = expect(fields, SEQUENCE)?;
+        let mut common_name = None;
+        let mut organizations = Vec::new();
         while !subject.is_empty() {
             let (set, rest) = expect(subject, SET)?;
             subject = rest;
             let (attribute, _) = expect(set, SEQUENCE)?;
             let (oid, value) = expect(attribute, OID)?;
+            let (_string_tag, text, _) = next(value)?;
+            let text = || String::from_utf8(text.to_vec()).ok();
             if oid == COMMON_NAME_OID {
-                let (_string_tag, text, _) = next(value)?;
-                return String::from_utf8(text.to_vec()).ok();
+                common_name = text();
+            } else if oid == ORGANIZATION_OID {
+                organizations.extend(text());
             }
         }
-        None
+        Some(super::CertificateSubject {
+            common_name: common_name?,
+            organizations,
+        })
     }
 }
 
@@ -391,8 +462,19 @@ mod tests {
             .expect("issue");
         let chain = credentials.chain().expect("chain");
         assert_eq!(
-            der::common_name(chain[0].as_ref()).as_deref(),
+            certificate_common_name(chain[0].as_ref()).as_deref(),
             Some("member-7")
+        );
+        let grouped = ca
+            .issue_in_group("alice", Some("team-a"), &[])
+            .expect("issue");
+        let chain = grouped.chain().expect("chain");
+        assert_eq!(
+            certificate_subject(chain[0].as_ref()),
+            Some(CertificateSubject {
+                common_name: "alice".into(),
+                organizations: vec!["team-a".into()],
+            })
         );
     }
 
