@@ -1,8 +1,10 @@
 //! The agent's side of the pod network: it keeps the node's
 //! [`RoutingTable`] current from the API, as kube-proxy and an ingress
 //! controller and a policy agent do, by watching Services,
-//! EndpointSlices, Nodes, Ingresses, (for the gateway's certificates)
-//! Secrets, and NetworkPolicies with the Pods and Namespaces they select.
+//! EndpointSlices, Nodes, Ingresses, NetworkPolicies with the Pods and
+//! Namespaces they select, and, for the gateway's certificates, each
+//! Secret an Ingress names for TLS: one watch per Secret, as the Node
+//! authorizer lets a node read Secrets only one by one.
 //!
 //! Each watch relists after a disconnect; what the relist no longer shows
 //! is removed from the table, so a Service deleted while the API was away
@@ -86,20 +88,6 @@ impl Follow for Ingress {
     }
 }
 
-/// Secrets, for the Ingress gateway's certificates: only
-/// `kubernetes.io/tls` ones are kept.
-impl Follow for Secret {
-    fn apply(table: &RoutingTable, secret: &Self) {
-        table.ingresses().upsert_secret(secret);
-    }
-    fn remove(table: &RoutingTable, (namespace, name): &Key) {
-        table.ingresses().remove_secret(namespace, name);
-    }
-    fn keys(table: &RoutingTable) -> Vec<Key> {
-        table.ingresses().secret_keys()
-    }
-}
-
 impl Follow for NetworkPolicy {
     fn apply(table: &RoutingTable, policy: &Self) {
         table.policies().upsert_policy(policy);
@@ -149,7 +137,7 @@ pub async fn follow(client: kube::Client, table: RoutingTable, retry: BackoffCon
         follow_kind::<EndpointSlice>(Api::all(client.clone()), table.clone(), &retry),
         follow_kind::<Node>(Api::all(client.clone()), table.clone(), &retry),
         follow_kind::<Ingress>(Api::all(client.clone()), table.clone(), &retry),
-        follow_kind::<Secret>(Api::all(client.clone()), table.clone(), &retry),
+        follow_tls_secrets(client.clone(), table.clone(), &retry),
         follow_kind::<NetworkPolicy>(Api::all(client.clone()), table.clone(), &retry),
         follow_kind::<Pod>(Api::all(client.clone()), table.clone(), &retry),
         follow_kind::<Namespace>(Api::all(client), table, &retry),
@@ -200,6 +188,76 @@ where
                 }
             }
             Err(error) => tracing::warn!(%error, "network watch failed; relisting"),
+        }
+    }
+}
+
+/// TLS Secrets followed at once; an Ingress naming more is served without
+/// the rest, as a Secret that does not exist would be.
+const TLS_SECRETS_MAX: usize = 1024;
+
+/// Follows each Secret the Ingresses name for TLS with a watch of its own,
+/// started and stopped as the Ingresses change.
+async fn follow_tls_secrets(client: kube::Client, table: RoutingTable, retry: &BackoffConfig) {
+    let ingresses = table.ingresses();
+    let mut followed: std::collections::HashMap<Key, tokio::task::JoinHandle<()>> =
+        std::collections::HashMap::new();
+    loop {
+        let mut wanted = ingresses.tls_secrets();
+        if wanted.len() > TLS_SECRETS_MAX {
+            tracing::warn!(
+                named = wanted.len(),
+                followed = TLS_SECRETS_MAX,
+                "the Ingresses name more TLS Secrets than a node follows"
+            );
+            wanted = wanted.into_iter().take(TLS_SECRETS_MAX).collect();
+        }
+        followed.retain(|key, task| {
+            let keep = wanted.contains(key);
+            if !keep {
+                task.abort();
+                table.ingresses().remove_secret(&key.0, &key.1);
+            }
+            keep
+        });
+        for key in wanted {
+            if let std::collections::hash_map::Entry::Vacant(entry) = followed.entry(key) {
+                let key = entry.key().clone();
+                entry.insert(tokio::spawn(follow_secret(
+                    client.clone(),
+                    table.clone(),
+                    key,
+                    retry.clone(),
+                )));
+            }
+        }
+        ingresses.changed().await;
+    }
+}
+
+/// Keeps one Secret's certificate current: a watch narrowed to its name.
+async fn follow_secret(client: kube::Client, table: RoutingTable, key: Key, retry: BackoffConfig) {
+    let (namespace, name) = &key;
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let events = watcher::watcher(api, config).backoff(super::backoff::for_watches(&retry));
+    let mut events = std::pin::pin!(events);
+    let mut seen = false;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Apply(secret) | watcher::Event::InitApply(secret)) => {
+                seen = true;
+                table.ingresses().upsert_secret(&secret);
+            }
+            Ok(watcher::Event::Delete(_)) => table.ingresses().remove_secret(namespace, name),
+            Ok(watcher::Event::Init) => seen = false,
+            Ok(watcher::Event::InitDone) if !seen => {
+                table.ingresses().remove_secret(namespace, name);
+            }
+            Ok(watcher::Event::InitDone) => {}
+            Err(error) => {
+                tracing::warn!(%error, %namespace, %name, "TLS Secret watch failed; relisting")
+            }
         }
     }
 }

@@ -88,6 +88,9 @@ enum HostMatch {
 pub struct Ingresses {
     routes: Arc<RwLock<BTreeMap<ObjectKey, Arc<IngressRoute>>>>,
     certificates: Arc<RwLock<BTreeMap<ObjectKey, Arc<CertifiedKey>>>>,
+    /// Woken when the Ingresses change, for whoever follows the Secrets
+    /// they name (`Ingresses::changed`).
+    changes: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Ingresses {
@@ -118,6 +121,7 @@ impl Ingresses {
         let class = spec.ingress_class_name.as_deref();
         if class.is_some_and(|class| class != INGRESS_CLASS) {
             write(&self.routes).remove(&key);
+            self.changes.notify_one();
             return;
         }
         let backend = |backend: &IngressBackend| {
@@ -182,11 +186,27 @@ impl Ingresses {
             tls,
         };
         write(&self.routes).insert(key, Arc::new(route));
+        self.changes.notify_one();
     }
 
     /// Forgets an Ingress.
     pub fn remove(&self, namespace: &str, name: &str) {
         write(&self.routes).remove(&(namespace.to_owned(), name.to_owned()));
+        self.changes.notify_one();
+    }
+
+    /// The Secrets the served Ingresses name for TLS, as `namespace/name`.
+    pub fn tls_secrets(&self) -> std::collections::BTreeSet<ObjectKey> {
+        read(&self.routes)
+            .values()
+            .flat_map(|route| route.tls.iter().map(|(_, secret)| secret.clone()))
+            .collect()
+    }
+
+    /// Returns once the Ingresses changed since the last call returned (at
+    /// once if they did meanwhile). Meant for one follower.
+    pub async fn changed(&self) {
+        self.changes.notified().await;
     }
 
     /// The Ingresses held, as `namespace/name`.
