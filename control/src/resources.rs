@@ -9,9 +9,9 @@
 //! finds it without a hand-written schema.
 
 use k8s_openapi::api::{
-    apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
-    coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
-    networking::v1 as networking, rbac::v1 as rbac,
+    apps::v1 as apps, authentication::v1 as authentication, authorization::v1 as authorization,
+    autoscaling::v2 as autoscaling, batch::v1 as batch, coordination::v1 as coordination,
+    core::v1 as core, discovery::v1 as discovery, networking::v1 as networking, rbac::v1 as rbac,
 };
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope, Resource as K8sResource};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
@@ -41,6 +41,9 @@ pub struct ResourceInfo {
     pub categories: &'static [&'static str],
     /// Subresources besides the object itself, e.g. `status`, `scale`.
     pub subresources: &'static [&'static str],
+    /// A review (SelfSubjectAccessReview and its kin): only created, never
+    /// stored; the answer comes back in its status.
+    pub review: bool,
     normalize: Normalize,
     schema: SchemaOf,
 }
@@ -150,12 +153,26 @@ impl Registry {
             namespaced::<rbac::RoleBinding>(&[], &[], &[]),
             cluster::<rbac::ClusterRole>(&[], &[]),
             cluster::<rbac::ClusterRoleBinding>(&[], &[]),
+            review(cluster::<authentication::SelfSubjectReview>(&[], &[])),
+            review(cluster::<authorization::SelfSubjectAccessReview>(&[], &[])),
+            review(cluster::<authorization::SelfSubjectRulesReview>(&[], &[])),
+            review(cluster::<authorization::SubjectAccessReview>(&[], &[])),
+            review(namespaced::<authorization::LocalSubjectAccessReview>(
+                &[],
+                &[],
+                &[],
+            )),
         ];
         Registry { resources }
     }
 
     pub fn all(&self) -> &[ResourceInfo] {
         &self.resources
+    }
+
+    /// The resources kept in the store: all but the reviews.
+    pub fn stored(&self) -> impl Iterator<Item = &ResourceInfo> + Clone {
+        self.resources.iter().filter(|info| !info.review)
     }
 
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceInfo> {
@@ -193,6 +210,13 @@ where
     info::<K>(true, short_names, categories, subresources)
 }
 
+fn review(info: ResourceInfo) -> ResourceInfo {
+    ResourceInfo {
+        review: true,
+        ..info
+    }
+}
+
 fn cluster<K>(
     short_names: &'static [&'static str],
     subresources: &'static [&'static str],
@@ -222,6 +246,7 @@ where
         short_names,
         categories,
         subresources,
+        review: false,
         normalize: normalize::<K>,
         schema: SchemaGenerator::subschema_for::<K>,
     }

@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use crate::api::{self, ApiState};
 use crate::controllers::ipam::IpamConfig;
-use crate::controllers::{Controllers, ControllersConfig};
+use crate::controllers::{ControllerClients, Controllers, ControllersConfig};
 use crate::registry::{ModuleRegistry, RegistryConfig};
 use crate::storage::Storage;
 
@@ -169,13 +169,21 @@ impl From<RegistryConfig> for ServerOptions {
 pub struct Server {
     member: Member,
     api_address: SocketAddr,
-    /// The credentials this process's own clients (the controllers) present
-    /// to its API, when the API is served over HTTPS.
+    /// The credentials this process's own admin client presents to its
+    /// API (`system:apiserver` in `system:masters`, as kube-apiserver's
+    /// loopback client), when the API is served over HTTPS.
     own_client: Option<Credentials>,
+    /// Issues the control-plane components' certificates, over HTTPS.
+    ca: Option<std::sync::Arc<flotilla_raft_store::transport::ClusterCa>>,
     stop: oneshot::Sender<()>,
     serving: JoinHandle<()>,
     compactor: JoinHandle<()>,
+    /// Keep the authorization indexes current.
+    feeds: Vec<JoinHandle<()>>,
 }
+
+/// The user this server's own admin client is, as kube-apiserver's.
+const LOOPBACK_USER: &str = "system:apiserver";
 
 impl Server {
     /// Starts a member with the defaults of [`ServerOptions`] (no `file://`
@@ -215,13 +223,18 @@ impl Server {
             None => None,
         };
         let own_client = match &ca {
-            Some(ca) => Some(crate::tls::controller_credentials(ca)?),
+            Some(ca) => Some(crate::tls::user_credentials(
+                ca,
+                LOOPBACK_USER,
+                Some(crate::auth::user::MASTERS),
+            )?),
             None => None,
         };
         let member = Member::start(config.store).await?;
         let mut state = ApiState::new(Storage::new(member.service().clone(), member.kv().clone()));
-        if let Some(ca) = ca {
-            let authority = crate::join::Authority::new(ca, member.address())?;
+        let ca = ca.map(std::sync::Arc::new);
+        if let Some(ca) = &ca {
+            let authority = crate::join::Authority::new(ca.clone(), member.address())?;
             state.join = Some(std::sync::Arc::new(authority));
         }
         if let Some(credentials) = &own_client {
@@ -231,6 +244,7 @@ impl Server {
         state.service_cidr = options.service_cidr;
         state.node_port_range = options.node_port_range;
         bootstrap(&state).await?;
+        let feeds = state.authorizer.start(&state.storage).await?;
 
         let compactor = tokio::spawn(compact_periodically(
             state.storage.clone(),
@@ -250,9 +264,11 @@ impl Server {
             member,
             api_address,
             own_client,
+            ca,
             stop,
             serving,
             compactor,
+            feeds,
         })
     }
 
@@ -264,13 +280,53 @@ impl Server {
         &self.member
     }
 
-    /// A kube-rs client of this server's own API, as its controllers use it.
+    /// A kube-rs client of this server's own API with every permission
+    /// (`system:apiserver` in `system:masters`).
     pub async fn client(&self) -> Result<kube::Client, ServerError> {
+        self.client_with(self.own_client.as_ref()).await
+    }
+
+    /// A client of this server's own API as `user` (no groups beyond
+    /// `system:authenticated`): a control-plane component's identity. Over
+    /// plain HTTP, where there are no certificates, it is [`Server::client`].
+    pub async fn client_as(&self, user: &str) -> Result<kube::Client, ServerError> {
+        let Some(ca) = &self.ca else {
+            return self.client().await;
+        };
+        let credentials = crate::tls::component_credentials(ca, user)?;
+        self.client_with(Some(&credentials)).await
+    }
+
+    /// One client per control-plane component ([`identity`]), each with
+    /// its own certificate, as kube-controller-manager's
+    /// `--use-service-account-credentials`.
+    ///
+    /// [`identity`]: crate::controllers::identity
+    pub async fn controller_clients(&self) -> Result<ControllerClients, ServerError> {
+        use crate::controllers::identity;
+        let mut clients = ControllerClients::shared(self.client().await?);
+        if self.ca.is_none() {
+            return Ok(clients);
+        }
+        for user in [identity::ELECTOR, identity::SCHEDULER] {
+            clients = clients.with(user, self.client_as(user).await?);
+        }
+        for controller in identity::CONTROLLERS {
+            let client = self.client_as(&identity::user_of(controller)).await?;
+            clients = clients.with(controller, client);
+        }
+        Ok(clients)
+    }
+
+    async fn client_with(
+        &self,
+        credentials: Option<&Credentials>,
+    ) -> Result<kube::Client, ServerError> {
         let mut host = self.api_address;
         if host.ip().is_unspecified() {
             host.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        let document = match &self.own_client {
+        let document = match credentials {
             Some(credentials) => crate::tls::kubeconfig(&format!("https://{host}"), credentials),
             None => kubeconfig(&format!("http://{host}")),
         };
@@ -303,7 +359,11 @@ impl Server {
         config: ControllersConfig,
         ipam: IpamConfig,
     ) -> Result<Controllers, ServerError> {
-        Ok(Controllers::start_with(self.client().await?, config, ipam))
+        Ok(Controllers::start_with(
+            self.controller_clients().await?,
+            config,
+            ipam,
+        ))
     }
 
     pub async fn shutdown(self) {
@@ -313,6 +373,9 @@ impl Server {
         let _ = self.serving.await;
         self.compactor.abort();
         let _ = self.compactor.await;
+        for feed in self.feeds {
+            feed.abort();
+        }
         self.member.shutdown().await;
     }
 }
@@ -338,7 +401,11 @@ async fn bootstrap(state: &ApiState) -> Result<(), ServerError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match api::namespaces::bootstrap(state).await {
+        let bootstrapped = async {
+            api::namespaces::bootstrap(state).await?;
+            crate::auth::policy::reconcile(state).await
+        };
+        match bootstrapped.await {
             Ok(()) => return Ok(()),
             Err(error) if attempt < BOOTSTRAP_ATTEMPTS_MAX => {
                 tracing::debug!(%error, attempt, "waiting for the store to accept writes");
@@ -352,13 +419,19 @@ async fn bootstrap(state: &ApiState) -> Result<(), ServerError> {
 /// A kubeconfig that points kubectl at `server` (an `http://` URL; see
 /// `tls::kubeconfig` for HTTPS).
 pub fn kubeconfig(server: &str) -> String {
-    kubeconfig_document(server, "", " {}")
+    kubeconfig_document(server, "admin", "", " {}")
 }
 
 /// The kubeconfig document: one cluster, one user, one context.
 /// `cluster_extra` and `user` are YAML continuing the `cluster:` and `user:`
 /// lines.
-pub(crate) fn kubeconfig_document(server: &str, cluster_extra: &str, user: &str) -> String {
+pub(crate) fn kubeconfig_document(
+    server: &str,
+    user_name: &str,
+    cluster_extra: &str,
+    user: &str,
+) -> String {
+    let user_name = serde_json::Value::from(user_name);
     format!(
         "apiVersion: v1
 kind: Config
@@ -370,11 +443,11 @@ contexts:
 - name: flotilla
   context:
     cluster: flotilla
-    user: admin
+    user: {user_name}
     namespace: default
 current-context: flotilla
 users:
-- name: admin
+- name: {user_name}
   user:{user}
 "
     )

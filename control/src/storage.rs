@@ -20,6 +20,8 @@ use flotilla_raft_store::kv::proto::{
 use flotilla_raft_store::kv::{KvStore, Watcher, prefix_end};
 use flotilla_raft_store::server::Service;
 
+use crate::auth::feed::Table;
+
 /// What the API layer can get wrong or run into. Each maps to one HTTP
 /// status with Kubernetes' reason.
 #[derive(Debug, thiserror::Error)]
@@ -89,11 +91,61 @@ pub struct Claim {
 pub struct Storage {
     service: Arc<Service>,
     kv: Arc<KvStore>,
+    /// In-memory tables told of this server's writes as they commit
+    /// (`Storage::observe`), before the write is answered.
+    observers: Arc<std::sync::RwLock<Vec<Arc<dyn Table>>>>,
 }
+
+/// The value a write is about to store, kept for the observers whose
+/// prefixes hold its key.
+type Observed = Option<Vec<u8>>;
 
 impl Storage {
     pub fn new(service: Arc<Service>, kv: Arc<KvStore>) -> Self {
-        Storage { service, kv }
+        Storage {
+            service,
+            kv,
+            observers: Arc::default(),
+        }
+    }
+
+    /// Has `table` told of every write this server commits under its
+    /// prefixes, so what it holds is never older than what this server
+    /// answered (a RoleBinding just created authorizes the next request).
+    pub fn observe(&self, table: Arc<dyn Table>) {
+        self.observers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(table);
+    }
+
+    fn observers_of(&self, key: &[u8]) -> Vec<Arc<dyn Table>> {
+        let observers = self
+            .observers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        observers
+            .iter()
+            .filter(|table| {
+                table
+                    .prefixes()
+                    .iter()
+                    .any(|prefix| key.starts_with(prefix.as_bytes()))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// A copy of `value` when someone observes `key`.
+    fn keep(&self, key: &[u8], value: &[u8]) -> Observed {
+        (!self.observers_of(key).is_empty()).then(|| value.to_vec())
+    }
+
+    /// Tells the observers of `key` it now holds `value` (`None`: deleted).
+    fn written(&self, key: &[u8], value: Option<&[u8]>, revision: i64) {
+        for table in self.observers_of(key) {
+            table.apply(key, value, revision);
+        }
     }
 
     pub async fn get(&self, key: &[u8]) -> Result<Option<Stored>> {
@@ -159,6 +211,7 @@ impl Storage {
     /// Writes `value` at `key` only if nothing is there; returns the new
     /// revision.
     pub async fn create(&self, key: &[u8], value: Vec<u8>) -> Result<i64> {
+        let kept = self.keep(key, &value);
         let response = self
             .txn(
                 compare_mod_revision(key, 0),
@@ -166,7 +219,11 @@ impl Storage {
                 StorageError::AlreadyExists,
             )
             .await?;
-        Ok(revision_of(&response))
+        let revision = revision_of(&response);
+        if let Some(value) = kept {
+            self.written(key, Some(&value), revision);
+        }
+        Ok(revision)
     }
 
     /// As [`Storage::create`], writing every claim with the object in one
@@ -179,6 +236,7 @@ impl Storage {
         value: Vec<u8>,
         claims: &[Claim],
     ) -> Result<i64> {
+        let kept = self.keep(key, &value);
         let keys = std::iter::once(key).chain(claims.iter().map(|claim| claim.key.as_slice()));
         let compare = keys
             .clone()
@@ -200,7 +258,11 @@ impl Storage {
             })
             .await?;
         if response.succeeded {
-            return Ok(revision_of(&response));
+            let revision = revision_of(&response);
+            if let Some(value) = kept {
+                self.written(key, Some(&value), revision);
+            }
+            return Ok(revision);
         }
         let mut found = ranges_of(&response).into_iter();
         if found.next().flatten().is_some() {
@@ -229,6 +291,7 @@ impl Storage {
         claims: &[Claim],
         releases: &[Vec<u8>],
     ) -> Result<i64> {
+        let kept = self.keep(key, &value);
         let mut ops = vec![put(key, value)];
         ops.extend(
             claims
@@ -236,16 +299,15 @@ impl Storage {
                 .map(|claim| put(&claim.key, claim.value.clone())),
         );
         ops.extend(releases.iter().map(Vec::as_slice).map(delete_op));
-        self.guarded(
-            key,
-            expected,
-            Guards {
-                fence: None,
-                claims,
-            },
-            ops,
-        )
-        .await
+        let guards = Guards {
+            fence: None,
+            claims,
+        };
+        let revision = self.guarded(key, expected, guards, ops).await?;
+        if let Some(value) = kept {
+            self.written(key, Some(&value), revision);
+        }
+        Ok(revision)
     }
 
     /// As [`Storage::update`], and only if `fence` is also still at the
@@ -262,8 +324,14 @@ impl Storage {
             fence: Some(fence),
             claims: &[],
         };
-        self.guarded(key, expected, guards, vec![put(key, value)])
-            .await
+        let kept = self.keep(key, &value);
+        let revision = self
+            .guarded(key, expected, guards, vec![put(key, value)])
+            .await?;
+        if let Some(value) = kept {
+            self.written(key, Some(&value), revision);
+        }
+        Ok(revision)
     }
 
     /// Deletes the object at `key` if it is still at `expected`; returns
@@ -285,8 +353,11 @@ impl Storage {
             .chain(claims.iter().map(Vec::as_slice))
             .map(delete_op)
             .collect();
-        self.guarded(key, expected, Guards::default(), deletes)
-            .await
+        let revision = self
+            .guarded(key, expected, Guards::default(), deletes)
+            .await?;
+        self.written(key, None, revision);
+        Ok(revision)
     }
 
     /// Runs `ops` if `key` is still at `expected` and `guards` hold;

@@ -13,7 +13,7 @@ use axum::Router;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 pub use flotilla_raft_store::transport::Credentials;
-use flotilla_raft_store::transport::{ClusterCa, certificate_common_name};
+use flotilla_raft_store::transport::{ClusterCa, certificate_subject};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -23,6 +23,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
 use tokio_rustls::TlsAcceptor;
+
+use crate::auth::UserInfo;
 
 /// The common name of the API server's certificate.
 pub const SERVER_NAME: &str = "flotilla-apiserver";
@@ -56,12 +58,13 @@ pub fn server_credentials(ca: &ClusterCa, hosts: &[String]) -> Result<Credential
     Ok(ca.issue(SERVER_NAME, &names)?)
 }
 
-/// The common name the servers' own controllers present to the API.
+/// The user the servers' leader election presents to the API.
 pub const CONTROLLER_NAME: &str = "system:kube-controller-manager";
 
-/// A client certificate for the controllers of a server.
-pub fn controller_credentials(ca: &ClusterCa) -> Result<Credentials, TlsError> {
-    Ok(ca.issue(CONTROLLER_NAME, &[])?)
+/// A client certificate for one control-plane component of a server (the
+/// elector, the scheduler, each controller), named as its user.
+pub fn component_credentials(ca: &ClusterCa, user: &str) -> Result<Credentials, TlsError> {
+    Ok(ca.issue(user, &[])?)
 }
 
 /// The API server's side of its calls to node agents (the log proxy):
@@ -74,17 +77,34 @@ pub fn kubelet_connector(
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
-/// A client certificate for the cluster's administrator.
+/// A client certificate for the cluster's administrator, in
+/// `system:masters`.
 pub fn admin_credentials(ca: &ClusterCa) -> Result<Credentials, TlsError> {
-    Ok(ca.issue(ADMIN_NAME, &[])?)
+    user_credentials(ca, ADMIN_NAME, Some(crate::auth::user::MASTERS))
+}
+
+/// A client certificate for `user` in `group`, as `kubeadm kubeconfig
+/// user` makes them.
+pub fn user_credentials(
+    ca: &ClusterCa,
+    user: &str,
+    group: Option<&str>,
+) -> Result<Credentials, TlsError> {
+    Ok(ca.issue_in_group(user, group, &[])?)
 }
 
 /// A kubeconfig for `server` (an `https://` URL) that trusts the cluster CA
 /// and presents `client`'s certificate.
 pub fn kubeconfig(server: &str, client: &Credentials) -> String {
+    kubeconfig_as(server, "admin", client)
+}
+
+/// As [`kubeconfig`], its user entry named `user`.
+pub fn kubeconfig_as(server: &str, user: &str, client: &Credentials) -> String {
     let data = |pem: &str| STANDARD.encode(pem.as_bytes());
     crate::server::kubeconfig_document(
         server,
+        user,
         &format!(
             "\n    certificate-authority-data: {}",
             data(&client.ca_cert_pem)
@@ -97,12 +117,12 @@ pub fn kubeconfig(server: &str, client: &Credentials) -> String {
     )
 }
 
-/// Who a request came from over TLS: the common name of its verified
-/// client certificate, or `None` when it sent none. Requests over plain
-/// HTTP (loopback only) carry no `Peer` at all.
+/// Who a request came from over TLS: the user of its verified client
+/// certificate, or `None` when it sent none. Requests over plain HTTP
+/// (loopback only) carry no `Peer` at all.
 #[derive(Clone, Debug)]
 pub struct Peer {
-    pub user: Option<String>,
+    pub user: Option<UserInfo>,
 }
 
 /// The rustls configuration: the server's certificate, and client
@@ -139,10 +159,14 @@ fn server_config(credentials: &Credentials) -> Result<rustls::ServerConfig, TlsE
     Ok(config)
 }
 
-/// The common name of a verified client certificate.
-fn user_of(connection: &rustls::ServerConnection) -> Option<String> {
+/// The user of a verified client certificate.
+fn user_of(connection: &rustls::ServerConnection) -> Option<UserInfo> {
     let certificate = connection.peer_certificates()?.first()?;
-    certificate_common_name(certificate.as_ref())
+    let subject = certificate_subject(certificate.as_ref())?;
+    Some(UserInfo::from_certificate(
+        &subject.common_name,
+        subject.organizations,
+    ))
 }
 
 /// Serves `router` on `listener` until `stop` fires or the task is

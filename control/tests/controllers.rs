@@ -57,10 +57,19 @@ async fn with_controllers_timed(
     nodes: NodeTimings,
     job_backoff: Duration,
 ) -> (TestServer, kube::Client, Controllers) {
-    let server = TestServer::start().await;
+    // Over HTTPS, so that each loop calls the API with its own identity
+    // and is held to its own role.
+    let server = TestServer::start_https().await;
     let client = client(&server).await;
+    let clients = server
+        .server
+        .as_ref()
+        .unwrap()
+        .controller_clients()
+        .await
+        .unwrap();
     let controllers = Controllers::start(
-        client.clone(),
+        clients,
         ControllersConfig {
             identity: "test".into(),
             election: fast_election(),

@@ -209,8 +209,9 @@ impl BenchNode {
         .context("starting the runtime")?;
         network.attach_runtime(&runtime);
         let ip: IpAddr = spec.address.parse()?;
-        let issued = ca.issue(
+        let issued = ca.issue_in_group(
             &format!("system:node:{}", spec.name),
+            Some("system:nodes"),
             &[ip.to_string(), spec.name.to_owned()],
         )?;
         let tls = KubeletTls {

@@ -238,8 +238,9 @@ async fn start_agent(
     // a new certificate always matches the node's current name.
     let names = vec![node_name.to_string(), config.node_ip.to_string()];
     let credentials: Credentials = ca
-        .issue(
+        .issue_in_group(
             &format!("{}{node_name}", flotilla_control::join::NODE_USER_PREFIX),
+            Some(flotilla_control::auth::user::NODES),
             &names,
         )
         .context("issuing the node's certificate")?;

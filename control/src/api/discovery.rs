@@ -85,7 +85,7 @@ pub fn resources(registry: &Registry, group: &str, version: &str) -> Option<Valu
             "singularName": info.singular,
             "namespaced": info.namespaced,
             "kind": info.kind,
-            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+            "verbs": verbs(info),
             "shortNames": info.short_names,
             "categories": info.categories,
         }));
@@ -115,6 +115,24 @@ fn subresource_document(info: &ResourceInfo, subresource: &str) -> Value {
     document["singularName"] = json!("");
     document["namespaced"] = json!(info.namespaced);
     document
+}
+
+/// What may be done to a resource: reviews are only created.
+fn verbs(info: &ResourceInfo) -> &'static [&'static str] {
+    if info.review {
+        &["create"]
+    } else {
+        &[
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
+        ]
+    }
 }
 
 #[cfg(test)]

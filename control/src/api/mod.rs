@@ -53,6 +53,7 @@ use tracing::Instrument;
 use self::path::{Route, Target};
 use self::request::{Params, REQUEST_BODY_MAX, decode_body, wants_table};
 use self::status::ApiError;
+use crate::auth::{Attributes, Authorizer, UserInfo};
 use crate::resources::{Registry, registry};
 use crate::storage::Storage;
 use crate::tls::Peer;
@@ -73,6 +74,11 @@ pub struct ApiState {
     pub service_cidr: ipnet::Ipv4Net,
     /// Where Services' node ports come from (`nodeports.rs`).
     pub node_port_range: nodeports::NodePortRange,
+    /// Decides every request (`crate::auth`).
+    pub authorizer: Arc<Authorizer>,
+    /// Who the request being served is from; set per request by the
+    /// handler, the server itself (a superuser) outside requests.
+    pub user: Arc<UserInfo>,
 }
 
 impl ApiState {
@@ -86,6 +92,8 @@ impl ApiState {
             modules: Arc::new(crate::registry::ModuleRegistry::default()),
             service_cidr: services::SERVICE_CIDR_DEFAULT,
             node_port_range: nodeports::NODE_PORT_RANGE_DEFAULT,
+            authorizer: Authorizer::new(),
+            user: Arc::new(UserInfo::loopback_admin()),
         }
     }
 }
@@ -140,7 +148,7 @@ pub fn router(state: ApiState) -> Router {
 }
 
 async fn handle(
-    State(state): State<ApiState>,
+    State(mut state): State<ApiState>,
     peer: Option<Extension<Peer>>,
     method: Method,
     uri: Uri,
@@ -148,17 +156,25 @@ async fn handle(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let user = peer.as_ref().and_then(|Extension(peer)| peer.user.clone());
-    let span = tracing::info_span!("api", %method, path = uri.path(), user = user.as_deref().unwrap_or(""));
-    let (verb, resource, response) =
-        match authenticate(peer.as_ref().map(|Extension(peer)| peer), uri.path()) {
-            Ok(()) => {
-                route(&state, &method, &uri, &headers, body)
-                    .instrument(span.clone())
-                    .await
-            }
-            Err(error) => ("unknown", "", Err(error)),
-        };
+    let user = authenticate(&state, peer.as_ref().map(|Extension(peer)| peer), &headers);
+    let span = tracing::info_span!(
+        "api",
+        %method,
+        path = uri.path(),
+        user = user.as_ref().map_or("", |user| user.name.as_str())
+    );
+    let (verb, resource, response) = match user {
+        Ok(user) if user.name == crate::auth::user::ANONYMOUS && !anonymous_may(uri.path()) => {
+            ("unknown", "", Err(ApiError::unauthorized()))
+        }
+        Ok(user) => {
+            state.user = Arc::new(user);
+            route(&state, &method, &uri, &headers, body)
+                .instrument(span.clone())
+                .await
+        }
+        Err(error) => ("unknown", "", Err(error)),
+    };
     let _entered = span.enter();
     let response = response.unwrap_or_else(|error| {
         tracing::debug!(%error, "request failed");
@@ -181,19 +197,27 @@ async fn handle(
 /// Paths anyone may read, as Kubernetes' `system:public-info-viewer`.
 const PUBLIC_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version", "/version/"];
 
-/// Requests over TLS need a client certificate from the cluster CA, except
-/// for the public paths. Plain HTTP is only served on loopback, where the
-/// machine's users are trusted, as with `flotilla up`.
-fn authenticate(peer: Option<&Peer>, path: &str) -> Result<(), ApiError> {
-    match peer {
-        // A join presents a bootstrap token instead (`join::authorize`).
-        Some(Peer { user: None })
-            if !PUBLIC_PATHS.contains(&path) && !path.starts_with(crate::join::JOIN_PATH) =>
-        {
-            Err(ApiError::unauthorized())
-        }
-        _ => Ok(()),
-    }
+/// Where a request without a credential gets an answer other than 401: the
+/// public paths, and joins, which present a bootstrap token instead
+/// (`join::authorize`).
+fn anonymous_may(path: &str) -> bool {
+    PUBLIC_PATHS.contains(&path) || path.starts_with(crate::join::JOIN_PATH)
+}
+
+/// Who the request is from: the user of its client certificate (anonymous
+/// without one), whom it impersonates, or, over plain HTTP (served on
+/// loopback only), the machine's own trusted users.
+fn authenticate(
+    state: &ApiState,
+    peer: Option<&Peer>,
+    headers: &HeaderMap,
+) -> Result<UserInfo, ApiError> {
+    let requester = match peer {
+        None => UserInfo::loopback_admin(),
+        Some(Peer { user: Some(user) }) => user.clone(),
+        Some(Peer { user: None }) => UserInfo::anonymous(),
+    };
+    crate::auth::impersonation::resolve(&state.authorizer, requester, headers)
 }
 
 /// A JSON document encoded ahead of time.
@@ -213,8 +237,74 @@ async fn route(
     headers: &HeaderMap,
     body: Body,
 ) -> (&'static str, &'static str, Result<Response, ApiError>) {
-    let json = |value: Value| Ok(axum::Json(value).into_response());
     let path = uri.path();
+    if path.starts_with(crate::join::JOIN_PATH) {
+        // Authenticated and authorized by the bootstrap token it presents.
+        return (
+            "create",
+            "join",
+            join::route(state, method, path, headers, body).await,
+        );
+    }
+    let parsed = path::parse(state.registry, path);
+    let target = match parsed {
+        Ok(Route::Object(target)) => target,
+        other => {
+            let attributes = Attributes::non_resource(method, path);
+            if let Err(error) = state.authorizer.check(&state.user, &attributes) {
+                return ("unknown", "", Err(error));
+            }
+            return non_resource(state, method, path, headers, body, other.ok()).await;
+        }
+    };
+    let resource = target.info.plural;
+    let params = match Query::<BTreeMap<String, String>>::try_from_uri(uri) {
+        Ok(Query(params)) => Params(params),
+        Err(error) => {
+            return (
+                "unknown",
+                resource,
+                Err(ApiError::bad_request(format!("malformed query: {error}"))),
+            );
+        }
+    };
+    let attributes = Attributes::resource(method, &target, &params);
+    if let Err(error) = state.authorizer.check(&state.user, &attributes) {
+        return (verb_name(&attributes), resource, Err(error));
+    }
+    let (verb, outcome) = verb(state, method, headers, &target, &params, body).await;
+    (verb, resource, outcome)
+}
+
+/// The verb a refused request is counted under in the metrics.
+fn verb_name(attributes: &Attributes) -> &'static str {
+    const VERBS: &[&str] = &[
+        "get",
+        "list",
+        "watch",
+        "create",
+        "update",
+        "patch",
+        "delete",
+        "deletecollection",
+    ];
+    VERBS
+        .iter()
+        .find(|verb| **verb == attributes.verb())
+        .copied()
+        .unwrap_or("unknown")
+}
+
+/// Discovery, health, metrics, OpenAPI and the module registry.
+async fn non_resource(
+    state: &ApiState,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Body,
+    parsed: Option<Route<'static>>,
+) -> (&'static str, &'static str, Result<Response, ApiError>) {
+    let json = |value: Value| Ok(axum::Json(value).into_response());
     match path {
         "/version" | "/version/" => return ("get", "version", json(discovery::version())),
         "/healthz" | "/readyz" | "/livez" => return ("get", "health", Ok("ok".into_response())),
@@ -222,13 +312,6 @@ async fn route(
         "/openapi/v2" => return ("get", "openapi", Ok(json_bytes(openapi::v2_document()))),
         "/openapi/v3" => return ("get", "openapi", json(openapi::v3_index(state.registry))),
         _ => {}
-    }
-    if path.starts_with(crate::join::JOIN_PATH) {
-        return (
-            "create",
-            "join",
-            join::route(state, method, path, headers, body).await,
-        );
     }
     if let Some(rest) = path.strip_prefix(crate::registry::http::PREFIX) {
         return crate::registry::http::serve(state, method, rest, headers, body).await;
@@ -242,46 +325,19 @@ async fn route(
                 .ok_or_else(|| ApiError::no_route(path)),
         );
     }
-    let parsed = match path::parse(state.registry, path) {
-        Ok(route) => route,
-        Err(_) => return ("unknown", "", Err(ApiError::no_route(path))),
-    };
-    let target = match parsed {
-        Route::CoreVersions => return ("get", "discovery", json(discovery::core_versions())),
-        Route::Groups => return ("get", "discovery", json(discovery::groups(state.registry))),
-        Route::Group(group) => {
-            let document =
-                discovery::group(state.registry, &group).ok_or_else(|| ApiError::no_route(path));
-            return (
-                "get",
-                "discovery",
-                document.map(|d| axum::Json(d).into_response()),
-            );
+    let document = match parsed {
+        Some(Route::CoreVersions) => Some(discovery::core_versions()),
+        Some(Route::Groups) => Some(discovery::groups(state.registry)),
+        Some(Route::Group(group)) => discovery::group(state.registry, &group),
+        Some(Route::Resources { group, version }) => {
+            discovery::resources(state.registry, &group, &version)
         }
-        Route::Resources { group, version } => {
-            let document = discovery::resources(state.registry, &group, &version)
-                .ok_or_else(|| ApiError::no_route(path));
-            return (
-                "get",
-                "discovery",
-                document.map(|d| axum::Json(d).into_response()),
-            );
-        }
-        Route::Object(target) => target,
+        Some(Route::Object(_)) | None => None,
     };
-    let resource = target.info.plural;
-    let params = match Query::<BTreeMap<String, String>>::try_from_uri(uri) {
-        Ok(Query(params)) => Params(params),
-        Err(error) => {
-            return (
-                "unknown",
-                resource,
-                Err(ApiError::bad_request(format!("malformed query: {error}"))),
-            );
-        }
-    };
-    let (verb, outcome) = verb(state, method, headers, &target, &params, body).await;
-    (verb, resource, outcome)
+    match document {
+        Some(document) => ("get", "discovery", json(document)),
+        None => ("unknown", "", Err(ApiError::no_route(path))),
+    }
 }
 
 async fn verb(
@@ -299,6 +355,19 @@ async fn verb(
             .map_err(|_| ApiError::too_large(REQUEST_BODY_MAX))
     };
     let reply = |reply: Result<Reply, ApiError>| reply.map(IntoResponse::into_response);
+    if target.info.review {
+        if *method != Method::POST || !collection || target.subresource.is_some() {
+            let kind = target.info.kind;
+            let refusal = ApiError::method_not_allowed(format!("{kind} is only created"));
+            return ("unknown", Err(refusal));
+        }
+        let outcome = async {
+            let bytes = read_body().await?;
+            let object = decode_body(headers, &bytes)?;
+            crate::auth::reviews::create(&state.authorizer, &state.user, target, object)
+        };
+        return ("create", reply(outcome.await));
+    }
     match *method {
         Method::GET if collection => match params.flag("watch") {
             Ok(true) => ("watch", watch::watch(state, target, params).await),

@@ -77,7 +77,7 @@ pub fn spawn_cleanup(state: ApiState, namespace: String) {
 async fn cleanup_pass(state: &ApiState, namespace: &str) -> Result<bool, String> {
     let no_options = json!({});
     let mut left = false;
-    for info in registry().all().iter().filter(|info| info.namespaced) {
+    for info in registry().stored().filter(|info| info.namespaced) {
         let collection = Target {
             info,
             namespace: Some(namespace.to_string()),

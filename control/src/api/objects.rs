@@ -14,6 +14,7 @@ use super::request::{FieldValidation, Params, resource_version};
 use super::status::{ApiError, FieldError};
 use super::{ApiState, Reply, defaults, services, validation};
 use crate::api::path::Target;
+use crate::auth::admission;
 use crate::fence::{FENCE_ANNOTATION, LeaseFence};
 use crate::resources::ResourceInfo;
 use crate::storage::{Fence, StorageError, Stored};
@@ -230,6 +231,13 @@ pub async fn create(
 
     let mut warnings = Vec::new();
     let mut object = prepare(target, body, params, &mut warnings)?;
+    let write = admission::Write {
+        info,
+        subresource: None,
+        old: None,
+        new: &object,
+    };
+    admission::admit(&state.authorizer, &state.user, &write)?;
     crate::registry::admit(state, info, &mut object).await?;
     if info.namespaced {
         namespace_accepts_content(
@@ -608,6 +616,13 @@ async fn update_fenced_with(
         if !errors.is_empty() {
             return Err(ApiError::invalid(info, name, errors));
         }
+        let write = admission::Write {
+            info,
+            subresource: target.subresource.as_deref(),
+            old: Some(&current),
+            new: &next,
+        };
+        admission::admit(&state.authorizer, &state.user, &write)?;
         let allocation = services::reassign(state, info, &current, &mut next).await?;
         if next == current || dry_run {
             return Ok(next);
@@ -866,6 +881,7 @@ pub async fn delete(
         let stored = read(state, target, &name).await?;
         let current = decode(&stored)?;
         check_preconditions(info, &name, &current, &options["preconditions"])?;
+        admission::admit_delete(&state.user, info, &current)?;
         let finalizers = current["metadata"]["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty())

@@ -12,8 +12,11 @@
 use std::collections::BTreeMap;
 
 use k8s_pb::api::apps::v1 as apps;
+use k8s_pb::api::authentication::v1 as authentication;
+use k8s_pb::api::authorization::v1 as authorization;
 use k8s_pb::api::batch::v1 as batch;
 use k8s_pb::api::core::v1 as core;
+use k8s_pb::api::rbac::v1 as rbac;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
 use prost::Message;
@@ -57,6 +60,35 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
         ("apps/v1", "Deployment") => deployment(message(&raw)?)?,
         ("batch/v1", "Job") => job(message(&raw)?)?,
         ("batch/v1", "CronJob") => cron_job(message(&raw)?)?,
+        ("rbac.authorization.k8s.io/v1", "Role") => role(message(&raw)?)?,
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => cluster_role(message(&raw)?)?,
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
+            let mut binding: rbac::RoleBinding = message(&raw)?;
+            let kind = "RoleBinding";
+            let metadata = metadata(binding.metadata.take(), kind)?;
+            role_binding(
+                metadata,
+                std::mem::take(&mut binding.subjects),
+                binding.role_ref.take(),
+            )
+        }
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+            let mut binding: rbac::ClusterRoleBinding = message(&raw)?;
+            let kind = "ClusterRoleBinding";
+            let metadata = metadata(binding.metadata.take(), kind)?;
+            role_binding(
+                metadata,
+                std::mem::take(&mut binding.subjects),
+                binding.role_ref.take(),
+            )
+        }
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => self_subject_review(message(&raw)?)?,
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => {
+            self_subject_access_review(message(&raw)?)?
+        }
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => {
+            self_subject_rules_review(message(&raw)?)?
+        }
         _ => {
             return Err(ApiError::unsupported_media_type(&format!(
                 "{MEDIA_TYPE} for {api_version} {kind} (send it as JSON or YAML)"
@@ -205,6 +237,172 @@ fn bytes_map(map: BTreeMap<String, Vec<u8>>) -> Value {
         .map(|(key, value)| (key, base64::engine::general_purpose::STANDARD.encode(value)))
         .collect();
     json!(encoded)
+}
+
+/// `kubectl auth whoami`: nothing but metadata.
+fn self_subject_review(mut object: authentication::SelfSubjectReview) -> Result<Value, ApiError> {
+    let kind = "SelfSubjectReview";
+    let mut out = Map::new();
+    out.insert("metadata".into(), metadata(object.metadata.take(), kind)?);
+    nothing_else(&object, kind, "status")?;
+    Ok(Value::Object(out))
+}
+
+/// `kubectl auth can-i VERB RESOURCE` and `can-i VERB /path`.
+fn self_subject_access_review(
+    mut object: authorization::SelfSubjectAccessReview,
+) -> Result<Value, ApiError> {
+    let kind = "SelfSubjectAccessReview";
+    let mut out = Map::new();
+    out.insert("metadata".into(), metadata(object.metadata.take(), kind)?);
+    let mut spec = object.spec.take().unwrap_or_default();
+    let mut converted = Map::new();
+    if let Some(mut attributes) = spec.resource_attributes.take() {
+        let mut resource = Map::new();
+        put(
+            &mut resource,
+            "namespace",
+            json!(attributes.namespace.take()),
+        );
+        put(&mut resource, "verb", json!(attributes.verb.take()));
+        put(&mut resource, "group", json!(attributes.group.take()));
+        put(&mut resource, "version", json!(attributes.version.take()));
+        put(&mut resource, "resource", json!(attributes.resource.take()));
+        put(
+            &mut resource,
+            "subresource",
+            json!(attributes.subresource.take()),
+        );
+        put(&mut resource, "name", json!(attributes.name.take()));
+        nothing_else(&attributes, kind, "field or label selectors")?;
+        converted.insert("resourceAttributes".into(), Value::Object(resource));
+    }
+    if let Some(mut attributes) = spec.non_resource_attributes.take() {
+        let mut path = Map::new();
+        put(&mut path, "path", json!(attributes.path.take()));
+        put(&mut path, "verb", json!(attributes.verb.take()));
+        converted.insert("nonResourceAttributes".into(), Value::Object(path));
+    }
+    nothing_else(&spec, kind, "unknown spec fields")?;
+    out.insert("spec".into(), Value::Object(converted));
+    nothing_else(&object, kind, "status")?;
+    Ok(Value::Object(out))
+}
+
+/// `kubectl auth can-i --list`.
+fn self_subject_rules_review(
+    mut object: authorization::SelfSubjectRulesReview,
+) -> Result<Value, ApiError> {
+    let kind = "SelfSubjectRulesReview";
+    let mut out = Map::new();
+    out.insert("metadata".into(), metadata(object.metadata.take(), kind)?);
+    let mut spec = object.spec.take().unwrap_or_default();
+    out.insert("spec".into(), json!({"namespace": spec.namespace.take()}));
+    nothing_else(&object, kind, "status")?;
+    Ok(Value::Object(out))
+}
+
+/// `kubectl create role|clusterrole`.
+fn policy_rules(rules: Vec<rbac::PolicyRule>) -> Value {
+    let rules: Vec<Value> = rules
+        .into_iter()
+        .map(|rule| {
+            let mut out = Map::new();
+            out.insert("verbs".into(), json!(rule.verbs));
+            put(&mut out, "apiGroups", json!(rule.api_groups));
+            put(&mut out, "resources", json!(rule.resources));
+            put(&mut out, "resourceNames", json!(rule.resource_names));
+            put(&mut out, "nonResourceURLs", json!(rule.non_resource_ur_ls));
+            Value::Object(out)
+        })
+        .collect();
+    json!(rules)
+}
+
+fn role(mut object: rbac::Role) -> Result<Value, ApiError> {
+    let mut out = Map::new();
+    out.insert("metadata".into(), metadata(object.metadata.take(), "Role")?);
+    put(
+        &mut out,
+        "rules",
+        policy_rules(std::mem::take(&mut object.rules)),
+    );
+    nothing_else(&object, "Role", "unknown fields")?;
+    Ok(Value::Object(out))
+}
+
+fn cluster_role(mut object: rbac::ClusterRole) -> Result<Value, ApiError> {
+    let kind = "ClusterRole";
+    let mut out = Map::new();
+    out.insert("metadata".into(), metadata(object.metadata.take(), kind)?);
+    put(
+        &mut out,
+        "rules",
+        policy_rules(std::mem::take(&mut object.rules)),
+    );
+    if let Some(mut aggregation) = object.aggregation_rule.take() {
+        let selectors = std::mem::take(&mut aggregation.cluster_role_selectors)
+            .into_iter()
+            .map(|selector| label_selector(selector, kind))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.insert(
+            "aggregationRule".into(),
+            json!({"clusterRoleSelectors": selectors}),
+        );
+    }
+    nothing_else(&object, kind, "unknown fields")?;
+    Ok(Value::Object(out))
+}
+
+/// A label selector with its expressions (an aggregation rule's).
+fn label_selector(mut selector: meta::LabelSelector, kind: &str) -> Result<Value, ApiError> {
+    let mut out = Map::new();
+    put(
+        &mut out,
+        "matchLabels",
+        strings(std::mem::take(&mut selector.match_labels)),
+    );
+    let expressions: Vec<Value> = std::mem::take(&mut selector.match_expressions)
+        .into_iter()
+        .map(|expression| {
+            let mut out = Map::new();
+            put(&mut out, "key", json!(expression.key));
+            put(&mut out, "operator", json!(expression.operator));
+            put(&mut out, "values", json!(expression.values));
+            Value::Object(out)
+        })
+        .collect();
+    put(&mut out, "matchExpressions", json!(expressions));
+    nothing_else(&selector, kind, "selector fields")?;
+    Ok(Value::Object(out))
+}
+
+/// `kubectl create rolebinding|clusterrolebinding`.
+fn role_binding(
+    metadata: Value,
+    subjects: Vec<rbac::Subject>,
+    role_ref: Option<rbac::RoleRef>,
+) -> Value {
+    let subjects: Vec<Value> = subjects
+        .into_iter()
+        .map(|subject| {
+            let mut out = Map::new();
+            put(&mut out, "kind", json!(subject.kind));
+            put(&mut out, "apiGroup", json!(subject.api_group));
+            put(&mut out, "name", json!(subject.name));
+            put(&mut out, "namespace", json!(subject.namespace));
+            Value::Object(out)
+        })
+        .collect();
+    let role_ref = role_ref.unwrap_or_default();
+    let mut out = Map::new();
+    out.insert("metadata".into(), metadata);
+    put(&mut out, "subjects", json!(subjects));
+    out.insert(
+        "roleRef".into(),
+        json!({"apiGroup": role_ref.api_group, "kind": role_ref.kind, "name": role_ref.name}),
+    );
+    Value::Object(out)
 }
 
 fn config_map(mut object: core::ConfigMap) -> Result<Value, ApiError> {
@@ -659,13 +857,69 @@ mod tests {
             error.message
         );
 
-        let error = decode(&envelope(
-            "rbac.authorization.k8s.io/v1",
-            "Role",
-            Vec::new(),
-        ))
-        .unwrap_err();
+        let error = decode(&envelope("networking.k8s.io/v1", "Ingress", Vec::new())).unwrap_err();
         assert_eq!(error.code.as_u16(), 415);
         assert_eq!(decode(b"not protobuf").unwrap_err().code.as_u16(), 400);
+    }
+
+    #[test]
+    fn rbac_objects_read_as_kubectl_create_sends_them() {
+        let binding = rbac::RoleBinding {
+            metadata: Some(meta::ObjectMeta {
+                name: Some("alice-edit".into()),
+                ..Default::default()
+            }),
+            subjects: vec![rbac::Subject {
+                kind: Some("User".into()),
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                name: Some("alice".into()),
+                namespace: None,
+            }],
+            role_ref: Some(rbac::RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: Some("ClusterRole".into()),
+                name: Some("edit".into()),
+            }),
+        };
+        let object = decode(&envelope(
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            binding.encode_to_vec(),
+        ))
+        .unwrap();
+        assert_eq!(
+            object["subjects"],
+            json!([{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "alice"}])
+        );
+        assert_eq!(object["roleRef"]["name"], "edit");
+        let role = rbac::ClusterRole {
+            metadata: None,
+            rules: vec![rbac::PolicyRule {
+                verbs: vec!["get".into()],
+                api_groups: vec![String::new()],
+                resources: vec!["pods".into()],
+                ..Default::default()
+            }],
+            aggregation_rule: Some(rbac::AggregationRule {
+                cluster_role_selectors: vec![meta::LabelSelector {
+                    match_labels: [("team".to_string(), "a".to_string())].into(),
+                    ..Default::default()
+                }],
+            }),
+        };
+        let object = decode(&envelope(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRole",
+            role.encode_to_vec(),
+        ))
+        .unwrap();
+        assert_eq!(
+            object["rules"],
+            json!([{"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]}])
+        );
+        assert_eq!(
+            object["aggregationRule"]["clusterRoleSelectors"][0]["matchLabels"]["team"],
+            "a"
+        );
     }
 }

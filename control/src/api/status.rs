@@ -161,6 +161,19 @@ impl ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "Forbidden", message)
     }
 
+    /// A refusal to act on an object, with Kubernetes' details (`kind` is
+    /// the resource's plural there, as in its other errors).
+    pub fn forbidden_object(
+        group: &str,
+        resource: &str,
+        name: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        let mut error = ApiError::forbidden(message);
+        error.details = json!({"name": name, "group": group, "kind": resource});
+        error
+    }
+
     /// A well-formed request that cannot be carried out (a JSON patch
     /// whose path does not exist).
     pub fn unprocessable(message: impl Into<String>) -> Self {

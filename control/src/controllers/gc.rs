@@ -125,7 +125,7 @@ impl GarbageCollector {
 
     /// Runs until the task is dropped.
     pub async fn run(mut self) {
-        let streams = registry().all().iter().map(|info| {
+        let streams = registry().stored().map(|info| {
             let api = Api::<DynamicObject>::all_with(self.client.clone(), &api_resource(info));
             // Back off while the API is away rather than spin on errors.
             watcher(api, watcher::Config::default())
@@ -156,7 +156,7 @@ impl GarbageCollector {
                 }
                 _ = retry.tick() => self.requeue_due(),
             }
-            if self.synced.len() == registry().all().len() {
+            if self.synced.len() == registry().stored().count() {
                 self.drain().await;
             }
         }
@@ -298,7 +298,7 @@ impl GarbageCollector {
     /// left behind (foreground). Dependents share a namespaced owner's
     /// namespace, as Kubernetes requires.
     async fn discover_dependents(&mut self, uid: &str, node: &Node) -> Result<(), kube::Error> {
-        for info in registry().all() {
+        for info in registry().stored() {
             let resource = api_resource(info);
             let api: Api<DynamicObject> = match (&node.namespace, info.namespaced) {
                 (Some(namespace), true) => {

@@ -46,6 +46,85 @@ pub struct ControllersConfig {
     pub job_backoff: std::time::Duration,
 }
 
+/// The user names the control plane's components call the API as, as
+/// kube-controller-manager's `--use-service-account-credentials` names
+/// them: each controller is the ServiceAccount `kube-system/<name>`, bound
+/// to the ClusterRole `system:controller:<name>` (`auth::bootstrap`).
+pub mod identity {
+    /// The leader election of the servers.
+    pub const ELECTOR: &str = "system:kube-controller-manager";
+    pub const SCHEDULER: &str = "system:kube-scheduler";
+    pub const GARBAGE_COLLECTOR: &str = "generic-garbage-collector";
+    pub const NODE: &str = "node-controller";
+    pub const CRONJOB: &str = "cronjob-controller";
+    pub const DAEMONSET: &str = "daemon-set-controller";
+    pub const DEPLOYMENT: &str = "deployment-controller";
+    pub const ENDPOINT: &str = "endpoint-controller";
+    pub const JOB: &str = "job-controller";
+    pub const SERVICE: &str = "service-controller";
+    pub const REPLICASET: &str = "replicaset-controller";
+    pub const SERVICE_ACCOUNT: &str = "service-account-controller";
+    pub const STATEFULSET: &str = "statefulset-controller";
+    pub const CLUSTERROLE_AGGREGATION: &str = "clusterrole-aggregation-controller";
+    /// Every controller's ServiceAccount name.
+    pub const CONTROLLERS: &[&str] = &[
+        GARBAGE_COLLECTOR,
+        NODE,
+        CRONJOB,
+        DAEMONSET,
+        DEPLOYMENT,
+        ENDPOINT,
+        JOB,
+        SERVICE,
+        REPLICASET,
+        SERVICE_ACCOUNT,
+        STATEFULSET,
+        CLUSTERROLE_AGGREGATION,
+    ];
+
+    /// The user a controller's ServiceAccount is.
+    pub fn user_of(controller: &str) -> String {
+        crate::auth::user::service_account_user("kube-system", controller)
+    }
+}
+
+/// How each loop reaches the API: a client per component identity
+/// ([`identity`]), so each is allowed its job and no more. A component
+/// without a client of its own uses the shared one.
+#[derive(Clone)]
+pub struct ControllerClients {
+    shared: kube::Client,
+    own: std::collections::HashMap<String, kube::Client>,
+}
+
+impl ControllerClients {
+    /// Every component with the same client (plain HTTP on loopback,
+    /// where there is no identity to tell them apart).
+    pub fn shared(client: kube::Client) -> Self {
+        ControllerClients {
+            shared: client,
+            own: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Gives the component called `name` (an [`identity`] constant) its
+    /// own client.
+    pub fn with(mut self, name: &str, client: kube::Client) -> Self {
+        self.own.insert(name.to_string(), client);
+        self
+    }
+
+    pub fn of(&self, name: &str) -> kube::Client {
+        self.own.get(name).unwrap_or(&self.shared).clone()
+    }
+}
+
+impl From<kube::Client> for ControllerClients {
+    fn from(client: kube::Client) -> Self {
+        ControllerClients::shared(client)
+    }
+}
+
 /// The elected loops of one member; stopped when dropped.
 pub struct Controllers {
     elector: Elector,
@@ -53,19 +132,24 @@ pub struct Controllers {
 }
 
 impl Controllers {
-    pub fn start(client: kube::Client, config: ControllersConfig) -> Self {
-        Controllers::start_with(client, config, ipam::IpamConfig::default())
+    pub fn start(clients: impl Into<ControllerClients>, config: ControllersConfig) -> Self {
+        Controllers::start_with(clients, config, ipam::IpamConfig::default())
     }
 
     /// As [`Controllers::start`], with Node podCIDRs cut from `ipam`'s
     /// cluster CIDR. A second argument, not a `ControllersConfig` field, so
     /// that callers building `ControllersConfig` literally keep compiling.
     pub fn start_with(
-        client: kube::Client,
+        clients: impl Into<ControllerClients>,
         config: ControllersConfig,
         ipam: ipam::IpamConfig,
     ) -> Self {
-        let elector = Elector::start(client.clone(), config.identity, config.election);
+        let clients = clients.into();
+        let elector = Elector::start(
+            clients.of(identity::ELECTOR),
+            config.identity,
+            config.election,
+        );
         let leading = elector.leading.clone();
         let timings = Timings {
             nodes: config.nodes,
@@ -73,7 +157,7 @@ impl Controllers {
             ipam,
         };
         let fence = elector.fence.clone();
-        let task = tokio::spawn(lead_while_elected(client, leading, fence, timings));
+        let task = tokio::spawn(lead_while_elected(clients, leading, fence, timings));
         Controllers { elector, task }
     }
 
@@ -100,7 +184,7 @@ struct Timings {
 }
 
 async fn lead_while_elected(
-    client: kube::Client,
+    clients: ControllerClients,
     mut leading: watch::Receiver<bool>,
     fence: watch::Receiver<Option<LeaseFence>>,
     timings: Timings,
@@ -116,7 +200,7 @@ async fn lead_while_elected(
         // aborted (the Controllers dropped): a JoinHandle alone would leave
         // the loops running.
         let loops = AbortOnDrop(tokio::spawn(run_loops(
-            client.clone(),
+            clients.clone(),
             fence.clone(),
             timings.clone(),
         )));
@@ -335,23 +419,25 @@ impl Drop for AbortOnDrop {
 }
 
 async fn run_loops(
-    client: kube::Client,
+    clients: ControllerClients,
     fence: watch::Receiver<Option<LeaseFence>>,
     timings: Timings,
 ) {
+    use identity::*;
     tokio::join!(
-        gc::GarbageCollector::new(client.clone()).run(),
-        ipam::run(client.clone(), timings.ipam),
-        cronjob::run(client.clone()),
-        daemonset::run(client.clone()),
-        deployment::run(client.clone()),
-        endpoints::run(client.clone()),
-        job::run(client.clone(), timings.job_backoff),
-        loadbalancer::run(client.clone()),
-        nodes::run(client.clone(), timings.nodes),
-        replicaset::run(client.clone()),
-        serviceaccounts::run(client.clone()),
-        statefulset::run(client.clone()),
-        scheduler::run(client, Some(fence)),
+        gc::GarbageCollector::new(clients.of(GARBAGE_COLLECTOR)).run(),
+        ipam::run(clients.of(NODE), timings.ipam),
+        cronjob::run(clients.of(CRONJOB)),
+        daemonset::run(clients.of(DAEMONSET)),
+        deployment::run(clients.of(DEPLOYMENT)),
+        endpoints::run(clients.of(ENDPOINT)),
+        job::run(clients.of(JOB), timings.job_backoff),
+        loadbalancer::run(clients.of(SERVICE)),
+        nodes::run(clients.of(NODE), timings.nodes),
+        replicaset::run(clients.of(REPLICASET)),
+        serviceaccounts::run(clients.of(SERVICE_ACCOUNT)),
+        statefulset::run(clients.of(STATEFULSET)),
+        aggregation::run(clients.of(CLUSTERROLE_AGGREGATION)),
+        scheduler::run(clients.of(SCHEDULER), Some(fence)),
     );
 }

@@ -112,13 +112,13 @@ pub struct ServerJoinResponse {
 /// the store (which follows leader hints, as membership changes must go
 /// through the raft leader).
 pub struct Authority {
-    ca: ClusterCa,
+    ca: std::sync::Arc<ClusterCa>,
     store: StoreClient,
 }
 
 impl Authority {
     /// `member`: this server's own store member, the first one asked.
-    pub fn new(ca: ClusterCa, member: SocketAddr) -> Result<Authority, JoinError> {
+    pub fn new(ca: std::sync::Arc<ClusterCa>, member: SocketAddr) -> Result<Authority, JoinError> {
         let credentials = ca.issue("join-authority", &["localhost".to_string()])?;
         let store = StoreClient::with_credentials(vec![member.to_string()], &credentials)?;
         Ok(Authority { ca, store })
@@ -146,7 +146,11 @@ impl Authority {
             key_pem,
         } = self
             .ca
-            .issue(&format!("{NODE_USER_PREFIX}{}", request.node_name), &names)
+            .issue_in_group(
+                &format!("{NODE_USER_PREFIX}{}", request.node_name),
+                Some(crate::auth::user::NODES),
+                &names,
+            )
             .map_err(|error| JoinError::Invalid(format!("the node's addresses: {error}")))?;
         Ok(NodeJoinResponse {
             ca: ca_cert_pem,

@@ -96,6 +96,69 @@ impl TestServer {
         self.server = Some(Server::start(self.config.clone()).await.unwrap());
     }
 
+    /// A kubeconfig holding a certificate for `user` in `group`, from the
+    /// server's CA (an HTTPS server's).
+    pub fn user_kubeconfig(&self, user: &str, group: Option<&str>) -> PathBuf {
+        let ca = ensure_cluster_ca(&self.config.store.tls_dir).unwrap();
+        let credentials = ca.issue_in_group(user, group, &[]).unwrap();
+        let url = format!("https://{}", self.server.as_ref().unwrap().api_address());
+        let path = self
+            .dir
+            .path()
+            .join(format!("{}.kubeconfig", user.replace(':', "_")));
+        std::fs::write(&path, tls::kubeconfig_as(&url, user, &credentials)).unwrap();
+        path
+    }
+
+    /// A kube-rs client from a kubeconfig file.
+    pub async fn client_from(kubeconfig: &Path) -> kube::Client {
+        let document = std::fs::read_to_string(kubeconfig).unwrap();
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(&document).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// kubectl with another kubeconfig (another user's); returns its
+    /// output whatever the exit status.
+    pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Output {
+        let mut command = Command::new(kubectl());
+        command
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("kube-cache"))
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .stdin(std::process::Stdio::null());
+        command.output().unwrap()
+    }
+
+    /// As [`TestServer::kubectl_as`], with `input` on stdin.
+    pub fn kubectl_as_with_input(&self, kubeconfig: &Path, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut command = Command::new(kubectl());
+        command
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("kube-cache"))
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.server.as_ref().unwrap().api_address())
     }

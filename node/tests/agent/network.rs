@@ -26,8 +26,9 @@ struct NetNode {
 /// The node certificate `ca` issues to `node` at `ip`, as a join does.
 fn node_tls(ca: &ClusterCa, node: &str, ip: IpAddr) -> KubeletTls {
     let issued = ca
-        .issue(
+        .issue_in_group(
             &format!("system:node:{node}"),
+            Some("system:nodes"),
             &[ip.to_string(), node.to_owned()],
         )
         .unwrap();

@@ -11,8 +11,9 @@
 //! - `system:node` holds what a node agent calls. Nothing binds it: the node
 //!   authorizer grants it to each node, narrowed to that node's objects.
 //! - The registry lives at non-resource URLs, so it is granted by
-//!   `nonResourceURLs` rules, with the verbs Kubernetes derives from HTTP
-//!   methods (GET and HEAD `get`, POST `create`, PUT `update`). Nodes read it
+//!   `nonResourceURLs` rules, whose verbs are the HTTP methods in lower
+//!   case as Kubernetes has them (`get`, which HEAD counts as, `put`,
+//!   `post`). Nodes read it
 //!   (`flotilla:registry-reader`, bound to `system:nodes`). Pushing is
 //!   cluster-wide, so no namespaced role carries it: a user who pushes
 //!   needs a ClusterRoleBinding to `flotilla:registry-pusher`, and a user who
@@ -266,10 +267,7 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
         ),
         role(
             REGISTRY_PUSHER,
-            vec![non_resource(
-                &[&registry_urls()],
-                &["get", "create", "update"],
-            )],
+            vec![non_resource(&[&registry_urls()], &["get", "put", "post"])],
         ),
     ];
     roles.extend(controllers::roles());

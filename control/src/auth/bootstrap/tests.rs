@@ -488,19 +488,19 @@ const URL_CASES: &[(&str, &str, &str, bool)] = &[
     (
         REGISTRY_READER,
         "/flotilla/registry/v1/blobs/sha256:ab",
-        "update",
+        "put",
         false,
     ),
     (
         REGISTRY_PUSHER,
         "/flotilla/registry/v1/blobs/sha256:ab",
-        "update",
+        "put",
         true,
     ),
     (
         REGISTRY_PUSHER,
         "/flotilla/registry/v1/tags/app/v1",
-        "update",
+        "put",
         true,
     ),
     (
@@ -515,19 +515,14 @@ const URL_CASES: &[(&str, &str, &str, bool)] = &[
         "delete",
         false,
     ),
-    (REGISTRY_PUSHER, "/api/v1/pods", "update", false),
+    (REGISTRY_PUSHER, "/api/v1/pods", "put", false),
     (
         NODE_ROLE,
         "/flotilla/registry/v1/blobs/sha256:ab",
         "get",
         true,
     ),
-    (
-        NODE_ROLE,
-        "/flotilla/registry/v1/tags/app/v1",
-        "update",
-        false,
-    ),
+    (NODE_ROLE, "/flotilla/registry/v1/tags/app/v1", "put", false),
 ];
 
 #[test]
