@@ -52,7 +52,15 @@ enum Command {
     /// Run a whole cluster in this process, on loopback: one server and one
     /// node, with the state in a data directory that the next run resumes.
     Up(up::UpArgs),
-    /// Print a kubeconfig that points kubectl at a Flotilla API server.
+    /// Print a kubeconfig that points kubectl at a Flotilla API server;
+    /// with --user, one holding a new certificate for that user, issued
+    /// from the cluster CA of a server's data directory (as `kubeadm
+    /// kubeconfig user` does on a control-plane machine).
+    ///
+    /// Example, a kubeconfig for alice of team-a, valid for 30 days:
+    ///
+    ///   flotilla kubeconfig --data-dir /var/lib/flotilla --server https://A:6443 \
+    ///       --user alice --group team-a --ttl 30d > alice.kubeconfig
     Kubeconfig(KubeconfigArgs),
     /// Run a benchmark of Flotilla beside a real peer and record it in BENCHMARKS.md.
     #[cfg(feature = "bench")]
@@ -283,6 +291,76 @@ struct KubeconfigArgs {
     /// The API server's URL.
     #[arg(long, default_value = "http://127.0.0.1:6443")]
     server: String,
+    /// Issue a client certificate for this user name (its common name).
+    /// What the user may do is what RoleBindings grant the name or group.
+    #[arg(long, requires = "data_dir")]
+    user: Option<String>,
+    /// The user's group (the certificate's organization); one at most.
+    #[arg(long, requires = "user")]
+    group: Option<String>,
+    /// How long the certificate is valid (Kubernetes' user certificates:
+    /// a year).
+    #[arg(long, default_value = "8760h", value_parser = cli::duration::parse_duration)]
+    ttl: std::time::Duration,
+    /// A server's data directory, whose `ca/` holds the cluster CA.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// The longest a user certificate may be valid: past that, a lost laptop
+/// is a credential for good.
+const USER_CERTIFICATE_TTL_MAX: std::time::Duration =
+    std::time::Duration::from_secs(5 * 365 * 24 * 3600);
+
+/// Why a user name may not be issued a certificate: the names the
+/// cluster's own components and the store's members go by.
+fn reserved_user(user: &str) -> Option<&'static str> {
+    if user.is_empty() {
+        return Some("a user needs a name");
+    }
+    if user.starts_with("system:") {
+        return Some("system: names belong to the cluster's own components and nodes");
+    }
+    let components = [
+        "join-authority",
+        "store-client",
+        flotilla_control::tls::SERVER_NAME,
+    ];
+    if components.contains(&user) || user.starts_with("member-") {
+        return Some("the name is the store's or the API server's own");
+    }
+    None
+}
+
+/// A kubeconfig for `args.user`, or the plain one.
+fn kubeconfig_for(args: &KubeconfigArgs) -> Result<String> {
+    let (Some(user), Some(data_dir)) = (&args.user, &args.data_dir) else {
+        return Ok(flotilla_control::kubeconfig(&args.server));
+    };
+    if let Some(reason) = reserved_user(user) {
+        anyhow::bail!("--user {user:?} is refused: {reason}");
+    }
+    if args.ttl.is_zero() || args.ttl > USER_CERTIFICATE_TTL_MAX {
+        anyhow::bail!("--ttl must be more than 0 and at most 5 years (43800h)");
+    }
+    if !args.server.starts_with("https://") {
+        anyhow::bail!("--server must be an https:// URL: certificates are only presented over TLS");
+    }
+    let ca_dir = data_dir.join("ca");
+    let ca = flotilla_raft_store::transport::ClusterCa::load(&ca_dir).with_context(|| {
+        format!(
+            "reading the cluster CA in {} (is --data-dir a server's?)",
+            ca_dir.display()
+        )
+    })?;
+    let credentials = ca
+        .issue_client(user, args.group.as_deref(), args.ttl)
+        .context("issuing the user's certificate")?;
+    Ok(flotilla_control::tls::kubeconfig_as(
+        &args.server,
+        user,
+        &credentials,
+    ))
 }
 
 fn parse_peer(text: &str) -> Result<PeerSpec, String> {
@@ -332,10 +410,7 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Server(args) => run_server(args).await,
         Command::Agent(args) => run_agent(args).await,
         Command::Up(args) => up::run(args).await,
-        Command::Kubeconfig(args) => {
-            print!("{}", flotilla_control::kubeconfig(&args.server));
-            Ok(())
-        }
+        Command::Kubeconfig(args) => kubeconfig_for(&args).map(|document| print!("{document}")),
         #[cfg(feature = "bench")]
         Command::Bench(command) => bench::run(command).await,
     };

@@ -678,3 +678,58 @@ async fn logs_of_a_workload_read_the_pod_kubectl_would_choose() {
     endpoint.abort();
     cluster.stop().await;
 }
+
+/// `flotilla kubeconfig --user` on a server's data directory: a
+/// certificate for that user and group, which the API knows them by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeconfig_issues_a_user_certificate_from_the_cluster_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig::loopback(dir.path(), Duration::from_millis(20))
+        .unwrap()
+        .with_https(&[])
+        .unwrap();
+    let server = Server::start(config).await.unwrap();
+    let url = format!("https://{}", server.api_address());
+    let issue = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(["kubeconfig", "--server", &url, "--data-dir"])
+            .arg(dir.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let issued = issue(&["--user", "alice", "--group", "team-a", "--ttl", "1h"]);
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    let document = String::from_utf8(issued.stdout).unwrap();
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&document).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let alice = kube::Client::try_from(config).unwrap();
+    let reviews: Api<k8s_openapi::api::authentication::v1::SelfSubjectReview> = Api::all(alice);
+    let review = reviews
+        .create(&Default::default(), &Default::default())
+        .await
+        .unwrap();
+    let user = review.status.unwrap().user_info.unwrap();
+    assert_eq!(user.username.as_deref(), Some("alice"));
+    assert_eq!(
+        user.groups.unwrap(),
+        ["team-a".to_string(), "system:authenticated".to_string()]
+    );
+    // The cluster's own names and lifetimes past five years are refused.
+    for refused in [
+        &["--user", "system:admin"][..],
+        &["--user", "member-1"],
+        &["--user", "bob", "--ttl", "0"],
+        &["--user", "bob", "--ttl", "20000d"],
+    ] {
+        let output = issue(refused);
+        assert!(!output.status.success(), "{refused:?} was issued");
+    }
+    server.shutdown().await;
+}
