@@ -69,7 +69,7 @@ impl Client {
     /// `tls_dir` (as a standalone `flotilla store` keeps it).
     pub async fn connect(addresses: Vec<SocketAddr>, tls_dir: &Path) -> Result<Client> {
         let ca = ClusterCa::load(tls_dir)?;
-        let credentials = ca.issue("store-client", &["localhost".to_string()])?;
+        let credentials = ca.issue(crate::access::STORE_CLIENT_NAME, &["localhost".to_string()])?;
         Client::with_credentials(
             addresses.iter().map(ToString::to_string).collect(),
             &credentials,

@@ -76,6 +76,11 @@ pub enum Error {
     /// The member is shutting down or has stopped.
     #[error("the store member has stopped")]
     Stopped,
+
+    /// The caller's certificate does not entitle it to this call; the
+    /// message names who and what.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
 }
 
 impl Error {

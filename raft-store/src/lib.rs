@@ -14,6 +14,7 @@
 //! [`kv`] for what a committed write does to the state. Processes that are
 //! not members use the store through [`client::Client`].
 
+pub mod access;
 pub mod client;
 pub mod error;
 pub mod kv;

@@ -64,6 +64,10 @@ pub struct MemberConfig {
     pub proposal_timeout: Duration,
     pub lease_check_interval: Duration,
     pub watch_progress_interval: Duration,
+    /// Which certificate names may use the client protocol, and change
+    /// the membership ([`ClientAccess`]; by default the standalone store's
+    /// own tools).
+    pub client_access: crate::access::ClientAccess,
 }
 
 impl Default for MemberConfig {
@@ -79,6 +83,7 @@ impl Default for MemberConfig {
             proposal_timeout: Duration::from_millis(crate::replica::PROPOSAL_TIMEOUT_MS_DEFAULT),
             lease_check_interval: Duration::from_millis(LEASE_CHECK_INTERVAL_MS),
             watch_progress_interval: Duration::from_millis(WATCH_PROGRESS_INTERVAL_MS),
+            client_access: crate::access::ClientAccess::default(),
         }
     }
 }
@@ -88,8 +93,6 @@ pub fn ensure_cluster_ca(dir: &Path) -> Result<ClusterCa> {
     if dir.join("ca.pem").exists() {
         return ClusterCa::load(dir);
     }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let ca = ClusterCa::generate()?;
     ca.save(dir)?;
     Ok(ca)
@@ -140,12 +143,15 @@ impl Member {
         }
 
         let replica = Replica::start(replica_config(&config), log, kv.clone(), network.clone())?;
-        let service = Arc::new(Service::new(
-            replica.clone(),
-            kv.clone(),
-            network.clone(),
-            address.to_string(),
-        ));
+        let service = Arc::new(
+            Service::new(
+                replica.clone(),
+                kv.clone(),
+                network.clone(),
+                address.to_string(),
+            )
+            .with_access(config.client_access.clone()),
+        );
         let handler = service.clone();
         endpoint.set_client_handler(Arc::new(move |peer, send, recv| {
             handler.clone().serve_stream(peer, send, recv)

@@ -193,6 +193,7 @@ pub enum ErrorCode {
     NoQuorum = 4,
     WatchCancelled = 5,
     Stopped = 6,
+    PermissionDenied = 7,
 }
 
 /// An [`Error`] as it crosses the wire.
@@ -246,6 +247,7 @@ impl ErrorReply {
             Error::NoQuorum { .. } => ErrorCode::NoQuorum,
             Error::WatchCancelled { .. } => ErrorCode::WatchCancelled,
             Error::Stopped => ErrorCode::Stopped,
+            Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
             _ => ErrorCode::Internal,
         };
         reply.code = code as i32;
@@ -271,6 +273,12 @@ impl ErrorReply {
                 reason: self.message,
             },
             (ErrorCode::Stopped, _) => Error::Stopped,
+            (ErrorCode::PermissionDenied, _) => Error::PermissionDenied(
+                self.message
+                    .strip_prefix("permission denied: ")
+                    .unwrap_or(&self.message)
+                    .to_string(),
+            ),
             (ErrorCode::Command | ErrorCode::Internal, _) => {
                 Error::Transport(format!("member error: {}", self.message))
             }
@@ -300,6 +308,7 @@ mod tests {
             Error::LeaseNotFound { id: 7 },
             Error::Timeout { timeout_ms: 5_000 },
             Error::InvalidRequest("txn ops name one key twice".into()),
+            Error::PermissionDenied("system:node:n1 may not use the store".into()),
         ];
         for error in errors {
             let reply = ErrorReply::from_error(&error, |id| Some(format!("member-{id}:7000")));

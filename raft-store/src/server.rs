@@ -13,6 +13,7 @@ use std::time::Instant;
 use quinn::{RecvStream, SendStream};
 use tracing::Instrument;
 
+use crate::access::ClientAccess;
 use crate::error::{Error, MemberId, Result};
 use crate::kv::KvStore;
 use crate::kv::proto::{
@@ -33,6 +34,8 @@ use crate::transport::{
 
 /// Answers client-protocol calls for one member.
 pub struct Service {
+    /// Who may make which calls over the client protocol.
+    access: ClientAccess,
     replica: ReplicaHandle,
     kv: Arc<KvStore>,
     network: Arc<PeerNetwork>,
@@ -48,11 +51,18 @@ impl Service {
         address: String,
     ) -> Self {
         Service {
+            access: ClientAccess::default(),
             replica,
             kv,
             network,
             address,
         }
+    }
+
+    /// This service with `access` deciding who may call it.
+    pub fn with_access(mut self, access: ClientAccess) -> Self {
+        self.access = access;
+        self
     }
 
     /// Serves one client-protocol stream: one request, then one response or,
@@ -73,6 +83,13 @@ impl Service {
                 return;
             }
         };
+        if let Err(error) = self.access.check(&peer, &request) {
+            tracing::debug!(peer = %peer.name, kind = request_kind(&request), %error, "refused");
+            let reply = self.error_response(&error);
+            let _ = write_message(&mut send, &reply, CLIENT_FRAME_BYTES_MAX).await;
+            let _ = send.finish();
+            return;
+        }
         let span =
             tracing::debug_span!("store.call", peer = %peer.name, kind = request_kind(&request));
         async move {

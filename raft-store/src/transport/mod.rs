@@ -52,5 +52,5 @@ pub use peer::{PeerNetwork, PeerReport};
 pub use quic::{ClientHandler, Inbound, QuicEndpoint, RaftEnvelope, TransportStats};
 pub use tls::{
     CertificateSubject, ClusterCa, Credentials, PeerIdentity, certificate_common_name,
-    certificate_subject, member_name,
+    certificate_subject, create_private_dir, member_name,
 };

@@ -171,7 +171,7 @@ impl ClusterCa {
     /// Writes `ca.pem` and `ca.key` into `dir` (created if needed; the key
     /// file is readable by its owner only).
     pub fn save(&self, dir: &Path) -> Result<()> {
-        create_dir(dir)?;
+        create_private_dir(dir)?;
         write_file(&dir.join(CA_CERT_FILE), &self.cert_pem, false)?;
         write_file(&dir.join(CA_KEY_FILE), &self.key.serialize_pem(), true)
     }
@@ -214,7 +214,7 @@ impl std::fmt::Debug for Credentials {
 impl Credentials {
     /// Writes `ca.pem`, `<stem>.pem` and `<stem>.key` into `dir`.
     pub fn save(&self, dir: &Path, stem: &str) -> Result<()> {
-        create_dir(dir)?;
+        create_private_dir(dir)?;
         write_file(&dir.join(CA_CERT_FILE), &self.ca_cert_pem, false)?;
         write_file(&dir.join(format!("{stem}.pem")), &self.cert_pem, false)?;
         write_file(&dir.join(format!("{stem}.key")), &self.key_pem, true)
@@ -352,8 +352,19 @@ pub fn member_name(id: MemberId) -> String {
     format!("{MEMBER_NAME_PREFIX}{id}")
 }
 
-fn create_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))
+/// Creates `dir` and its missing parents, readable by their owner only:
+/// they hold private keys.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))
 }
 
 fn read_file(path: &Path) -> Result<String> {
@@ -476,6 +487,28 @@ mod tests {
                 organizations: vec!["team-a".into()],
             })
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn keys_and_their_directories_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_dir = dir.path().join("data").join("ca");
+        ClusterCa::generate()
+            .expect("ca")
+            .save(&ca_dir)
+            .expect("save");
+        let mode = |path: &Path| {
+            std::fs::metadata(path)
+                .expect("exists")
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(&ca_dir), 0o700);
+        assert_eq!(mode(&dir.path().join("data")), 0o700);
+        assert_eq!(mode(&ca_dir.join(CA_KEY_FILE)), 0o600);
     }
 
     #[test]
