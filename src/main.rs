@@ -124,10 +124,15 @@ struct ServerArgs {
     /// directory holds a store.
     #[arg(long, value_name = "URL", requires = "token")]
     join: Option<String>,
-    /// A join token (`flotilla token create`, or the first server's
-    /// `<data-dir>/token`).
+    /// A servers' join token (`flotilla token create --server`, or a
+    /// server's `<data-dir>/server-token`).
     #[arg(long, env = "FLOTILLA_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// How long the join tokens a server writes into its data directory
+    /// (`token` for agents, `server-token` for servers) are valid; `0`
+    /// for ever. A server writes new ones when it starts after they expired.
+    #[arg(long, default_value = "24h", value_parser = cli::duration::parse_duration)]
+    token_ttl: std::time::Duration,
     /// The UDP address of this member's store endpoint (QUIC).
     #[arg(long, default_value = "127.0.0.1:7001")]
     store_listen: SocketAddr,
@@ -224,10 +229,15 @@ struct AgentArgs {
     /// serves its endpoint over HTTPS. Needs --token the first time.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
-    /// A join token (`flotilla token create`, or the first server's
-    /// `<data-dir>/token`).
+    /// A servers' join token (`flotilla token create --server`, or a
+    /// server's `<data-dir>/server-token`).
     #[arg(long, env = "FLOTILLA_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// How long the join tokens a server writes into its data directory
+    /// (`token` for agents, `server-token` for servers) are valid; `0`
+    /// for ever. A server writes new ones when it starts after they expired.
+    #[arg(long, default_value = "24h", value_parser = cli::duration::parse_duration)]
+    token_ttl: std::time::Duration,
     /// Without --server: the kubeconfig to reach the API server with
     /// (`flotilla server` writes one into its data directory; plain HTTP
     /// servers on loopback, for development).
@@ -322,8 +332,8 @@ fn reserved_user(user: &str) -> Option<&'static str> {
         return Some("system: names belong to the cluster's own components and nodes");
     }
     let components = [
-        "join-authority",
-        "store-client",
+        flotilla_control::join::AUTHORITY_NAME,
+        flotilla_raft_store::access::STORE_CLIENT_NAME,
         flotilla_control::tls::SERVER_NAME,
     ];
     if components.contains(&user) || user.starts_with("member-") {
@@ -499,8 +509,8 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     };
     if joining.is_some() {
         // Before the member starts: a restart must come back as this id.
-        std::fs::create_dir_all(&args.data_dir)
-            .and_then(|()| std::fs::write(&id_file, format!("{id}\n")))
+        flotilla_raft_store::transport::create_private_dir(&args.data_dir)?;
+        std::fs::write(&id_file, format!("{id}\n"))
             .with_context(|| format!("writing {}", id_file.display()))?;
     }
     // A joining server's member is added once it runs (the store could
@@ -559,15 +569,21 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         "server running; Ctrl-C stops it"
     );
     if admin.is_some() {
-        let token_file = args.data_dir.join("token");
+        use flotilla_control::join::token::Purpose;
         let client = server.client().await.context("connecting to the API")?;
-        flotilla_control::join::ensure_server_token(&client, ca.cert_pem(), &token_file)
-            .await
-            .context("creating the join token")?;
+        let ttl = (!args.token_ttl.is_zero()).then_some(args.token_ttl);
+        let agents = args.data_dir.join("token");
+        let servers = args.data_dir.join("server-token");
+        for (path, purpose) in [(&agents, Purpose::Agent), (&servers, Purpose::Server)] {
+            flotilla_control::join::ensure_token(&client, ca.cert_pem(), path, purpose, ttl)
+                .await
+                .with_context(|| format!("creating the join token for {purpose}"))?;
+        }
         tracing::info!(
-            "join more: flotilla server --join {url} --token $(cat {token}) …, \
-             flotilla agent --server {url} --token $(cat {token})",
-            token = token_file.display()
+            "join more: flotilla server --join {url} --token $(cat {servers}) …, \
+             flotilla agent --server {url} --token $(cat {agents})",
+            servers = servers.display(),
+            agents = agents.display(),
         );
     }
     tokio::signal::ctrl_c()
@@ -712,11 +728,10 @@ async fn node_credentials(
             credentials
                 .save(&pki, "node")
                 .with_context(|| format!("writing the node certificate to {}", pki.display()))?;
-            std::fs::write(
+            write_private(
                 &kubeconfig,
-                flotilla_control::tls::kubeconfig(url, &credentials),
-            )
-            .with_context(|| format!("writing {}", kubeconfig.display()))?;
+                &flotilla_control::tls::kubeconfig(url, &credentials),
+            )?;
             tracing::info!(node = %config.node_name, "joined the cluster");
             credentials
         }

@@ -1,6 +1,6 @@
 //! A whole cluster of real `flotilla` processes on loopback: three servers
-//! (the first creates the cluster, two join it with its token), two agents
-//! that join with the token and get node certificates, modules pushed with
+//! (the first creates the cluster, two join it with its servers' token),
+//! two agents that join with its agents' token and get node certificates, modules pushed with
 //! `flotilla push`, and kubectl 1.37 driving Deployments and a Job. Then an
 //! agent and the raft leader are killed with SIGKILL.
 //!
@@ -168,13 +168,16 @@ impl Cluster {
         .map(|arg| arg.to_string())
         .collect();
         if index > 0 {
-            args.extend(["--join".into(), self.url(0), "--token".into(), self.token()]);
+            let token = self.token("server-token");
+            args.extend(["--join".into(), self.url(0), "--token".into(), token]);
         }
         args
     }
 
-    fn token(&self) -> String {
-        std::fs::read_to_string(self.dir("server-0").join("token"))
+    /// A join token the first server wrote: `token` for agents,
+    /// `server-token` for servers.
+    fn token(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir("server-0").join(file))
             .unwrap()
             .trim()
             .to_string()
@@ -187,7 +190,7 @@ impl Cluster {
             "--server",
             &self.url(0),
             "--token",
-            &self.token(),
+            &self.token("token"),
             "--node-name",
             &name,
             "--data-dir",
@@ -714,12 +717,19 @@ async fn a_three_server_two_agent_cluster_runs_scales_and_survives_kills() {
 
     // kill -9 of the raft leader: kubectl keeps working through another
     // server, and nothing written is lost.
-    let store = flotilla_raft_store::client::Client::connect(
-        cluster.stores.clone(),
-        &cluster.dir("server-0").join("ca"),
-    )
-    .await
-    .unwrap();
+    // The servers' store answers only their join authority over the
+    // network; the test, holding the CA, speaks as it.
+    let ca = flotilla_raft_store::transport::ClusterCa::load(&cluster.dir("server-0").join("ca"))
+        .unwrap();
+    let authority = ca
+        .issue(
+            flotilla_control::join::AUTHORITY_NAME,
+            &["localhost".into()],
+        )
+        .unwrap();
+    let addresses = cluster.stores.iter().map(ToString::to_string).collect();
+    let store =
+        flotilla_raft_store::client::Client::with_credentials(addresses, &authority).unwrap();
     let leader = store.status().await.unwrap().leader;
     let leader_index = cluster
         .stores

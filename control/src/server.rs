@@ -230,7 +230,14 @@ impl Server {
             )?),
             None => None,
         };
-        let member = Member::start(config.store).await?;
+        let mut store = config.store;
+        // The API server uses its member in-process; over the network the
+        // store serves only the join authority, which alone changes members.
+        store.client_access = flotilla_raft_store::access::ClientAccess {
+            clients: vec![crate::join::AUTHORITY_NAME.to_string()],
+            membership: vec![crate::join::AUTHORITY_NAME.to_string()],
+        };
+        let member = Member::start(store).await?;
         let mut state = ApiState::new(Storage::new(member.service().clone(), member.kv().clone()));
         let ca = ca.map(std::sync::Arc::new);
         if let Some(ca) = &ca {

@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 
 use flotilla_control::join::client::{add_server_member, join_node, join_server};
-use flotilla_control::join::token::JoinToken;
+use flotilla_control::join::token::{JoinToken, Purpose};
 use flotilla_control::join::{
     self, JoinError, MemberAddRequest, NodeJoinRequest, ServerJoinRequest,
 };
@@ -68,9 +68,15 @@ async fn a_node_joins_with_a_token_and_every_bad_token_is_refused() {
     let admin = running.client().await.unwrap();
     let url = https_url(running);
     let ca = ca_pem(&server);
-    let token = join::create_token(&admin, &ca, Some(Duration::from_secs(3600)), "test")
-        .await
-        .unwrap();
+    let token = join::create_token(
+        &admin,
+        &ca,
+        Some(Duration::from_secs(3600)),
+        "test",
+        Purpose::Agent,
+    )
+    .await
+    .unwrap();
     // The token survives printing and parsing.
     assert_eq!(JoinToken::parse(&token.to_string()).unwrap(), token);
 
@@ -112,10 +118,35 @@ async fn a_node_joins_with_a_token_and_every_bad_token_is_refused() {
         Err(JoinError::WrongCa { .. })
     ));
     // An expired token.
-    let expired = join::create_token(&admin, &ca, Some(Duration::ZERO), "expired")
+    let expired = join::create_token(&admin, &ca, Some(Duration::ZERO), "expired", Purpose::Agent)
         .await
         .unwrap();
     refused_because(join_node(&url, &expired, &node("node-2")).await, "expired");
+    // A second machine may not take over a registered node's name: the
+    // first one registers its Node, as its agent does.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(admin.clone());
+    let registered: k8s_openapi::api::core::v1::Node =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "node-1"}})).unwrap();
+    nodes
+        .create(&PostParams::default(), &registered)
+        .await
+        .unwrap();
+    refused_because(
+        join_node(&url, &token, &node("node-1")).await,
+        "already registered",
+    );
+    // Once the Node is gone the name is free again.
+    nodes
+        .delete("node-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    join_node(&url, &token, &node("node-1")).await.unwrap();
+    // An agents' token does not admit a server, which would get the CA key.
+    let store_address = "127.0.0.1:7999".to_string();
+    refused_because(
+        join_server(&url, &token, &ServerJoinRequest { store_address }).await,
+        "flotilla token create --server",
+    );
     // A revoked token: its Secret deleted.
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), "kube-system");
     secrets
@@ -143,16 +174,20 @@ async fn a_server_joins_the_store_and_serves_what_the_first_one_wrote() {
     let running = first.server.as_ref().unwrap();
     let admin = running.client().await.unwrap();
     let url = https_url(running);
-    let token_path = first.dir.path().join("token");
-    let token = join::ensure_server_token(&admin, &ca_pem(&first), &token_path)
+    let token_path = first.dir.path().join("server-token");
+    let ttl = Some(Duration::from_secs(3600));
+    let token = join::ensure_token(&admin, &ca_pem(&first), &token_path, Purpose::Server, ttl)
         .await
         .unwrap();
-    // The first server's token is kept, not replaced, on the next start.
-    assert_eq!(
-        join::ensure_server_token(&admin, &ca_pem(&first), &token_path)
-            .await
-            .unwrap(),
-        token
+    // The token is kept, not replaced, on the next start while it is valid.
+    let kept = join::ensure_token(&admin, &ca_pem(&first), &token_path, Purpose::Server, ttl)
+        .await
+        .unwrap();
+    assert_eq!(kept, token);
+    // A servers' token does not admit an agent.
+    refused_because(
+        join_node(&url, &token, &node("node-9")).await,
+        "admits servers, not agents",
     );
     let config_maps: Api<ConfigMap> = Api::namespaced(admin.clone(), "default");
     let written: ConfigMap = serde_json::from_value(serde_json::json!({
@@ -213,4 +248,43 @@ async fn a_server_joins_the_store_and_serves_what_the_first_one_wrote() {
     assert_eq!(read.data, written.data);
     second.shutdown().await;
     first.stop().await;
+}
+
+/// The store's client protocol answers only the join authority: not a
+/// node, not a user, not even the administrator, whose certificates come
+/// from the same CA.
+#[tokio::test]
+async fn the_store_serves_only_the_join_authority() {
+    let server = TestServer::start_https().await;
+    let running = server.server.as_ref().unwrap();
+    let ca = flotilla_raft_store::member::ensure_cluster_ca(&server.dir.path().join("ca")).unwrap();
+    let address = running.member().address().to_string();
+    let client_as = |name: &str| {
+        let credentials = ca
+            .issue_in_group(name, None, &["localhost".to_string()])
+            .unwrap();
+        flotilla_raft_store::client::Client::with_credentials(vec![address.clone()], &credentials)
+            .unwrap()
+    };
+    for name in [
+        "system:node:n1",
+        "admin",
+        "system:apiserver",
+        "store-client",
+    ] {
+        let client = client_as(name);
+        let read = client.get(b"/registry/secrets/kube-system/".to_vec()).await;
+        assert!(
+            matches!(read, Err(flotilla_raft_store::Error::PermissionDenied(_))),
+            "{name} read the store: {read:?}"
+        );
+        let added = client.member_add(7, "127.0.0.1:7999".into()).await;
+        assert!(
+            matches!(added, Err(flotilla_raft_store::Error::PermissionDenied(_))),
+            "{name} changed the members: {added:?}"
+        );
+    }
+    let authority = client_as(join::AUTHORITY_NAME);
+    assert_eq!(authority.member_list().await.unwrap().len(), 1);
+    server.stop().await;
 }

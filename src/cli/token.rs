@@ -1,4 +1,5 @@
-//! `flotilla token create`: a join token for new servers and agents. The
+//! `flotilla token create [--server]`: a join token for new agents, or
+//! servers. The
 //! token is a Kubernetes bootstrap token kept as a Secret in
 //! `kube-system` (so `kubectl -n kube-system delete secret
 //! bootstrap-token-<id>` revokes it), pinned to the cluster CA the server
@@ -16,13 +17,14 @@ use super::session::{ClientArgs, Session};
 pub enum Command {
     /// Create a join token and print it.
     #[command(after_help = "Examples:
-  flotilla token create                   # valid for 24 hours
+  flotilla token create                   # for agents, valid for 24 hours
+  flotilla token create --server          # for servers (they receive the CA's key)
   flotilla token create --ttl 1h --description 'rack 4'
   flotilla token create --ttl 0           # never expires
 
 Then, on the new machine:
   flotilla agent --server https://SERVER:6443 --token TOKEN
-  flotilla server --join https://SERVER:6443 --token TOKEN")]
+  flotilla server --join https://SERVER:6443 --token SERVER_TOKEN")]
     Create(CreateArgs),
 }
 
@@ -34,6 +36,10 @@ pub struct CreateArgs {
     /// What the token is for, kept with it.
     #[arg(long, default_value = "created by flotilla token create")]
     pub description: String,
+    /// A token for new servers instead of agents. A server that joins
+    /// receives the cluster CA's key, so its token is kept apart.
+    #[arg(long)]
+    pub server: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -49,9 +55,19 @@ pub async fn run(command: Command) -> Result<()> {
          plain-HTTP servers cannot admit servers or agents)",
     )?;
     let ttl = (!args.ttl.is_zero()).then_some(args.ttl);
-    let token =
-        flotilla_control::join::create_token(&session.client, &ca_pem, ttl, &args.description)
-            .await
-            .context("creating the token")?;
+    let purpose = if args.server {
+        flotilla_control::join::token::Purpose::Server
+    } else {
+        flotilla_control::join::token::Purpose::Agent
+    };
+    let token = flotilla_control::join::create_token(
+        &session.client,
+        &ca_pem,
+        ttl,
+        &args.description,
+        purpose,
+    )
+    .await
+    .context("creating the token")?;
     print(format!("{token}\n"))
 }

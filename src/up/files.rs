@@ -15,7 +15,8 @@ pub fn data_dir(flag: Option<&Path>) -> Result<PathBuf> {
         Some(dir) => dir.to_path_buf(),
         None => default_data_dir()?,
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Private: it holds the cluster CA's key and the admin's kubeconfig.
+    flotilla_raft_store::transport::create_private_dir(&dir)?;
     dir.canonicalize()
         .with_context(|| format!("resolving {}", dir.display()))
 }

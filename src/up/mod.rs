@@ -245,8 +245,7 @@ async fn start_agent(
         )
         .context("issuing the node's certificate")?;
     let kubeconfig = node_dir.join("kubeconfig");
-    std::fs::create_dir_all(node_dir)
-        .with_context(|| format!("creating {}", node_dir.display()))?;
+    flotilla_raft_store::transport::create_private_dir(node_dir)?;
     crate::write_private(
         &kubeconfig,
         &flotilla_control::tls::kubeconfig(url, &credentials),

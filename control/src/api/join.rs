@@ -14,7 +14,7 @@ use super::ApiState;
 use super::clock::now;
 use super::objects::key;
 use super::status::ApiError;
-use crate::join::token::{self, TOKEN_NAMESPACE};
+use crate::join::token::{self, Purpose, TOKEN_NAMESPACE};
 use crate::join::{JOIN_PATH, JoinError};
 
 /// Largest join request body: a node name and a few addresses.
@@ -41,21 +41,22 @@ pub async fn route(
         )
             .into_response()),
         (&Method::POST, "/node") => {
-            authorize(state, headers).await?;
+            authorize(state, headers, Purpose::Agent).await?;
             let request = read::<crate::join::NodeJoinRequest>(body).await?;
+            node_name_is_free(state, &request.node_name).await?;
             tracing::info!(node = %request.node_name, "a node joins");
             let answer = authority.admit_node(&request).map_err(refused)?;
             Ok(json(&answer))
         }
         (&Method::POST, "/server") => {
-            authorize(state, headers).await?;
+            authorize(state, headers, Purpose::Server).await?;
             let request = read::<crate::join::ServerJoinRequest>(body).await?;
             tracing::info!(store = %request.store_address, "a server joins");
             let answer = authority.admit_server(&request).await.map_err(refused)?;
             Ok(json(&answer))
         }
         (&Method::POST, "/server/member") => {
-            authorize(state, headers).await?;
+            authorize(state, headers, Purpose::Server).await?;
             let request = read::<crate::join::MemberAddRequest>(body).await?;
             let members = authority.add_member(&request).await.map_err(refused)?;
             Ok(json(&members))
@@ -64,9 +65,32 @@ pub async fn route(
     }
 }
 
+/// A new machine may not take over the name of a registered Node: its
+/// certificate would let it act as that node. The name is free again once
+/// the Node is deleted (its owner replacing the machine does that).
+async fn node_name_is_free(state: &ApiState, name: &str) -> Result<(), ApiError> {
+    let nodes = state
+        .registry
+        .find("", "v1", "nodes")
+        .ok_or_else(|| ApiError::internal("nodes are not served"))?;
+    let existing = state
+        .storage
+        .get(&key(nodes, None, name))
+        .await
+        .map_err(|error| ApiError::from_storage(error, nodes, name))?;
+    if existing.is_some() {
+        tracing::warn!(node = %name, "a join asked for the name of a registered node");
+        return Err(ApiError::conflict_message(format!(
+            "node {name:?} is already registered; a new machine may join under this name \
+             once `kubectl delete node {name}` has removed it"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks the bootstrap token in `Authorization: Bearer <id>.<secret>`
-/// against its Secret in `kube-system`.
-async fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// against its Secret in `kube-system`, and that it admits `wanted`.
+async fn authorize(state: &ApiState, headers: &HeaderMap, wanted: Purpose) -> Result<(), ApiError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -91,10 +115,19 @@ async fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError
         .map(|stored| serde_json::from_slice(&stored.value))
         .transpose()
         .map_err(|error| ApiError::internal(format!("a stored token is not JSON: {error}")))?;
-    token::check(&secret, stored.as_ref(), &now()).map_err(|error| {
+    let purpose = token::check(&secret, stored.as_ref(), &now()).map_err(|error| {
         tracing::warn!(token = %id, %error, "join refused");
         ApiError::unauthorized_because(error.to_string())
-    })
+    })?;
+    if purpose != wanted {
+        let error = token::TokenError::WrongPurpose {
+            token: purpose,
+            wanted,
+        };
+        tracing::warn!(token = %id, %error, "join refused");
+        return Err(ApiError::forbidden(error.to_string()));
+    }
+    Ok(())
 }
 
 async fn read<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {

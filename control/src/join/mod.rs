@@ -26,6 +26,10 @@ use flotilla_raft_store::client::Client as StoreClient;
 use flotilla_raft_store::transport::{ClusterCa, Credentials};
 use serde::{Deserialize, Serialize};
 
+/// The name on the certificate a server's join authority presents to the
+/// store: the only client of the store's protocol a server allows, and the
+/// only one that may change its members.
+pub const AUTHORITY_NAME: &str = "join-authority";
 /// Path prefix of the join endpoints on the API server.
 pub const JOIN_PATH: &str = "/flotilla/join/v1";
 /// Common-name prefix of node certificates, as Kubernetes names nodes.
@@ -119,7 +123,7 @@ pub struct Authority {
 impl Authority {
     /// `member`: this server's own store member, the first one asked.
     pub fn new(ca: std::sync::Arc<ClusterCa>, member: SocketAddr) -> Result<Authority, JoinError> {
-        let credentials = ca.issue("join-authority", &["localhost".to_string()])?;
+        let credentials = ca.issue(AUTHORITY_NAME, &["localhost".to_string()])?;
         let store = StoreClient::with_credentials(vec![member.to_string()], &credentials)?;
         Ok(Authority { ca, store })
     }
@@ -233,14 +237,15 @@ fn entries(members: Vec<flotilla_raft_store::rpc::MemberInfo>) -> Vec<MemberEntr
         .collect()
 }
 
-/// Creates a join token valid for `ttl` (forever when `None`) through the
-/// API, as the Secret Kubernetes keeps bootstrap tokens in. `ca_pem` is the
-/// cluster CA certificate the token pins.
+/// Creates a join token for `purpose` valid for `ttl` (forever when
+/// `None`) through the API, as the Secret Kubernetes keeps bootstrap tokens
+/// in. `ca_pem` is the cluster CA certificate the token pins.
 pub async fn create_token(
     client: &kube::Client,
     ca_pem: &str,
     ttl: Option<std::time::Duration>,
     description: &str,
+    purpose: token::Purpose,
 ) -> Result<token::JoinToken, JoinError> {
     let token = token::JoinToken::generate(ca_pem)?;
     let expiration = match ttl {
@@ -255,7 +260,7 @@ pub async fn create_token(
         }
     };
     let secret: k8s_openapi::api::core::v1::Secret =
-        serde_json::from_value(token.secret_object(expiration, description))
+        serde_json::from_value(token.secret_object(expiration, description, purpose))
             .map_err(|error| JoinError::Invalid(error.to_string()))?;
     let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
         kube::Api::namespaced(client.clone(), token::TOKEN_NAMESPACE);
@@ -266,22 +271,50 @@ pub async fn create_token(
     Ok(token)
 }
 
-/// The token a new cluster's first server writes to `path` (mode 0600) for
-/// its operator, or the one already there. It does not expire, as k3s's
-/// server token does not; `kubectl -n kube-system delete secret
-/// bootstrap-token-<id>` revokes it.
-pub async fn ensure_server_token(
+/// The token a server keeps at `path` (mode 0600) for its operator: the
+/// one there while it is still valid, else a new one valid for `ttl`
+/// (forever when `None`). `kubectl -n kube-system delete secret
+/// bootstrap-token-<id>` revokes it; the server writes a new one when it
+/// next starts.
+pub async fn ensure_token(
     client: &kube::Client,
     ca_pem: &str,
     path: &std::path::Path,
+    purpose: token::Purpose,
+    ttl: Option<std::time::Duration>,
 ) -> Result<token::JoinToken, JoinError> {
-    if let Ok(text) = std::fs::read_to_string(path) {
-        return Ok(token::JoinToken::parse(&text)?);
+    if let Ok(text) = std::fs::read_to_string(path)
+        && let Ok(kept) = token::JoinToken::parse(&text)
+        && still_valid(client, &kept, purpose).await?
+    {
+        return Ok(kept);
     }
-    let token = create_token(client, ca_pem, None, "the first server's join token").await?;
+    let description = format!("written by a server for {purpose}");
+    let token = create_token(client, ca_pem, ttl, &description, purpose).await?;
     write_private(path, &format!("{token}\n"))
         .map_err(|error| JoinError::Invalid(format!("writing {}: {error}", path.display())))?;
     Ok(token)
+}
+
+/// Whether `kept` is still in the cluster, unexpired, for `purpose`.
+async fn still_valid(
+    client: &kube::Client,
+    kept: &token::JoinToken,
+    purpose: token::Purpose,
+) -> Result<bool, JoinError> {
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), token::TOKEN_NAMESPACE);
+    let stored = secrets
+        .get_opt(&token::secret_name(&kept.id))
+        .await
+        .map_err(|error| JoinError::Invalid(format!("reading the kept token: {error}")))?;
+    let Some(stored) = stored else {
+        return Ok(false);
+    };
+    let stored =
+        serde_json::to_value(stored).map_err(|error| JoinError::Invalid(error.to_string()))?;
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    Ok(token::check(&kept.secret, Some(&stored), &now) == Ok(purpose))
 }
 
 /// Writes `text` to `path`, readable by its owner only, atomically.

@@ -30,6 +30,37 @@ const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 pub const TOKEN_NAMESPACE: &str = "kube-system";
 pub const TOKEN_SECRET_TYPE: &str = "bootstrap.kubernetes.io/token";
 
+/// What a token admits. Kept in the Secret's `auth-extra-groups`, as
+/// Kubernetes keeps a bootstrap token's groups: agents and servers join
+/// with different tokens, since only a server receives the CA's key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    Agent,
+    Server,
+}
+
+impl Purpose {
+    /// The bootstrap group a token of this purpose names.
+    pub fn group(self) -> &'static str {
+        match self {
+            Purpose::Agent => AGENT_GROUP,
+            Purpose::Server => SERVER_GROUP,
+        }
+    }
+}
+
+impl fmt::Display for Purpose {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Purpose::Agent => "agents",
+            Purpose::Server => "servers",
+        })
+    }
+}
+
+pub const AGENT_GROUP: &str = "system:bootstrappers:flotilla:agents";
+pub const SERVER_GROUP: &str = "system:bootstrappers:flotilla:servers";
+
 /// Why a token was refused; the message is safe to show the newcomer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
@@ -41,6 +72,11 @@ pub enum TokenError {
     Expired(String),
     #[error("the token may not be used to join (usage-bootstrap-authentication is not \"true\")")]
     NotForJoining,
+    #[error(
+        "this token admits {token}, not {wanted}; make one with `flotilla token create{}`",
+        if *wanted == Purpose::Server { " --server" } else { "" }
+    )]
+    WrongPurpose { token: Purpose, wanted: Purpose },
 }
 
 /// A parsed join token.
@@ -109,11 +145,17 @@ impl JoinToken {
 
     /// The Secret that makes this token valid, expiring at `expiration`
     /// (RFC 3339) when given.
-    pub fn secret_object(&self, expiration: Option<String>, description: &str) -> Value {
+    pub fn secret_object(
+        &self,
+        expiration: Option<String>,
+        description: &str,
+        purpose: Purpose,
+    ) -> Value {
         let mut data = BTreeMap::from([
             ("token-id", self.id.clone()),
             ("token-secret", self.secret.clone()),
             ("usage-bootstrap-authentication", "true".to_string()),
+            ("auth-extra-groups", purpose.group().to_string()),
             ("description", description.to_string()),
         ]);
         if let Some(expiration) = expiration {
@@ -156,8 +198,9 @@ pub fn secret_name(id: &str) -> String {
 
 /// Checks a presented `<id>.<secret>` against its stored Secret (`None`
 /// when there is none) at time `now` (RFC 3339 strings compare as times
-/// when both are UTC, which Kubernetes writes).
-pub fn check(secret: &str, stored: Option<&Value>, now: &str) -> Result<(), TokenError> {
+/// when both are UTC, which Kubernetes writes); returns what it admits. A
+/// token without the servers' group admits agents only.
+pub fn check(secret: &str, stored: Option<&Value>, now: &str) -> Result<Purpose, TokenError> {
     let stored = stored.ok_or(TokenError::Unknown)?;
     let field = |name: &str| -> Option<String> {
         let encoded = stored["data"][name].as_str()?;
@@ -196,7 +239,12 @@ pub fn check(secret: &str, stored: Option<&Value>, now: &str) -> Result<(), Toke
             return Err(TokenError::Expired(expiration));
         }
     }
-    Ok(())
+    let groups = field("auth-extra-groups").unwrap_or_default();
+    if groups.split(',').any(|group| group.trim() == SERVER_GROUP) {
+        Ok(Purpose::Server)
+    } else {
+        Ok(Purpose::Agent)
+    }
 }
 
 /// The sha256 of a PEM certificate's DER bytes, hex; `None` if it is not a
@@ -206,4 +254,52 @@ pub fn ca_hash(ca_pem: &str) -> Option<String> {
     use rustls_pki_types::pem::PemObject;
     let der = CertificateDer::from_pem_slice(ca_pem.as_bytes()).ok()?;
     Some(hex::encode(Sha256::digest(der.as_ref())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token() -> JoinToken {
+        JoinToken {
+            ca_hash: "0".repeat(64),
+            id: "abcdef".into(),
+            secret: "0123456789abcdef".into(),
+        }
+    }
+
+    #[test]
+    fn a_token_admits_what_it_was_made_for() {
+        let now = "2026-01-01T00:00:00Z";
+        let agents = token().secret_object(None, "t", Purpose::Agent);
+        assert_eq!(
+            check(&token().secret, Some(&agents), now),
+            Ok(Purpose::Agent)
+        );
+        let servers = token().secret_object(None, "t", Purpose::Server);
+        assert_eq!(
+            check(&token().secret, Some(&servers), now),
+            Ok(Purpose::Server)
+        );
+        let expired =
+            token().secret_object(Some("2025-12-31T00:00:00Z".into()), "t", Purpose::Server);
+        assert!(matches!(
+            check(&token().secret, Some(&expired), now),
+            Err(TokenError::Expired(_))
+        ));
+        assert_eq!(
+            check("ffffffffffffffff", Some(&agents), now),
+            Err(TokenError::Unknown)
+        );
+        let refusal = TokenError::WrongPurpose {
+            token: Purpose::Agent,
+            wanted: Purpose::Server,
+        };
+        assert!(
+            refusal
+                .to_string()
+                .contains("flotilla token create --server"),
+            "{refusal}"
+        );
+    }
 }

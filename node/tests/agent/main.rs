@@ -842,7 +842,7 @@ async fn an_agent_that_joined_serves_logs_over_tls() {
     let controllers = start_controllers(&server).await;
     let admin = server.client().await.unwrap();
     let url = format!("https://{}", server.api_address());
-    let token = join::create_token(&admin, &ca_pem, None, "test")
+    let token = join::create_token(&admin, &ca_pem, None, "test", join::token::Purpose::Agent)
         .await
         .unwrap();
     let request = NodeJoinRequest {
