@@ -123,40 +123,12 @@ impl TestServer {
     /// kubectl with another kubeconfig (another user's); returns its
     /// output whatever the exit status.
     pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Output {
-        let mut command = Command::new(kubectl());
-        command
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("kube-cache"))
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .stdin(std::process::Stdio::null());
-        command.output().unwrap()
+        self.run_kubectl(self.kubectl_command_for(kubeconfig, args), None)
     }
 
     /// As [`TestServer::kubectl_as`], with `input` on stdin.
     pub fn kubectl_as_with_input(&self, kubeconfig: &Path, args: &[&str], input: &str) -> Output {
-        use std::io::Write;
-        let mut command = Command::new(kubectl());
-        command
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("kube-cache"))
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = command.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        self.run_kubectl(self.kubectl_command_for(kubeconfig, args), Some(input))
     }
 
     pub fn url(&self) -> String {
@@ -170,8 +142,12 @@ impl TestServer {
     }
 
     pub fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> Output {
+        self.run_kubectl(self.kubectl_command(args), input)
+    }
+
+    /// Runs `command`, with `input` on stdin when given.
+    fn run_kubectl(&self, mut command: Command, input: Option<&str>) -> Output {
         use std::io::Write;
-        let mut command = self.kubectl_command(args);
         command.stdin(if input.is_some() {
             std::process::Stdio::piped()
         } else {
@@ -192,10 +168,14 @@ impl TestServer {
     }
 
     pub fn kubectl_command(&self, args: &[&str]) -> Command {
+        self.kubectl_command_for(&self.kubeconfig, args)
+    }
+
+    fn kubectl_command_for(&self, kubeconfig: &Path, args: &[&str]) -> Command {
         let mut command = Command::new(kubectl());
         command
             .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
+            .arg(kubeconfig)
             .arg("--cache-dir")
             .arg(self.dir.path().join("kube-cache"))
             .args(args)
