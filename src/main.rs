@@ -667,6 +667,10 @@ async fn join_cluster(args: &ServerArgs, url: &str, tls_dir: &std::path::Path) -
     .context("reading the cluster CA")?;
     ca.save(tls_dir)
         .with_context(|| format!("writing the cluster CA to {}", tls_dir.display()))?;
+    if !admission.service_account_key.is_empty() {
+        flotilla_control::auth::tokens::Signer::save(tls_dir, &admission.service_account_key)
+            .context("writing the ServiceAccount token key")?;
+    }
     let mut peers = Vec::new();
     for member in &admission.members {
         let address = member

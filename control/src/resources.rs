@@ -134,7 +134,7 @@ impl Registry {
             namespaced::<core::Endpoints>(&["ep"], &[], &[]),
             namespaced::<core::ConfigMap>(&["cm"], &[], &[]),
             namespaced::<core::Secret>(&[], &[], &[]),
-            namespaced::<core::ServiceAccount>(&["sa"], &[], &[]),
+            namespaced::<core::ServiceAccount>(&["sa"], &[], &["token"]),
             namespaced::<core::Event>(&["ev"], &[], &[]),
             cluster::<core::Namespace>(&["ns"], &["status", "finalize"]),
             cluster::<core::Node>(&["no"], &["status"]),

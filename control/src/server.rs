@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::api::{self, ApiState};
+use crate::auth::tokens::{Accounts, Signer, Tokens};
 use crate::controllers::ipam::IpamConfig;
 use crate::controllers::{ControllerClients, Controllers, ControllersConfig};
 use crate::registry::{ModuleRegistry, RegistryConfig};
@@ -48,6 +49,8 @@ pub enum ServerError {
     Client(String),
     #[error("cannot admit newcomers: {0}")]
     Join(#[from] crate::join::JoinError),
+    #[error("cannot issue ServiceAccount tokens: {0}")]
+    Tokens(#[from] crate::auth::tokens::TokenError),
     #[error(
         "the service CIDR {0} must be a /{min} to a /{max}",
         min = crate::api::services::SERVICE_CIDR_PREFIX_MIN,
@@ -230,6 +233,7 @@ impl Server {
             )?),
             None => None,
         };
+        let tls_dir = config.store.tls_dir.clone();
         let mut store = config.store;
         // The API server uses its member in-process; over the network the
         // store serves only the join authority, which alone changes members.
@@ -239,9 +243,15 @@ impl Server {
         };
         let member = Member::start(store).await?;
         let mut state = ApiState::new(Storage::new(member.service().clone(), member.kv().clone()));
+        let tokens = std::sync::Arc::new(Tokens {
+            signer: Signer::ensure(&tls_dir)?,
+            accounts: Accounts::new(),
+        });
+        state.tokens = Some(tokens.clone());
         let ca = ca.map(std::sync::Arc::new);
         if let Some(ca) = &ca {
-            let authority = crate::join::Authority::new(ca.clone(), member.address())?;
+            let authority = crate::join::Authority::new(ca.clone(), member.address())?
+                .with_service_account_key(tokens.signer.pem());
             state.join = Some(std::sync::Arc::new(authority));
         }
         if let Some(credentials) = &own_client {
@@ -251,7 +261,9 @@ impl Server {
         state.service_cidr = options.service_cidr;
         state.node_port_range = options.node_port_range;
         bootstrap(&state).await?;
-        let feeds = state.authorizer.start(&state.storage).await?;
+        let mut feeds = state.authorizer.start(&state.storage).await?;
+        state.storage.observe(tokens.accounts.clone());
+        feeds.push(crate::auth::feed::start(&state.storage, tokens.accounts.clone()).await?);
 
         let compactor = tokio::spawn(compact_periodically(
             state.storage.clone(),

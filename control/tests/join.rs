@@ -217,6 +217,13 @@ async fn a_server_joins_the_store_and_serves_what_the_first_one_wrote() {
     let dir = tempfile::tempdir().unwrap();
     let ca = ClusterCa::from_pem(admission.ca.clone(), &admission.ca_key).unwrap();
     ca.save(&dir.path().join("ca")).unwrap();
+    // As `flotilla server --join` does: the servers share the key tokens
+    // are signed with.
+    flotilla_control::auth::tokens::Signer::save(
+        &dir.path().join("ca"),
+        &admission.service_account_key,
+    )
+    .unwrap();
     let mut config = ServerConfig::loopback(dir.path(), Duration::from_millis(20)).unwrap();
     config.store.id = admission.id;
     config.store.listen = store_address;
@@ -246,6 +253,52 @@ async fn a_server_joins_the_store_and_serves_what_the_first_one_wrote() {
     let through_second: Api<ConfigMap> = Api::namespaced(second.client().await.unwrap(), "default");
     let read = through_second.get("before-the-join").await.unwrap();
     assert_eq!(read.data, written.data);
+    // A token the first server issues authenticates on the second.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(second.client().await.unwrap(), "default");
+    let account: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "ci"}})).unwrap();
+    accounts
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    let request: k8s_openapi::api::authentication::v1::TokenRequest =
+        serde_json::from_value(serde_json::json!({"spec": {"expirationSeconds": 600}})).unwrap();
+    let issued =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(admin.clone(), "default")
+            .create_token_request("ci", &PostParams::default(), &request)
+            .await
+            .unwrap();
+    let token = issued.status.unwrap().token.unwrap();
+    let document = tls::kubeconfig(
+        &https_url(&second),
+        &Credentials {
+            ca_cert_pem: admission.ca.clone(),
+            cert_pem: String::new(),
+            key_pem: String::new(),
+        },
+    );
+    let mut kubeconfig = kube::config::Kubeconfig::from_yaml(&document).unwrap();
+    for user in &mut kubeconfig.auth_infos {
+        user.auth_info = Some(kube::config::AuthInfo {
+            token: Some(secrecy::SecretString::from(token.clone())),
+            ..Default::default()
+        });
+    }
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let as_ci = kube::Client::try_from(config).unwrap();
+    let reviews: Api<k8s_openapi::api::authentication::v1::SelfSubjectReview> = Api::all(as_ci);
+    let review = reviews
+        .create(&PostParams::default(), &Default::default())
+        .await
+        .unwrap();
+    let username = review.status.unwrap().user_info.unwrap().username;
+    assert_eq!(
+        username.as_deref(),
+        Some("system:serviceaccount:default:ci")
+    );
     second.shutdown().await;
     first.stop().await;
 }

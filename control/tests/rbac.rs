@@ -396,17 +396,7 @@ async fn kubectl_auth_can_i_and_whoami_answer_for_each_user() {
         stderr(&refused)
     );
     // Without a certificate only the public paths answer.
-    let anonymous = {
-        let document = std::fs::read_to_string(&server.kubeconfig).unwrap();
-        let mut kubeconfig = kube::config::Kubeconfig::from_yaml(&document).unwrap();
-        for user in &mut kubeconfig.auth_infos {
-            user.auth_info = Some(Default::default());
-        }
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .unwrap();
-        kube::Client::try_from(config).unwrap()
-    };
+    let anonymous = client_with(&server, Default::default()).await;
     anonymous
         .apiserver_version()
         .await
@@ -626,5 +616,160 @@ async fn a_node_reads_only_what_its_pods_use_and_writes_only_its_own() {
             .kubectl(&["get", "pod", "web", "-n", "team-a"])
             .status
             .success()
+    );
+}
+
+/// A client presenting `token` and no certificate.
+async fn token_client(server: &TestServer, token: &str) -> kube::Client {
+    let auth = kube::config::AuthInfo {
+        token: Some(secrecy::SecretString::from(token.to_string())),
+        ..Default::default()
+    };
+    client_with(server, auth).await
+}
+
+/// A client of the server presenting `auth` instead of the admin's
+/// certificate (nothing, for an anonymous one).
+async fn client_with(server: &TestServer, auth: kube::config::AuthInfo) -> kube::Client {
+    let document = std::fs::read_to_string(&server.kubeconfig).unwrap();
+    let mut kubeconfig = kube::config::Kubeconfig::from_yaml(&document).unwrap();
+    for user in &mut kubeconfig.auth_infos {
+        user.auth_info = Some(auth.clone());
+    }
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+/// The status a token's first call gets: 200, 401 or 403.
+async fn status_with(client: kube::Client, namespace: &str) -> u16 {
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client, namespace);
+    match config_maps.list(&Default::default()).await {
+        Ok(_) => 200,
+        Err(kube::Error::Api(status)) => status.code,
+        Err(other) => panic!("{other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_tokens_authenticate_while_valid_and_bound() {
+    use flotilla_control::auth::tokens::{self, ObjectRef, Signer};
+    let (server, _controllers) = cluster().await;
+    server.ok(&["create", "serviceaccount", "ci", "-n", "team-a"]);
+    server.ok(&[
+        "create",
+        "rolebinding",
+        "ci-edit",
+        "--clusterrole=edit",
+        "--serviceaccount=team-a:ci",
+        "-n",
+        "team-a",
+    ]);
+    let token = server.ok(&["create", "token", "ci", "-n", "team-a", "--duration", "1h"]);
+    let ci = token_client(&server, token.trim()).await;
+    assert_eq!(status_with(ci.clone(), "team-a").await, 200);
+    assert_eq!(status_with(ci.clone(), "team-b").await, 403);
+    let reviews: Api<k8s_openapi::api::authentication::v1::SelfSubjectReview> = Api::all(ci);
+    let review = reviews
+        .create(&PostParams::default(), &Default::default())
+        .await
+        .unwrap();
+    let user = review.status.unwrap().user_info.unwrap();
+    assert_eq!(
+        user.username.as_deref(),
+        Some("system:serviceaccount:team-a:ci")
+    );
+    assert!(
+        user.groups
+            .unwrap()
+            .contains(&"system:serviceaccounts:team-a".to_string())
+    );
+
+    // Another audience's token is not the API's.
+    let vault = server.ok(&[
+        "create",
+        "token",
+        "ci",
+        "-n",
+        "team-a",
+        "--audience",
+        "vault",
+    ]);
+    assert_eq!(
+        status_with(token_client(&server, vault.trim()).await, "team-a").await,
+        401
+    );
+    // Too short a life is refused as Kubernetes refuses it.
+    let short = server.fails(
+        &["create", "token", "ci", "-n", "team-a", "--duration", "1m"],
+        None,
+    );
+    assert!(
+        short.contains("may not specify a duration less than 10 minutes"),
+        "{short}"
+    );
+    // An expired token, signed with the servers' own key.
+    let signer = Signer::ensure(&server.dir.path().join("ca")).unwrap();
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(TestServer::client_from(&server.kubeconfig).await, "team-a");
+    let uid = accounts.get("ci").await.unwrap().metadata.uid.unwrap();
+    let request =
+        tokens::parse_request("ci", &json!({"spec": {"expirationSeconds": 600}})).unwrap();
+    let an_hour_ago = k8s_openapi::jiff::Timestamp::now().as_second() - 3_600;
+    let account = ObjectRef {
+        name: "ci".into(),
+        uid,
+    };
+    let expired = signer
+        .sign(&tokens::claims(
+            "team-a",
+            account,
+            None,
+            &request,
+            an_hour_ago,
+        ))
+        .unwrap();
+    assert_eq!(
+        status_with(token_client(&server, &expired).await, "team-a").await,
+        401
+    );
+
+    // Bound to a pod, a token lives as long as the pod.
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "runner", "namespace": "team-a"},
+        "spec": {"serviceAccountName": "ci", "containers": [{"name": "c", "image": "hello:1.0"}]}
+    });
+    server.ok_with_input(&["apply", "-f", "-"], Some(&pod.to_string()));
+    let bound = server.ok(&[
+        "create",
+        "token",
+        "ci",
+        "-n",
+        "team-a",
+        "--bound-object-kind",
+        "Pod",
+        "--bound-object-name",
+        "runner",
+    ]);
+    let runner = token_client(&server, bound.trim()).await;
+    assert_eq!(status_with(runner.clone(), "team-a").await, 200);
+    server.ok(&[
+        "delete",
+        "pod",
+        "runner",
+        "-n",
+        "team-a",
+        "--grace-period=0",
+        "--force",
+    ]);
+    assert_eq!(status_with(runner, "team-a").await, 401);
+    // Deleting the account ends all of its tokens.
+    server.ok(&["delete", "serviceaccount", "ci", "-n", "team-a"]);
+    assert_eq!(
+        status_with(token_client(&server, token.trim()).await, "team-a").await,
+        401
     );
 }

@@ -109,6 +109,8 @@ fn subresource_document(info: &ResourceInfo, subresource: &str) -> Value {
         "binding" => json!({"kind": "Binding", "verbs": ["create"]}),
         "log" => json!({"kind": info.kind, "verbs": ["get"]}),
         "finalize" => json!({"kind": info.kind, "verbs": ["update"]}),
+        "token" => json!({"kind": "TokenRequest", "group": "authentication.k8s.io",
+                          "version": "v1", "verbs": ["create"]}),
         _ => json!({"kind": info.kind, "verbs": ["get", "patch", "update"]}),
     };
     document["name"] = json!(name);

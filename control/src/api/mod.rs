@@ -34,6 +34,7 @@ pub mod selector;
 pub mod services;
 pub mod status;
 pub mod table;
+pub mod tokens;
 pub mod validation;
 pub mod watch;
 
@@ -79,6 +80,9 @@ pub struct ApiState {
     /// Who the request being served is from; set per request by the
     /// handler, the server itself (a superuser) outside requests.
     pub user: Arc<UserInfo>,
+    /// Issues and checks ServiceAccount tokens; none: bearer tokens are
+    /// refused.
+    pub tokens: Option<Arc<crate::auth::tokens::Tokens>>,
 }
 
 impl ApiState {
@@ -94,6 +98,7 @@ impl ApiState {
             node_port_range: nodeports::NODE_PORT_RANGE_DEFAULT,
             authorizer: Authorizer::new(),
             user: Arc::new(UserInfo::loopback_admin()),
+            tokens: None,
         }
     }
 }
@@ -156,7 +161,8 @@ async fn handle(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let user = authenticate(&state, peer.as_ref().map(|Extension(peer)| peer), &headers);
+    let peer = peer.as_ref().map(|Extension(peer)| peer);
+    let user = authenticate(&state, peer, uri.path(), &headers);
     let span = tracing::info_span!(
         "api",
         %method,
@@ -204,18 +210,31 @@ fn anonymous_may(path: &str) -> bool {
     PUBLIC_PATHS.contains(&path) || path.starts_with(crate::join::JOIN_PATH)
 }
 
-/// Who the request is from: the user of its client certificate (anonymous
-/// without one), whom it impersonates, or, over plain HTTP (served on
-/// loopback only), the machine's own trusted users.
+/// Who the request is from: the user of its client certificate, else of
+/// its ServiceAccount token, else anonymous; or, over plain HTTP (served on
+/// loopback only) without a token, the machine's own trusted users. Then
+/// whom it impersonates. A join's bearer token is its bootstrap token,
+/// which only the join checks.
 fn authenticate(
     state: &ApiState,
     peer: Option<&Peer>,
+    path: &str,
     headers: &HeaderMap,
 ) -> Result<UserInfo, ApiError> {
-    let requester = match peer {
-        None => UserInfo::loopback_admin(),
-        Some(Peer { user: Some(user) }) => user.clone(),
-        Some(Peer { user: None }) => UserInfo::anonymous(),
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|_| !path.starts_with(crate::join::JOIN_PATH));
+    let requester = match (peer, bearer) {
+        (Some(Peer { user: Some(user) }), _) => user.clone(),
+        (_, Some(token)) => match &state.tokens {
+            Some(tokens) => tokens.authenticate(token, &state.authorizer.graph)?,
+            None => return Err(ApiError::unauthorized()),
+        },
+        (None, None) => UserInfo::loopback_admin(),
+        (Some(Peer { user: None }), None) => UserInfo::anonymous(),
     };
     crate::auth::impersonation::resolve(&state.authorizer, requester, headers)
 }
@@ -365,6 +384,17 @@ async fn verb(
             let bytes = read_body().await?;
             let object = decode_body(headers, &bytes)?;
             crate::auth::reviews::create(&state.authorizer, &state.user, target, object)
+        };
+        return ("create", reply(outcome.await));
+    }
+    if *method == Method::POST
+        && target.info.kind == "ServiceAccount"
+        && target.subresource.as_deref() == Some("token")
+    {
+        let outcome = async {
+            let bytes = read_body().await?;
+            let object = decode_body(headers, &bytes)?;
+            tokens::request(state, target, object).await
         };
         return ("create", reply(outcome.await));
     }

@@ -82,6 +82,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
                 binding.role_ref.take(),
             )
         }
+        ("authentication.k8s.io/v1", "TokenRequest") => token_request(message(&raw)?)?,
         ("authentication.k8s.io/v1", "SelfSubjectReview") => self_subject_review(message(&raw)?)?,
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => {
             self_subject_access_review(message(&raw)?)?
@@ -237,6 +238,42 @@ fn bytes_map(map: BTreeMap<String, Vec<u8>>) -> Value {
         .map(|(key, value)| (key, base64::engine::general_purpose::STANDARD.encode(value)))
         .collect();
     json!(encoded)
+}
+
+/// `kubectl create token NAME [--audience A] [--duration D]
+/// [--bound-object-kind Pod --bound-object-name P]`.
+fn token_request(mut object: authentication::TokenRequest) -> Result<Value, ApiError> {
+    let kind = "TokenRequest";
+    let mut out = Map::new();
+    out.insert("metadata".into(), metadata(object.metadata.take(), kind)?);
+    let mut spec = object.spec.take().unwrap_or_default();
+    let mut converted = Map::new();
+    put(
+        &mut converted,
+        "audiences",
+        json!(std::mem::take(&mut spec.audiences)),
+    );
+    put(
+        &mut converted,
+        "expirationSeconds",
+        json!(spec.expiration_seconds.take()),
+    );
+    if let Some(mut bound) = spec.bound_object_ref.take() {
+        let mut reference = Map::new();
+        put(&mut reference, "kind", json!(bound.kind.take()));
+        put(
+            &mut reference,
+            "apiVersion",
+            json!(bound.api_version.take()),
+        );
+        put(&mut reference, "name", json!(bound.name.take()));
+        put(&mut reference, "uid", json!(bound.u_id.take()));
+        converted.insert("boundObjectRef".into(), Value::Object(reference));
+    }
+    nothing_else(&spec, kind, "unknown spec fields")?;
+    out.insert("spec".into(), Value::Object(converted));
+    nothing_else(&object, kind, "status")?;
+    Ok(Value::Object(out))
 }
 
 /// `kubectl auth whoami`: nothing but metadata.

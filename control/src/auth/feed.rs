@@ -28,6 +28,8 @@ pub trait Table: Send + Sync + 'static {
     fn reset(&self, items: Vec<(Vec<u8>, Vec<u8>, i64)>);
     /// One object written (`Some`) or deleted (`None`) at `revision`.
     fn apply(&self, key: &[u8], value: Option<&[u8]>, revision: i64);
+    /// The watch of `prefix` has delivered every change up to `revision`.
+    fn caught_up(&self, _prefix: &str, _revision: i64) {}
 }
 
 /// Lists every prefix at one revision into `table`; returns the revision.
@@ -45,6 +47,16 @@ pub async fn load(storage: &Storage, table: &dyn Table) -> Result<i64, StorageEr
     }
     table.reset(items);
     Ok(revision)
+}
+
+/// Loads `table` and follows the store in a task of its own, until that
+/// task is aborted.
+pub async fn start(
+    storage: &Storage,
+    table: Arc<dyn Table>,
+) -> Result<tokio::task::JoinHandle<()>, StorageError> {
+    let revision = load(storage, table.as_ref()).await?;
+    Ok(tokio::spawn(follow(storage.clone(), table, revision)))
 }
 
 /// Follows the store from `revision` (what [`load`] returned) until the
@@ -77,28 +89,120 @@ fn watch_all(
 
 /// Applies events until a watch ends or is cancelled.
 async fn run(watchers: Vec<Watcher>, table: &dyn Table) {
-    let mut next = futures::stream::select_all(watchers.into_iter().map(|watcher| {
-        Box::pin(futures::stream::unfold(watcher, |mut watcher| async move {
-            watcher.next().await.map(|batch| (batch, watcher))
-        }))
-    }));
-    while let Some(batch) = futures::StreamExt::next(&mut next).await {
-        if !apply_batch(batch, table) {
+    let streams = watchers
+        .into_iter()
+        .zip(table.prefixes())
+        .map(|(watcher, prefix)| {
+            Box::pin(futures::stream::unfold(
+                watcher,
+                move |mut watcher| async move {
+                    watcher
+                        .next()
+                        .await
+                        .map(|batch| ((*prefix, batch), watcher))
+                },
+            ))
+        });
+    let mut next = futures::stream::select_all(streams);
+    while let Some((prefix, batch)) = futures::StreamExt::next(&mut next).await {
+        if !apply_batch(prefix, batch, table) {
             return;
         }
     }
 }
 
 /// Whether the watch goes on.
-fn apply_batch(batch: WatchResponse, table: &dyn Table) -> bool {
+fn apply_batch(prefix: &str, batch: WatchResponse, table: &dyn Table) -> bool {
     if batch.canceled {
         tracing::debug!(reason = %batch.cancel_reason, "the feed's watch was cancelled");
         return false;
     }
+    // A progress notification vouches for its header's revision; a batch
+    // of events for its newest event.
+    let mut delivered = match batch.events.is_empty() {
+        true => batch.header.as_ref().map_or(0, |header| header.revision),
+        false => 0,
+    };
     for event in batch.events {
         let Some(kv) = event.kv else { continue };
         let value = (event.r#type != EventType::Delete as i32).then_some(kv.value.as_slice());
         table.apply(&kv.key, value, kv.mod_revision);
+        delivered = delivered.max(kv.mod_revision);
     }
+    table.caught_up(prefix, delivered);
     true
+}
+
+/// The newest revision a table applied per key, so that a write applied
+/// straight from this server ([`crate::storage::Storage::observe`]) is not
+/// undone by its own older watch event arriving later. A deletion leaves
+/// a tombstone until the watch has caught up with it, so the memory kept
+/// is that of the live keys and a moment's deletions.
+#[derive(Default)]
+pub struct Revisions {
+    live: std::collections::HashMap<Vec<u8>, i64>,
+    tombstones: std::collections::HashMap<Vec<u8>, i64>,
+}
+
+impl Revisions {
+    /// Whether a change of `key` at `revision` (a deletion when `deleted`)
+    /// is newer than what was applied; if so it is recorded.
+    pub fn admit(&mut self, key: &[u8], revision: i64, deleted: bool) -> bool {
+        let newest = self
+            .live
+            .get(key)
+            .or_else(|| self.tombstones.get(key))
+            .copied()
+            .unwrap_or(0);
+        if revision <= newest {
+            return false;
+        }
+        if deleted {
+            self.live.remove(key);
+            self.tombstones.insert(key.to_vec(), revision);
+        } else {
+            self.tombstones.remove(key);
+            self.live.insert(key.to_vec(), revision);
+        }
+        true
+    }
+
+    /// The watch of `prefix` has delivered everything up to `revision`:
+    /// its tombstones at or below it have done their work.
+    pub fn caught_up(&mut self, prefix: &str, revision: i64) {
+        self.tombstones
+            .retain(|key, deleted| *deleted > revision || !key.starts_with(prefix.as_bytes()));
+    }
+
+    /// Forgets everything, for a relist that starts over with `items`.
+    pub fn reset<'a>(&mut self, items: impl Iterator<Item = (&'a [u8], i64)>) {
+        self.tombstones.clear();
+        self.live = items
+            .map(|(key, revision)| (key.to_vec(), revision))
+            .collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_early_deletion_outlives_its_older_events_until_the_watch_catches_up() {
+        let mut revisions = Revisions::default();
+        assert!(revisions.admit(b"/a/x", 5, false));
+        // Deleted by this server at 7, seen before the watch's own events.
+        assert!(revisions.admit(b"/a/x", 7, true));
+        // The watch's put at 6 arrives late: refused.
+        assert!(!revisions.admit(b"/a/x", 6, false));
+        // Another prefix's watch catching up does not end the tombstone.
+        revisions.caught_up("/b/", 10);
+        assert!(!revisions.admit(b"/a/x", 6, false));
+        // Its own does, and nothing is kept of the deleted key.
+        assert!(!revisions.admit(b"/a/x", 7, true));
+        revisions.caught_up("/a/", 7);
+        assert!(revisions.tombstones.is_empty() && revisions.live.is_empty());
+        // A new object under the same name is taken.
+        assert!(revisions.admit(b"/a/x", 9, false));
+    }
 }

@@ -13,6 +13,7 @@
 //! - `impersonation`: `Impersonate-*` headers, for holders of `impersonate`.
 //! - `reviews`: SelfSubjectReview and the access reviews behind
 //!   `kubectl auth whoami` and `kubectl auth can-i`.
+//! - `tokens`: bound ServiceAccount tokens (signed JWTs) and their checks.
 //!
 //! Authorization never reads the store on a request: the indexes are
 //! followed in the background and updated synchronously by this server's
@@ -27,6 +28,7 @@ pub mod node;
 pub mod policy;
 pub mod rbac;
 pub mod reviews;
+pub mod tokens;
 pub mod user;
 
 use std::sync::Arc;
@@ -96,12 +98,11 @@ impl Authorizer {
         let rbac: Arc<dyn feed::Table> = self.rbac.clone();
         let graph: Arc<dyn feed::Table> = self.graph.clone();
         storage.observe(rbac.clone());
-        let mut tasks = Vec::new();
-        for table in [rbac, graph] {
-            let revision = feed::load(storage, table.as_ref()).await?;
-            tasks.push(tokio::spawn(feed::follow(storage.clone(), table, revision)));
-        }
-        Ok(tasks)
+        storage.observe(graph.clone());
+        Ok(vec![
+            feed::start(storage, rbac).await?,
+            feed::start(storage, graph).await?,
+        ])
     }
 }
 

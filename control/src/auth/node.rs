@@ -17,7 +17,7 @@ use k8s_openapi::api::rbac::v1::PolicyRule;
 use serde_json::Value;
 
 use super::attributes::Attributes;
-use super::feed::Table;
+use super::feed::{Revisions, Table};
 use super::user::UserInfo;
 use super::{Decision, bootstrap, rbac};
 
@@ -32,6 +32,8 @@ pub enum Kind {
     Secret,
     ConfigMap,
     PersistentVolumeClaim,
+    /// The account a pod runs as: the node may ask for its tokens.
+    ServiceAccount,
 }
 
 impl Kind {
@@ -48,17 +50,25 @@ impl Kind {
 /// (kind, namespace, name).
 type Reference = (Kind, String, String);
 
+/// What the graph keeps of a pod.
+struct PodEntry {
+    /// Empty while it is not bound.
+    node: String,
+    uid: String,
+    references: Vec<Reference>,
+}
+
 #[derive(Default)]
 struct State {
-    /// Per pod (namespace, name): its node and what it refers to.
-    pods: HashMap<(String, String), (String, Vec<Reference>)>,
+    /// Per pod (namespace, name).
+    pods: HashMap<(String, String), PodEntry>,
     /// Per node: how many of its pods refer to each object.
     by_node: HashMap<String, HashMap<Reference, u32>>,
     /// Per Ingress (namespace, name): its TLS Secrets.
     ingresses: HashMap<(String, String), Vec<Reference>>,
     /// How many Ingresses name each Secret.
     ingress_secrets: HashMap<Reference, u32>,
-    revisions: HashMap<Vec<u8>, i64>,
+    revisions: Revisions,
 }
 
 /// Which node may read which object, from the pods and Ingresses.
@@ -95,7 +105,18 @@ impl NodeGraph {
         state
             .pods
             .get(&(namespace.to_string(), name.to_string()))
-            .is_some_and(|(bound, _)| bound == node)
+            .is_some_and(|pod| pod.node == node)
+    }
+
+    /// The uid of the pod of that name, while it exists (what a token
+    /// bound to it is checked against).
+    pub fn pod_uid(&self, namespace: &str, name: &str) -> Option<String> {
+        let state = self
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let pod = state.pods.get(&(namespace.to_string(), name.to_string()))?;
+        Some(pod.uid.clone())
     }
 }
 
@@ -107,14 +128,22 @@ impl State {
             let pod = value.and_then(|v| serde_json::from_slice::<Value>(v).ok());
             if let Some(pod) = pod {
                 let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+                let references = pod_references(&pod, &id.0);
                 if !node.is_empty() {
-                    let references = pod_references(&pod, &id.0);
                     let linked = self.by_node.entry(node.to_string()).or_default();
                     for reference in &references {
                         *linked.entry(reference.clone()).or_default() += 1;
                     }
-                    self.pods.insert(id, (node.to_string(), references));
                 }
+                let entry = PodEntry {
+                    node: node.to_string(),
+                    uid: pod["metadata"]["uid"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    references,
+                };
+                self.pods.insert(id, entry);
             }
         } else if let Some(rest) = key.strip_prefix(INGRESSES) {
             let Some(id) = split(rest) else { return };
@@ -135,15 +164,15 @@ impl State {
     }
 
     fn unlink_pod(&mut self, id: &(String, String)) {
-        let Some((node, references)) = self.pods.remove(id) else {
+        let Some(pod) = self.pods.remove(id) else {
             return;
         };
-        if let Some(linked) = self.by_node.get_mut(&node) {
-            for reference in &references {
+        if let Some(linked) = self.by_node.get_mut(&pod.node) {
+            for reference in &pod.references {
                 decrement(linked, reference);
             }
             if linked.is_empty() {
-                self.by_node.remove(&node);
+                self.by_node.remove(&pod.node);
             }
         }
     }
@@ -179,6 +208,13 @@ fn pod_references(pod: &Value, namespace: &str) -> Vec<Reference> {
         }
     };
     let spec = &pod["spec"];
+    let account = spec["serviceAccountName"]
+        .as_str()
+        .filter(|name| !name.is_empty());
+    add(
+        Kind::ServiceAccount,
+        &Value::from(account.unwrap_or("default")),
+    );
     for secret in items(&spec["imagePullSecrets"]) {
         add(Kind::Secret, &secret["name"]);
     }
@@ -233,10 +269,13 @@ impl Table for NodeGraph {
 
     fn reset(&self, items: Vec<(Vec<u8>, Vec<u8>, i64)>) {
         let mut fresh = State::default();
-        for (key, value, revision) in items {
-            fresh.apply(&String::from_utf8_lossy(&key), Some(&value));
-            fresh.revisions.insert(key, revision);
+        for (key, value, _) in &items {
+            fresh.apply(&String::from_utf8_lossy(key), Some(value));
         }
+        let revisions = items
+            .iter()
+            .map(|(key, _, revision)| (key.as_slice(), *revision));
+        fresh.revisions.reset(revisions);
         *self
             .state
             .write()
@@ -248,17 +287,17 @@ impl Table for NodeGraph {
             .state
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if revision <= state.revisions.get(key).copied().unwrap_or(0) {
-            return;
+        if state.revisions.admit(key, revision, value.is_none()) {
+            state.apply(&String::from_utf8_lossy(key), value);
         }
-        if value.is_some() {
-            state.revisions.insert(key.to_vec(), revision);
-        } else {
-            // A deleted key's entry goes: the graph follows only the watch,
-            // which never replays an older event after a deletion.
-            state.revisions.remove(key);
-        }
-        state.apply(&String::from_utf8_lossy(key), value);
+    }
+
+    fn caught_up(&self, prefix: &str, revision: i64) {
+        self.state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .revisions
+            .caught_up(prefix, revision);
     }
 }
 
@@ -290,6 +329,27 @@ pub fn authorize(graph: &NodeGraph, user: &UserInfo, attributes: &Attributes) ->
             return Decision::Deny("can only get individual resources of this type".into());
         }
         return if graph.links(node, kind, &request.namespace, &request.name) {
+            Decision::Allow
+        } else {
+            Decision::Deny(format!(
+                "no relationship found between node '{node}' and this object"
+            ))
+        };
+    }
+    // Tokens only for the accounts its pods run as.
+    if let Attributes::Resource(request) = attributes
+        && request.group.is_empty()
+        && request.resource == "serviceaccounts"
+        && request.subresource == "token"
+    {
+        let linked = request.verb == "create"
+            && graph.links(
+                node,
+                Kind::ServiceAccount,
+                &request.namespace,
+                &request.name,
+            );
+        return if linked {
             Decision::Allow
         } else {
             Decision::Deny(format!(
@@ -383,6 +443,26 @@ mod tests {
             Decision::Deny(_)
         ));
         assert!(graph.pod_on("n1", "a", "web"));
+        // Tokens only for the account its pods run as (`default` here).
+        let token = |account: &str| {
+            Attributes::Resource(ResourceAttributes {
+                verb: "create".into(),
+                resource: "serviceaccounts".into(),
+                subresource: "token".into(),
+                namespace: "a".into(),
+                name: account.into(),
+                ..ResourceAttributes::default()
+            })
+        };
+        assert_eq!(authorize(&graph, &n1, &token("default")), Decision::Allow);
+        assert!(matches!(
+            authorize(&graph, &n1, &token("admin")),
+            Decision::Deny(_)
+        ));
+        assert!(matches!(
+            authorize(&graph, &n2, &token("default")),
+            Decision::Deny(_)
+        ));
         // The pod moves away (deleted): the link goes with it.
         graph.apply(b"/registry/pods/a/web", None, 4);
         assert!(matches!(

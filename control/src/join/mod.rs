@@ -110,6 +110,10 @@ pub struct ServerJoinResponse {
     pub members: Vec<MemberEntry>,
     pub ca: String,
     pub ca_key: String,
+    /// The key ServiceAccount tokens are signed with, which every server
+    /// shares so that each checks the others' tokens (PEM).
+    #[serde(default)]
+    pub service_account_key: String,
 }
 
 /// A server's power to admit newcomers: the cluster CA and a client of
@@ -118,6 +122,7 @@ pub struct ServerJoinResponse {
 pub struct Authority {
     ca: std::sync::Arc<ClusterCa>,
     store: StoreClient,
+    service_account_key: String,
 }
 
 impl Authority {
@@ -125,7 +130,17 @@ impl Authority {
     pub fn new(ca: std::sync::Arc<ClusterCa>, member: SocketAddr) -> Result<Authority, JoinError> {
         let credentials = ca.issue(AUTHORITY_NAME, &["localhost".to_string()])?;
         let store = StoreClient::with_credentials(vec![member.to_string()], &credentials)?;
-        Ok(Authority { ca, store })
+        Ok(Authority {
+            ca,
+            store,
+            service_account_key: String::new(),
+        })
+    }
+
+    /// The ServiceAccount token key (PEM) a joining server receives.
+    pub fn with_service_account_key(mut self, pem: &str) -> Self {
+        self.service_account_key = pem.to_string();
+        self
     }
 
     pub fn ca_pem(&self) -> &str {
@@ -189,6 +204,7 @@ impl Authority {
             members: entries(members),
             ca: self.ca.cert_pem().to_string(),
             ca_key: self.ca.key_pem(),
+            service_account_key: self.service_account_key.clone(),
         })
     }
 

@@ -12,7 +12,7 @@ use k8s_openapi::api::rbac::v1::{
 
 use super::rules;
 use crate::auth::attributes::Attributes;
-use crate::auth::feed::Table;
+use crate::auth::feed::{Revisions, Table};
 use crate::auth::user::{UserInfo, service_account_user};
 
 const CLUSTER_ROLES: &str = "/registry/clusterroles/";
@@ -99,9 +99,7 @@ struct State {
     bindings: HashMap<(String, String), Binding>,
     /// Per namespace.
     subjects: HashMap<String, BySubject>,
-    /// The newest revision applied per key, deletions included, so that a
-    /// write observed directly is not undone by its own older watch event.
-    revisions: HashMap<Vec<u8>, i64>,
+    revisions: Revisions,
 }
 
 /// The authorization cache of RBAC objects.
@@ -300,10 +298,13 @@ impl Table for RbacIndex {
 
     fn reset(&self, items: Vec<(Vec<u8>, Vec<u8>, i64)>) {
         let mut fresh = State::default();
-        for (key, value, revision) in items {
-            fresh.apply(&key, Some(&value));
-            fresh.revisions.insert(key, revision);
+        for (key, value, _) in &items {
+            fresh.apply(key, Some(value));
         }
+        let revisions = items
+            .iter()
+            .map(|(key, _, revision)| (key.as_slice(), *revision));
+        fresh.revisions.reset(revisions);
         *self
             .state
             .write()
@@ -315,12 +316,17 @@ impl Table for RbacIndex {
             .state
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let newest = state.revisions.get(key).copied().unwrap_or(0);
-        if revision <= newest {
-            return;
+        if state.revisions.admit(key, revision, value.is_none()) {
+            state.apply(key, value);
         }
-        state.revisions.insert(key.to_vec(), revision);
-        state.apply(key, value);
+    }
+
+    fn caught_up(&self, prefix: &str, revision: i64) {
+        self.state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .revisions
+            .caught_up(prefix, revision);
     }
 }
 
