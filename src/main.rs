@@ -322,32 +322,12 @@ struct KubeconfigArgs {
 const USER_CERTIFICATE_TTL_MAX: std::time::Duration =
     std::time::Duration::from_secs(5 * 365 * 24 * 3600);
 
-/// Why a user name may not be issued a certificate: the names the
-/// cluster's own components and the store's members go by.
-fn reserved_user(user: &str) -> Option<&'static str> {
-    if user.is_empty() {
-        return Some("a user needs a name");
-    }
-    if user.starts_with("system:") {
-        return Some("system: names belong to the cluster's own components and nodes");
-    }
-    let components = [
-        flotilla_control::join::AUTHORITY_NAME,
-        flotilla_raft_store::access::STORE_CLIENT_NAME,
-        flotilla_control::tls::SERVER_NAME,
-    ];
-    if components.contains(&user) || user.starts_with("member-") {
-        return Some("the name is the store's or the API server's own");
-    }
-    None
-}
-
 /// A kubeconfig for `args.user`, or the plain one.
 fn kubeconfig_for(args: &KubeconfigArgs) -> Result<String> {
     let (Some(user), Some(data_dir)) = (&args.user, &args.data_dir) else {
         return Ok(flotilla_control::kubeconfig(&args.server));
     };
-    if let Some(reason) = reserved_user(user) {
+    if let Some(reason) = flotilla_pki::names::reserved(user) {
         anyhow::bail!("--user {user:?} is refused: {reason}");
     }
     if args.ttl.is_zero() || args.ttl > USER_CERTIFICATE_TTL_MAX {
@@ -357,7 +337,7 @@ fn kubeconfig_for(args: &KubeconfigArgs) -> Result<String> {
         anyhow::bail!("--server must be an https:// URL: certificates are only presented over TLS");
     }
     let ca_dir = data_dir.join("ca");
-    let ca = flotilla_raft_store::transport::ClusterCa::load(&ca_dir).with_context(|| {
+    let ca = flotilla_pki::ClusterCa::load(&ca_dir).with_context(|| {
         format!(
             "reading the cluster CA in {} (is --data-dir a server's?)",
             ca_dir.display()
@@ -428,7 +408,7 @@ async fn run(command: Command) -> Result<ExitCode> {
 }
 
 async fn run_store(args: StoreArgs) -> Result<()> {
-    flotilla_raft_store::member::ensure_cluster_ca(&args.tls_dir)
+    flotilla_pki::ClusterCa::ensure(&args.tls_dir)
         .with_context(|| format!("preparing the cluster CA in {}", args.tls_dir.display()))?;
     let config = MemberConfig {
         id: args.id,
@@ -462,7 +442,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         }
         (None, _) => None,
     };
-    let ca = flotilla_raft_store::member::ensure_cluster_ca(&tls_dir)
+    let ca = flotilla_pki::ClusterCa::ensure(&tls_dir)
         .with_context(|| format!("preparing the cluster CA in {}", tls_dir.display()))?;
     // A joined server keeps the id it was given; restarts read it back.
     let id_file = args.data_dir.join("member-id");
@@ -509,7 +489,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     };
     if joining.is_some() {
         // Before the member starts: a restart must come back as this id.
-        flotilla_raft_store::transport::create_private_dir(&args.data_dir)?;
+        flotilla_pki::create_private_dir(&args.data_dir)?;
         std::fs::write(&id_file, format!("{id}\n"))
             .with_context(|| format!("writing {}", id_file.display()))?;
     }
@@ -660,11 +640,8 @@ async fn join_cluster(args: &ServerArgs, url: &str, tls_dir: &std::path::Path) -
     let admission = join::client::join_server(url, &token, &request)
         .await
         .with_context(|| format!("joining {url}"))?;
-    let ca = flotilla_raft_store::transport::ClusterCa::from_pem(
-        admission.ca.clone(),
-        &admission.ca_key,
-    )
-    .context("reading the cluster CA")?;
+    let ca = flotilla_pki::ClusterCa::from_pem(admission.ca.clone(), &admission.ca_key)
+        .context("reading the cluster CA")?;
     ca.save(tls_dir)
         .with_context(|| format!("writing the cluster CA to {}", tls_dir.display()))?;
     if !admission.service_account_key.is_empty() {

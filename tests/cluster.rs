@@ -719,8 +719,7 @@ async fn a_three_server_two_agent_cluster_runs_scales_and_survives_kills() {
     // server, and nothing written is lost.
     // The servers' store answers only their join authority over the
     // network; the test, holding the CA, speaks as it.
-    let ca = flotilla_raft_store::transport::ClusterCa::load(&cluster.dir("server-0").join("ca"))
-        .unwrap();
+    let ca = flotilla_pki::ClusterCa::load(&cluster.dir("server-0").join("ca")).unwrap();
     let authority = ca
         .issue(
             flotilla_control::join::AUTHORITY_NAME,

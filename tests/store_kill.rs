@@ -39,7 +39,7 @@ impl Cluster {
                     .unwrap()
             })
             .collect();
-        flotilla_raft_store::member::ensure_cluster_ca(&root.path().join("ca")).unwrap();
+        flotilla_pki::ClusterCa::ensure(&root.path().join("ca")).unwrap();
         let mut cluster = Cluster {
             root,
             addresses,

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use flotilla_pki::Credentials;
 use flotilla_raft_store::member::{Member, MemberConfig};
-use flotilla_raft_store::transport::Credentials;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -82,8 +82,7 @@ impl ServerConfig {
     /// every ten ticks.
     pub fn loopback(data_dir: &Path, tick_interval: Duration) -> Result<ServerConfig, ServerError> {
         let tls_dir = data_dir.join("ca");
-        flotilla_raft_store::member::ensure_cluster_ca(&tls_dir)
-            .map_err(crate::tls::TlsError::from)?;
+        flotilla_pki::ClusterCa::ensure(&tls_dir).map_err(crate::tls::TlsError::from)?;
         // Raft peers need a known port (not 0): take a free UDP one.
         let loopback = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
         let store_address = std::net::UdpSocket::bind(loopback)
@@ -116,7 +115,7 @@ impl ServerConfig {
     /// This configuration with the API over HTTPS, its certificate issued
     /// by the cluster CA in the store's `tls_dir` for loopback and `hosts`.
     pub fn with_https(mut self, hosts: &[String]) -> Result<ServerConfig, ServerError> {
-        let ca = flotilla_raft_store::member::ensure_cluster_ca(&self.store.tls_dir)
+        let ca = flotilla_pki::ClusterCa::ensure(&self.store.tls_dir)
             .map_err(crate::tls::TlsError::from)?;
         self.api_tls = Some(crate::tls::server_credentials(&ca, hosts)?);
         Ok(self)
@@ -124,7 +123,7 @@ impl ServerConfig {
 
     /// The cluster CA's certificate, PEM (what join tokens pin).
     pub fn ca_pem(&self) -> Result<String, ServerError> {
-        let ca = flotilla_raft_store::member::ensure_cluster_ca(&self.store.tls_dir)
+        let ca = flotilla_pki::ClusterCa::ensure(&self.store.tls_dir)
             .map_err(crate::tls::TlsError::from)?;
         Ok(ca.cert_pem().to_string())
     }
@@ -177,7 +176,7 @@ pub struct Server {
     /// loopback client), when the API is served over HTTPS.
     own_client: Option<Credentials>,
     /// Issues the control-plane components' certificates, over HTTPS.
-    ca: Option<std::sync::Arc<flotilla_raft_store::transport::ClusterCa>>,
+    ca: Option<std::sync::Arc<flotilla_pki::ClusterCa>>,
     stop: oneshot::Sender<()>,
     serving: JoinHandle<()>,
     compactor: JoinHandle<()>,
@@ -186,7 +185,7 @@ pub struct Server {
 }
 
 /// The user this server's own admin client is, as kube-apiserver's.
-const LOOPBACK_USER: &str = "system:apiserver";
+const LOOPBACK_USER: &str = flotilla_pki::names::API_SERVER_CLIENT;
 
 impl Server {
     /// Starts a member with the defaults of [`ServerOptions`] (no `file://`
@@ -220,7 +219,7 @@ impl Server {
         })?;
         let ca = match &config.api_tls {
             Some(_) => Some(
-                flotilla_raft_store::member::ensure_cluster_ca(&config.store.tls_dir)
+                flotilla_pki::ClusterCa::ensure(&config.store.tls_dir)
                     .map_err(crate::tls::TlsError::from)?,
             ),
             None => None,

@@ -12,8 +12,8 @@ use std::time::Duration;
 use axum::Router;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-pub use flotilla_raft_store::transport::Credentials;
-use flotilla_raft_store::transport::{ClusterCa, certificate_subject};
+pub use flotilla_pki::Credentials;
+use flotilla_pki::{ClusterCa, certificate_subject};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -27,9 +27,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::UserInfo;
 
 /// The common name of the API server's certificate.
-pub const SERVER_NAME: &str = "flotilla-apiserver";
+pub const SERVER_NAME: &str = flotilla_pki::names::API_SERVER;
 /// The common name of the certificate `flotilla server`'s kubeconfig holds.
-pub const ADMIN_NAME: &str = "admin";
+pub const ADMIN_NAME: &str = flotilla_pki::names::ADMIN;
 /// Open connections at once; more wait in the kernel's accept queue.
 const CONNECTIONS_MAX: usize = 4096;
 /// A client that has not finished its handshake by then is dropped.
@@ -38,7 +38,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("issuing a certificate: {0}")]
-    Issue(#[from] flotilla_raft_store::Error),
+    Issue(#[from] flotilla_pki::Error),
     #[error("the TLS configuration is invalid: {0}")]
     Config(String),
 }
@@ -59,7 +59,7 @@ pub fn server_credentials(ca: &ClusterCa, hosts: &[String]) -> Result<Credential
 }
 
 /// The user the servers' leader election presents to the API.
-pub const CONTROLLER_NAME: &str = "system:kube-controller-manager";
+pub const CONTROLLER_NAME: &str = flotilla_pki::names::CONTROLLER_MANAGER;
 
 /// A client certificate for one control-plane component of a server (the
 /// elector, the scheduler, each controller), named as its user.

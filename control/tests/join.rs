@@ -15,8 +15,8 @@ use flotilla_control::join::{
     self, JoinError, MemberAddRequest, NodeJoinRequest, ServerJoinRequest,
 };
 use flotilla_control::{Server, ServerConfig, tls};
+use flotilla_pki::{ClusterCa, Credentials, certificate_common_name};
 use flotilla_raft_store::member::PeerSpec;
-use flotilla_raft_store::transport::{ClusterCa, Credentials, certificate_common_name};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
 use support::TestServer;
@@ -310,7 +310,7 @@ async fn a_server_joins_the_store_and_serves_what_the_first_one_wrote() {
 async fn the_store_serves_only_the_join_authority() {
     let server = TestServer::start_https().await;
     let running = server.server.as_ref().unwrap();
-    let ca = flotilla_raft_store::member::ensure_cluster_ca(&server.dir.path().join("ca")).unwrap();
+    let ca = flotilla_pki::ClusterCa::ensure(&server.dir.path().join("ca")).unwrap();
     let address = running.member().address().to_string();
     let client_as = |name: &str| {
         let credentials = ca

@@ -11,7 +11,7 @@ use crate::transport::PeerIdentity;
 
 /// The name [`crate::client::Client::connect`] issues itself: the
 /// standalone store's own tools.
-pub const STORE_CLIENT_NAME: &str = "store-client";
+pub const STORE_CLIENT_NAME: &str = flotilla_pki::names::STORE_CLIENT;
 
 /// The names allowed each kind of call.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -77,6 +77,10 @@ pub enum Error {
     #[error("the store member has stopped")]
     Stopped,
 
+    /// A certificate or key could not be issued, kept or read.
+    #[error("identity: {0}")]
+    Pki(#[from] flotilla_pki::Error),
+
     /// The caller's certificate does not entitle it to this call; the
     /// message names who and what.
     #[error("permission denied: {0}")]

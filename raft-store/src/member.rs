@@ -88,14 +88,10 @@ impl Default for MemberConfig {
     }
 }
 
-/// Loads the cluster CA kept in `dir`, creating it first if `dir` has none.
+/// Loads the cluster CA kept in `dir`, creating it first if `dir` has none
+/// (a standalone store's first member does; see [`ClusterCa::ensure`]).
 pub fn ensure_cluster_ca(dir: &Path) -> Result<ClusterCa> {
-    if dir.join("ca.pem").exists() {
-        return ClusterCa::load(dir);
-    }
-    let ca = ClusterCa::generate()?;
-    ca.save(dir)?;
-    Ok(ca)
+    Ok(ClusterCa::ensure(dir)?)
 }
 
 /// A running member. Dropping it without [`Member::shutdown`] leaves its
@@ -249,7 +245,7 @@ fn member_credentials(ca: &ClusterCa, config: &MemberConfig) -> Result<Credentia
         "localhost".to_string(),
     ];
     names.dedup();
-    ca.issue(&member_name(config.id), &names)
+    Ok(ca.issue(&member_name(config.id), &names)?)
 }
 
 fn replica_config(config: &MemberConfig) -> ReplicaConfig {

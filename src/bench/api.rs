@@ -614,7 +614,7 @@ impl Servers {
         // Members trust each other through one cluster CA, made here and
         // copied into each server's data directory before it starts.
         let ca = root.join("ca");
-        flotilla_raft_store::member::ensure_cluster_ca(&ca)?;
+        flotilla_pki::ClusterCa::ensure(&ca)?;
         let store: Vec<SocketAddr> = (0..3).map(|_| free_udp_port()).collect::<Result<_>>()?;
         let api_addresses: Vec<SocketAddr> =
             (0..3).map(|_| free_tcp_port()).collect::<Result<_>>()?;

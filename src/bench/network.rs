@@ -33,7 +33,7 @@ use clap::Args;
 use flotilla_node::agent::KubeletTls;
 use flotilla_node::net::{MESH_PORT_ANNOTATION, PodNetwork, SERVICE_NAME_LABEL};
 use flotilla_node::{LocalSource, NodeConfig, NodeRuntime};
-use flotilla_raft_store::transport::ClusterCa;
+use flotilla_pki::ClusterCa;
 use http_body_util::Empty;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;

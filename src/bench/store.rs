@@ -188,7 +188,7 @@ impl FlotillaCluster {
         let exe = std::env::current_exe().context("finding the flotilla binary")?;
         let addresses: Vec<SocketAddr> = (0..3).map(|_| free_udp_port()).collect::<Result<_>>()?;
         let tls_dir = root.join("ca");
-        flotilla_raft_store::member::ensure_cluster_ca(&tls_dir)?;
+        flotilla_pki::ClusterCa::ensure(&tls_dir)?;
         let mut processes = Processes::default();
         for (index, address) in addresses.iter().enumerate() {
             let id = index as u64 + 1;

@@ -16,7 +16,7 @@ pub fn data_dir(flag: Option<&Path>) -> Result<PathBuf> {
         None => default_data_dir()?,
     };
     // Private: it holds the cluster CA's key and the admin's kubeconfig.
-    flotilla_raft_store::transport::create_private_dir(&dir)?;
+    flotilla_pki::create_private_dir(&dir)?;
     dir.canonicalize()
         .with_context(|| format!("resolving {}", dir.display()))
 }

@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use flotilla_control::registry::RegistryConfig;
 use flotilla_control::{Server, ServerConfig, ServerOptions};
 use flotilla_node::agent::{Agent, AgentConfig, KubeletTls};
-use flotilla_raft_store::transport::{ClusterCa, Credentials};
+use flotilla_pki::{ClusterCa, Credentials};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// The API's address unless `--api-listen` says otherwise: Kubernetes' port.
@@ -128,7 +128,7 @@ impl Cluster {
         let config = config
             .with_https(&[])
             .context("issuing the API server's certificate")?;
-        let ca = flotilla_raft_store::member::ensure_cluster_ca(&config.store.tls_dir)
+        let ca = flotilla_pki::ClusterCa::ensure(&config.store.tls_dir)
             .context("reading the cluster CA")?;
         let options = ServerOptions {
             // Server and node are one process on one machine, so a path
@@ -245,7 +245,7 @@ async fn start_agent(
         )
         .context("issuing the node's certificate")?;
     let kubeconfig = node_dir.join("kubeconfig");
-    flotilla_raft_store::transport::create_private_dir(node_dir)?;
+    flotilla_pki::create_private_dir(node_dir)?;
     crate::write_private(
         &kubeconfig,
         &flotilla_control::tls::kubeconfig(url, &credentials),

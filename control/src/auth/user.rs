@@ -10,13 +10,11 @@ pub const AUTHENTICATED: &str = "system:authenticated";
 pub const UNAUTHENTICATED: &str = "system:unauthenticated";
 /// The user of requests that presented no credential.
 pub const ANONYMOUS: &str = "system:anonymous";
-/// The superuser group: allowed everything, as Kubernetes'.
-pub const MASTERS: &str = "system:masters";
-/// Every node's group; a node's user is [`NODE_PREFIX`]`<node name>`.
-pub const NODES: &str = "system:nodes";
-pub const NODE_PREFIX: &str = "system:node:";
-/// A ServiceAccount's user is `system:serviceaccount:<namespace>:<name>`.
-pub const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
+/// The superuser group, the nodes' group and names, and ServiceAccounts'
+/// users are `flotilla-pki`'s naming rules.
+pub use flotilla_pki::names::{
+    MASTERS, NODE_PREFIX, NODES, SERVICE_ACCOUNT_PREFIX, node_user, service_account_user,
+};
 /// Every ServiceAccount's group, and one per namespace
 /// (`system:serviceaccounts:<namespace>`).
 pub const SERVICE_ACCOUNTS: &str = "system:serviceaccounts";
@@ -100,16 +98,6 @@ impl UserInfo {
         (!namespace.is_empty() && !name.is_empty() && !name.contains(':'))
             .then_some((namespace, name))
     }
-}
-
-/// `system:serviceaccount:<namespace>:<name>`.
-pub fn service_account_user(namespace: &str, name: &str) -> String {
-    format!("{SERVICE_ACCOUNT_PREFIX}{namespace}:{name}")
-}
-
-/// `system:node:<name>`.
-pub fn node_user(name: &str) -> String {
-    format!("{NODE_PREFIX}{name}")
 }
 
 #[cfg(test)]

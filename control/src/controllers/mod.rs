@@ -52,8 +52,8 @@ pub struct ControllersConfig {
 /// to the ClusterRole `system:controller:<name>` (`auth::bootstrap`).
 pub mod identity {
     /// The leader election of the servers.
-    pub const ELECTOR: &str = "system:kube-controller-manager";
-    pub const SCHEDULER: &str = "system:kube-scheduler";
+    pub const ELECTOR: &str = flotilla_pki::names::CONTROLLER_MANAGER;
+    pub const SCHEDULER: &str = flotilla_pki::names::SCHEDULER;
     pub const GARBAGE_COLLECTOR: &str = "generic-garbage-collector";
     pub const NODE: &str = "node-controller";
     pub const CRONJOB: &str = "cronjob-controller";

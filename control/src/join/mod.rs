@@ -22,18 +22,18 @@ pub mod token;
 
 use std::net::SocketAddr;
 
+use flotilla_pki::{ClusterCa, Credentials};
 use flotilla_raft_store::client::Client as StoreClient;
-use flotilla_raft_store::transport::{ClusterCa, Credentials};
 use serde::{Deserialize, Serialize};
 
 /// The name on the certificate a server's join authority presents to the
 /// store: the only client of the store's protocol a server allows, and the
 /// only one that may change its members.
-pub const AUTHORITY_NAME: &str = "join-authority";
+pub const AUTHORITY_NAME: &str = flotilla_pki::names::JOIN_AUTHORITY;
 /// Path prefix of the join endpoints on the API server.
 pub const JOIN_PATH: &str = "/flotilla/join/v1";
 /// Common-name prefix of node certificates, as Kubernetes names nodes.
-pub const NODE_USER_PREFIX: &str = "system:node:";
+pub const NODE_USER_PREFIX: &str = flotilla_pki::names::NODE_PREFIX;
 /// Longest node name (a DNS subdomain).
 const NODE_NAME_MAX: usize = 253;
 /// Addresses one node certificate may name.
@@ -59,6 +59,8 @@ pub enum JoinError {
     },
     #[error("the store: {0}")]
     Store(#[from] flotilla_raft_store::Error),
+    #[error("issuing a certificate: {0}")]
+    Certificate(#[from] flotilla_pki::Error),
 }
 
 /// What an agent asks for.

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use flotilla_control::{Server, ServerConfig, tls};
-use flotilla_raft_store::member::ensure_cluster_ca;
+use flotilla_pki::ClusterCa;
 
 /// The kubectl the tests speak to the server with.
 pub const KUBECTL_VERSION: &str = "1.37.1";
@@ -61,7 +61,7 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         // Short ticks: a one-member store elects itself in ~0.2 s.
         let mut config = ServerConfig::loopback(dir.path(), Duration::from_millis(20)).unwrap();
-        let ca = ensure_cluster_ca(&config.store.tls_dir).unwrap();
+        let ca = ClusterCa::ensure(&config.store.tls_dir).unwrap();
         config.api_tls = https.then(|| tls::server_credentials(&ca, &[]).unwrap());
         let server = Server::start(config.clone()).await.unwrap();
         // A restart comes back on the same port, as a real server would.
@@ -99,7 +99,7 @@ impl TestServer {
     /// A kubeconfig holding a certificate for `user` in `group`, from the
     /// server's CA (an HTTPS server's).
     pub fn user_kubeconfig(&self, user: &str, group: Option<&str>) -> PathBuf {
-        let ca = ensure_cluster_ca(&self.config.store.tls_dir).unwrap();
+        let ca = ClusterCa::ensure(&self.config.store.tls_dir).unwrap();
         let credentials = ca.issue_in_group(user, group, &[]).unwrap();
         let url = format!("https://{}", self.server.as_ref().unwrap().api_address());
         let path = self

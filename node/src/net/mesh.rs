@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use flotilla_raft_store::transport::certificate_common_name;
+use flotilla_pki::certificate_common_name;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use quinn::VarInt;

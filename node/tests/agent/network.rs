@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::Bytes;
 use flotilla_node::agent::KubeletTls;
 use flotilla_node::net::{Mesh, MeshError, MeshTls, PodNetwork};
-use flotilla_raft_store::transport::ClusterCa;
+use flotilla_pki::ClusterCa;
 use http_body_util::Full;
 
 use super::*;

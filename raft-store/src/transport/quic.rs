@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::frame::{RAFT_FRAME_BYTES_MAX, read_message};
-use super::tls::{Credentials, PeerIdentity};
+use super::tls::{ALPN_PROTOCOL, Credentials, PeerIdentity};
 use crate::error::MemberId;
 use crate::{Error, Result};
 
@@ -250,7 +250,9 @@ fn transport_config() -> Result<Arc<quinn::TransportConfig>> {
 }
 
 fn client_config(credentials: &Credentials) -> Result<quinn::ClientConfig> {
-    let crypto = QuicClientConfig::try_from(credentials.client_config()?)
+    let mut tls = credentials.client_config()?;
+    tls.alpn_protocols = vec![ALPN_PROTOCOL.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls)
         .map_err(|e| Error::Transport(format!("QUIC client TLS: {e}")))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport_config()?);
@@ -258,7 +260,9 @@ fn client_config(credentials: &Credentials) -> Result<quinn::ClientConfig> {
 }
 
 fn server_config(credentials: &Credentials) -> Result<quinn::ServerConfig> {
-    let crypto = QuicServerConfig::try_from(credentials.server_config()?)
+    let mut tls = credentials.server_config()?;
+    tls.alpn_protocols = vec![ALPN_PROTOCOL.to_vec()];
+    let crypto = QuicServerConfig::try_from(tls)
         .map_err(|e| Error::Transport(format!("QUIC server TLS: {e}")))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport_config()?);

@@ -1,0 +1,42 @@
+//! `flotilla-pki` is the cluster's identity: the CA (`ca`), issuing
+//! certificates from it, keeping them private on disk, reading back who a
+//! certificate names, and the naming rules (`names`) that say which names
+//! are nodes, store members, the join authority, the control plane's
+//! components and the administrators.
+//!
+//! It is a leaf: it knows no other Flotilla crate, no network protocol and
+//! nothing of what the store, the API or the node do with an identity.
+//! Start with [`ClusterCa::ensure`] and [`ClusterCa::issue_in_group`].
+
+mod ca;
+pub mod names;
+
+pub use ca::{
+    CertificateSubject, ClusterCa, Credentials, certificate_common_name, certificate_subject,
+    create_private_dir,
+};
+
+/// What issuing and keeping certificates can run into.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A certificate, key or TLS configuration could not be made or read.
+    #[error("{0}")]
+    Tls(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
