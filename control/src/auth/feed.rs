@@ -183,6 +183,96 @@ impl Revisions {
     }
 }
 
+/// What a [`Versioned`] table holds: objects changed one key at a time.
+pub trait Objects: Default + Send + Sync + 'static {
+    /// The store prefixes the objects live under.
+    const PREFIXES: &'static [&'static str];
+    /// One object written (`Some`) or deleted (`None`).
+    fn apply(&mut self, key: &[u8], value: Option<&[u8]>);
+}
+
+/// Objects behind one lock, each key changed only by a revision newer than
+/// the last that changed it ([`Revisions`]): the shape every table a feed
+/// keeps has, so each needs only say how one key changes it.
+pub struct Versioned<O> {
+    inner: std::sync::RwLock<Held<O>>,
+}
+
+#[derive(Default)]
+struct Held<O> {
+    objects: O,
+    revisions: Revisions,
+}
+
+/// The objects of a [`Versioned`] table, read under its lock.
+pub struct Read<'a, O>(std::sync::RwLockReadGuard<'a, Held<O>>);
+
+impl<O> std::ops::Deref for Read<'_, O> {
+    type Target = O;
+    fn deref(&self) -> &O {
+        &self.0.objects
+    }
+}
+
+impl<O: Objects> Default for Versioned<O> {
+    fn default() -> Self {
+        Versioned {
+            inner: std::sync::RwLock::new(Held::default()),
+        }
+    }
+}
+
+impl<O: Objects> Versioned<O> {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Versioned::default())
+    }
+
+    /// The objects, for reading. A writer that panicked left whole entries
+    /// behind (each change is one insert or remove), so they stay usable.
+    pub fn read(&self) -> Read<'_, O> {
+        Read(
+            self.inner
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Held<O>> {
+        self.inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl<O: Objects> Table for Versioned<O> {
+    fn prefixes(&self) -> &'static [&'static str] {
+        O::PREFIXES
+    }
+
+    fn reset(&self, items: Vec<(Vec<u8>, Vec<u8>, i64)>) {
+        let mut fresh = Held::<O>::default();
+        for (key, value, _) in &items {
+            fresh.objects.apply(key, Some(value));
+        }
+        let revisions = items
+            .iter()
+            .map(|(key, _, revision)| (key.as_slice(), *revision));
+        fresh.revisions.reset(revisions);
+        *self.write() = fresh;
+    }
+
+    fn apply(&self, key: &[u8], value: Option<&[u8]>, revision: i64) {
+        let mut held = self.write();
+        if held.revisions.admit(key, revision, value.is_none()) {
+            held.objects.apply(key, value);
+        }
+    }
+
+    fn caught_up(&self, prefix: &str, revision: i64) {
+        self.write().revisions.caught_up(prefix, revision);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

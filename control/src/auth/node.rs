@@ -11,13 +11,13 @@
 //! to the node's own Node, Lease and pods.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::LazyLock;
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use serde_json::Value;
 
 use super::attributes::Attributes;
-use super::feed::{Revisions, Table};
+use super::feed::{Objects, Versioned};
 use super::user::UserInfo;
 use super::{Decision, bootstrap, rbac};
 
@@ -58,8 +58,9 @@ struct PodEntry {
     references: Vec<Reference>,
 }
 
+/// The graph: pods, Ingresses and what they name.
 #[derive(Default)]
-struct State {
+pub struct State {
     /// Per pod (namespace, name).
     pods: HashMap<(String, String), PodEntry>,
     /// Per node: how many of its pods refer to each object.
@@ -68,26 +69,15 @@ struct State {
     ingresses: HashMap<(String, String), Vec<Reference>>,
     /// How many Ingresses name each Secret.
     ingress_secrets: HashMap<Reference, u32>,
-    revisions: Revisions,
 }
 
 /// Which node may read which object, from the pods and Ingresses.
-#[derive(Default)]
-pub struct NodeGraph {
-    state: RwLock<State>,
-}
+pub type NodeGraph = Versioned<State>;
 
 impl NodeGraph {
-    pub fn new() -> Arc<Self> {
-        Arc::new(NodeGraph::default())
-    }
-
     /// Whether `node` is linked to the object.
     pub fn links(&self, node: &str, kind: Kind, namespace: &str, name: &str) -> bool {
-        let state = self
-            .state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = self.read();
         let reference = (kind, namespace.to_string(), name.to_string());
         state.ingress_secrets.contains_key(&reference)
             || state
@@ -98,10 +88,7 @@ impl NodeGraph {
 
     /// Whether the pod is bound to `node`.
     pub fn pod_on(&self, node: &str, namespace: &str, name: &str) -> bool {
-        let state = self
-            .state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = self.read();
         state
             .pods
             .get(&(namespace.to_string(), name.to_string()))
@@ -111,10 +98,7 @@ impl NodeGraph {
     /// The uid of the pod of that name, while it exists (what a token
     /// bound to it is checked against).
     pub fn pod_uid(&self, namespace: &str, name: &str) -> Option<String> {
-        let state = self
-            .state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = self.read();
         let pod = state.pods.get(&(namespace.to_string(), name.to_string()))?;
         Some(pod.uid.clone())
     }
@@ -262,42 +246,11 @@ fn ingress_secrets(ingress: &Value, namespace: &str) -> Vec<Reference> {
         .collect()
 }
 
-impl Table for NodeGraph {
-    fn prefixes(&self) -> &'static [&'static str] {
-        &[PODS, INGRESSES]
-    }
+impl Objects for State {
+    const PREFIXES: &'static [&'static str] = &[PODS, INGRESSES];
 
-    fn reset(&self, items: Vec<(Vec<u8>, Vec<u8>, i64)>) {
-        let mut fresh = State::default();
-        for (key, value, _) in &items {
-            fresh.apply(&String::from_utf8_lossy(key), Some(value));
-        }
-        let revisions = items
-            .iter()
-            .map(|(key, _, revision)| (key.as_slice(), *revision));
-        fresh.revisions.reset(revisions);
-        *self
-            .state
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
-    }
-
-    fn apply(&self, key: &[u8], value: Option<&[u8]>, revision: i64) {
-        let mut state = self
-            .state
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if state.revisions.admit(key, revision, value.is_none()) {
-            state.apply(&String::from_utf8_lossy(key), value);
-        }
-    }
-
-    fn caught_up(&self, prefix: &str, revision: i64) {
-        self.state
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .revisions
-            .caught_up(prefix, revision);
+    fn apply(&mut self, key: &[u8], value: Option<&[u8]>) {
+        State::apply(self, &String::from_utf8_lossy(key), value);
     }
 }
 
@@ -373,6 +326,7 @@ mod tests {
 
     use super::*;
     use crate::auth::attributes::ResourceAttributes;
+    use crate::auth::feed::Table;
 
     fn put(graph: &NodeGraph, key: &str, value: Value, revision: i64) {
         let bytes = serde_json::to_vec(&value).expect("json");

@@ -12,13 +12,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::feed::{Revisions, Table};
+use super::feed::{Objects, Versioned};
 use super::node::NodeGraph;
 use super::user::{UserInfo, service_account_user};
 use crate::api::status::{ApiError, FieldError};
@@ -172,36 +172,18 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 
 /// ServiceAccounts by namespace and name, with their uids.
 #[derive(Default)]
-pub struct Accounts {
-    state: RwLock<AccountState>,
+pub struct AccountUids {
+    uids: HashMap<(String, String), String>,
 }
 
-#[derive(Default)]
-struct AccountState {
-    uids: HashMap<(String, String), String>,
-    revisions: Revisions,
-}
+pub type Accounts = Versioned<AccountUids>;
 
 impl Accounts {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Accounts::default())
-    }
-
     fn uid(&self, namespace: &str, name: &str) -> Option<String> {
-        let state = self
-            .state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        state
+        self.read()
             .uids
             .get(&(namespace.to_string(), name.to_string()))
             .cloned()
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, AccountState> {
-        self.state
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -218,40 +200,15 @@ fn uid_of(value: &[u8]) -> Option<String> {
     object["metadata"]["uid"].as_str().map(str::to_string)
 }
 
-impl Table for Accounts {
-    fn prefixes(&self) -> &'static [&'static str] {
-        &[SERVICE_ACCOUNTS]
-    }
+impl Objects for AccountUids {
+    const PREFIXES: &'static [&'static str] = &[SERVICE_ACCOUNTS];
 
-    fn reset(&self, items: Vec<(Vec<u8>, Vec<u8>, i64)>) {
-        let mut fresh = AccountState {
-            uids: items
-                .iter()
-                .filter_map(|(key, value, _)| Some((account_key(key)?, uid_of(value)?)))
-                .collect(),
-            revisions: Revisions::default(),
-        };
-        let revisions = items
-            .iter()
-            .map(|(key, _, revision)| (key.as_slice(), *revision));
-        fresh.revisions.reset(revisions);
-        *self.write() = fresh;
-    }
-
-    fn apply(&self, key: &[u8], value: Option<&[u8]>, revision: i64) {
+    fn apply(&mut self, key: &[u8], value: Option<&[u8]>) {
         let Some(id) = account_key(key) else { return };
-        let mut state = self.write();
-        if !state.revisions.admit(key, revision, value.is_none()) {
-            return;
-        }
         match value.and_then(uid_of) {
-            Some(uid) => state.uids.insert(id, uid),
-            None => state.uids.remove(&id),
+            Some(uid) => self.uids.insert(id, uid),
+            None => self.uids.remove(&id),
         };
-    }
-
-    fn caught_up(&self, prefix: &str, revision: i64) {
-        self.write().revisions.caught_up(prefix, revision);
     }
 }
 
@@ -425,6 +382,7 @@ pub fn answer(mut body: Value, request: &Request, token: String, expires: String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::feed::Table;
 
     fn new_signer() -> Signer {
         let key = rcgen::KeyPair::generate().expect("key");

@@ -4,7 +4,7 @@
 //! namespace. Kept current by [`crate::auth::feed`].
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject,
@@ -12,7 +12,7 @@ use k8s_openapi::api::rbac::v1::{
 
 use super::rules;
 use crate::auth::attributes::Attributes;
-use crate::auth::feed::{Revisions, Table};
+use crate::auth::feed::{Objects, Versioned};
 use crate::auth::user::{UserInfo, service_account_user};
 
 const CLUSTER_ROLES: &str = "/registry/clusterroles/";
@@ -88,8 +88,9 @@ impl BySubject {
     }
 }
 
+/// The RBAC objects, indexed.
 #[derive(Default)]
-struct State {
+pub struct State {
     cluster_roles: HashMap<String, Rules>,
     /// (namespace, name).
     roles: HashMap<(String, String), Rules>,
@@ -99,36 +100,19 @@ struct State {
     bindings: HashMap<(String, String), Binding>,
     /// Per namespace.
     subjects: HashMap<String, BySubject>,
-    revisions: Revisions,
 }
 
 /// The authorization cache of RBAC objects.
-#[derive(Default)]
-pub struct RbacIndex {
-    state: RwLock<State>,
-}
+pub type RbacIndex = Versioned<State>;
 
 impl RbacIndex {
-    pub fn new() -> Arc<Self> {
-        Arc::new(RbacIndex::default())
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        // A writer that panicked left whole entries behind (each change is
-        // one insert or remove), so the data is still usable.
-        self.state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Whether any rule bound to `user` allows the request.
     pub fn allows(&self, user: &UserInfo, attributes: &Attributes) -> bool {
         let namespace = match attributes {
             Attributes::Resource(resource) => resource.namespace.as_str(),
             Attributes::NonResource { .. } => "",
         };
-        let state = self.read();
-        state.visit_rules(user, namespace, &mut |rules| {
+        self.read().visit_rules(user, namespace, &mut |rules| {
             rules.iter().any(|rule| rules::allows(rule, attributes))
         })
     }
@@ -291,42 +275,12 @@ fn to_binding(
     binding
 }
 
-impl Table for RbacIndex {
-    fn prefixes(&self) -> &'static [&'static str] {
-        &[CLUSTER_ROLES, CLUSTER_ROLE_BINDINGS, ROLES, ROLE_BINDINGS]
-    }
+impl Objects for State {
+    const PREFIXES: &'static [&'static str] =
+        &[CLUSTER_ROLES, CLUSTER_ROLE_BINDINGS, ROLES, ROLE_BINDINGS];
 
-    fn reset(&self, items: Vec<(Vec<u8>, Vec<u8>, i64)>) {
-        let mut fresh = State::default();
-        for (key, value, _) in &items {
-            fresh.apply(key, Some(value));
-        }
-        let revisions = items
-            .iter()
-            .map(|(key, _, revision)| (key.as_slice(), *revision));
-        fresh.revisions.reset(revisions);
-        *self
-            .state
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
-    }
-
-    fn apply(&self, key: &[u8], value: Option<&[u8]>, revision: i64) {
-        let mut state = self
-            .state
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if state.revisions.admit(key, revision, value.is_none()) {
-            state.apply(key, value);
-        }
-    }
-
-    fn caught_up(&self, prefix: &str, revision: i64) {
-        self.state
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .revisions
-            .caught_up(prefix, revision);
+    fn apply(&mut self, key: &[u8], value: Option<&[u8]>) {
+        State::apply(self, key, value);
     }
 }
 
@@ -336,6 +290,7 @@ mod tests {
 
     use super::*;
     use crate::auth::attributes::ResourceAttributes;
+    use crate::auth::feed::Table;
 
     fn put(index: &RbacIndex, key: &str, value: serde_json::Value, revision: i64) {
         let bytes = serde_json::to_vec(&value).expect("json");
