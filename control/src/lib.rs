@@ -1,7 +1,9 @@
 //! `flotilla-control` is Flotilla's control plane: the Kubernetes API server
 //! (axum) on top of `flotilla-raft-store`, the elected control loops
 //! (`controllers`) that act on what it stores, and the module `registry`
-//! (Wasm modules by digest, replicated in the same store).
+//! (Wasm modules by digest, replicated in the same store). Every request is
+//! authenticated and authorized by `auth` (certificates and ServiceAccount
+//! tokens; RBAC and the Node authorizer) before anything else runs.
 //!
 //! Objects are the `k8s-openapi` types, handled as JSON and checked against
 //! their types; they are stored under `/registry/<resource>/<namespace>/<name>`
