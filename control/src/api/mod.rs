@@ -297,17 +297,7 @@ async fn route(
 
 /// The verb a refused request is counted under in the metrics.
 fn verb_name(attributes: &Attributes) -> &'static str {
-    const VERBS: &[&str] = &[
-        "get",
-        "list",
-        "watch",
-        "create",
-        "update",
-        "patch",
-        "delete",
-        "deletecollection",
-    ];
-    VERBS
+    crate::auth::bootstrap::READ_WRITE
         .iter()
         .find(|verb| **verb == attributes.verb())
         .copied()

@@ -86,7 +86,8 @@ const POLICY: &str = "policy";
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "update", "patch", "delete", "deletecollection"];
-const READ_WRITE: &[&str] = &[
+/// Every verb of Kubernetes' resource requests.
+pub const READ_WRITE: &[&str] = &[
     "get",
     "list",
     "watch",
