@@ -743,17 +743,22 @@ async fn service_account_tokens_authenticate_while_valid_and_bound() {
         "spec": {"serviceAccountName": "ci", "containers": [{"name": "c", "image": "hello:1.0"}]}
     });
     server.ok_with_input(&["apply", "-f", "-"], Some(&pod.to_string()));
-    let bound = server.ok(&[
-        "create",
-        "token",
-        "ci",
-        "-n",
-        "team-a",
-        "--bound-object-kind",
-        "Pod",
-        "--bound-object-name",
-        "runner",
-    ]);
+    let bound_to = |kind: &str, name: &str| {
+        let args = [
+            "create",
+            "token",
+            "ci",
+            "-n",
+            "team-a",
+            "--bound-object-kind",
+            kind,
+            "--bound-object-name",
+            name,
+        ];
+        args.map(str::to_string)
+    };
+    let args = bound_to("Pod", "runner");
+    let bound = server.ok(&args.each_ref().map(String::as_str));
     let runner = token_client(&server, bound.trim()).await;
     assert_eq!(status_with(runner.clone(), "team-a").await, 200);
     server.ok(&[
@@ -766,6 +771,26 @@ async fn service_account_tokens_authenticate_while_valid_and_bound() {
         "--force",
     ]);
     assert_eq!(status_with(runner, "team-a").await, 401);
+    // Bound to a Secret, as long as the Secret.
+    server.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "ci-key",
+        "-n",
+        "team-a",
+        "--from-literal=k=v",
+    ]);
+    let args = bound_to("Secret", "ci-key");
+    let bound = server.ok(&args.each_ref().map(String::as_str));
+    let keyed = token_client(&server, bound.trim()).await;
+    assert_eq!(status_with(keyed.clone(), "team-a").await, 200);
+    server.ok(&["delete", "secret", "ci-key", "-n", "team-a"]);
+    assert_eq!(status_with(keyed, "team-a").await, 401);
+    // Bound to nothing that exists, no token at all.
+    let args = bound_to("Node", "no-such-node");
+    let missing = server.fails(&args.each_ref().map(String::as_str), None);
+    assert!(missing.contains("not found"), "{missing}");
     // Deleting the account ends all of its tokens.
     server.ok(&["delete", "serviceaccount", "ci", "-n", "team-a"]);
     assert_eq!(

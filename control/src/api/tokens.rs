@@ -8,7 +8,7 @@ use super::objects::{decode, key};
 use super::path::Target;
 use super::status::{ApiError, FieldError};
 use super::{ApiState, Reply};
-use crate::auth::tokens::{self, ObjectRef};
+use crate::auth::tokens::{self, Binding, BoundKind, ObjectRef};
 
 /// Issues a token for the ServiceAccount `target` names.
 pub async fn request(
@@ -27,34 +27,15 @@ pub async fn request(
         name: name.to_string(),
         uid: uid(&account),
     };
-    let pod = match &request.pod {
+    let bound = match &request.bound {
         None => None,
-        Some((pod_name, wanted_uid)) => {
-            let pod = read(state, "pods", namespace, pod_name).await?;
-            let uid = uid(&pod);
-            let runs_as = pod["spec"]["serviceAccountName"]
-                .as_str()
-                .unwrap_or("default");
-            let refuse = |message: String| {
-                let error = FieldError::invalid("spec.boundObjectRef", message);
-                ApiError::invalid(target.info, name, vec![error])
-            };
-            if wanted_uid.as_ref().is_some_and(|wanted| *wanted != uid) {
-                return Err(refuse(format!("pod {pod_name:?} has another uid")));
-            }
-            if runs_as != name {
-                return Err(refuse(format!(
-                    "pod {pod_name:?} runs as service account {runs_as:?}, not {name:?}"
-                )));
-            }
-            Some(ObjectRef {
-                name: pod_name.clone(),
-                uid,
-            })
-        }
+        Some(binding) => Some((
+            binding.kind,
+            bound_object(state, target, namespace, binding).await?,
+        )),
     };
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
-    let claims = tokens::claims(namespace, account, pod, &request, now);
+    let claims = tokens::claims(namespace, account, bound, &request, now);
     let expires = k8s_openapi::jiff::Timestamp::from_second(claims.exp)
         .map(|at| format!("{at:.0}"))
         .map_err(|error| ApiError::internal(format!("the token's expiry: {error}")))?;
@@ -66,6 +47,50 @@ pub async fn request(
     Ok(Reply::created(tokens::answer(
         body, &request, token, expires,
     )))
+}
+
+/// The object a token is to be bound to, checked as Kubernetes checks
+/// it: it exists (with the uid given, if one was); a Pod runs as the
+/// ServiceAccount the token is for. Secrets are the ServiceAccount's
+/// namespace's; Nodes are cluster-wide.
+async fn bound_object(
+    state: &ApiState,
+    target: &Target<'_>,
+    namespace: &str,
+    binding: &Binding,
+) -> Result<ObjectRef, ApiError> {
+    let name = target.name.as_deref().unwrap_or_default();
+    let refuse = |message: String| {
+        let error = FieldError::invalid("spec.boundObjectRef", message);
+        ApiError::invalid(target.info, name, vec![error])
+    };
+    let object = match binding.kind {
+        BoundKind::Pod => read(state, "pods", namespace, &binding.name).await?,
+        BoundKind::Secret => read(state, "secrets", namespace, &binding.name).await?,
+        BoundKind::Node => read(state, "nodes", "", &binding.name).await?,
+    };
+    let uid = uid(&object);
+    if binding.uid.as_ref().is_some_and(|wanted| *wanted != uid) {
+        return Err(refuse(format!(
+            "{:?} {:?} has another uid",
+            binding.kind, binding.name
+        )));
+    }
+    if binding.kind == BoundKind::Pod {
+        let runs_as = object["spec"]["serviceAccountName"]
+            .as_str()
+            .unwrap_or("default");
+        if runs_as != name {
+            return Err(refuse(format!(
+                "pod {:?} runs as service account {runs_as:?}, not {name:?}",
+                binding.name
+            )));
+        }
+    }
+    Ok(ObjectRef {
+        name: binding.name.clone(),
+        uid,
+    })
 }
 
 async fn read(

@@ -4,11 +4,11 @@
 //!
 //! A token is an ES256 JWT signed with the servers' shared key
 //! (`sa.key` beside the cluster CA; a joining server receives it with the
-//! CA), naming its ServiceAccount and, when bound, a Pod, each with its
-//! uid. It authenticates while its signature, issuer, audience and
-//! lifetime hold and the objects it names still exist with those uids,
-//! which is read from in-memory indexes (the accounts here, the pods in the
-//! Node authorizer's graph), never from the store.
+//! CA), naming its ServiceAccount and, when bound, a Pod, a Secret or a
+//! Node, each with its uid. It authenticates while its signature, issuer,
+//! audience and lifetime hold and the objects it names still exist with
+//! those uids, which is read from in-memory indexes (accounts, Secrets and
+//! Nodes here, pods in the Node authorizer's graph), never from the store.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -36,11 +36,15 @@ const EXPIRATION_SECONDS_MAX: i64 = 365 * 24 * 3_600;
 /// Audiences one token may name, and the length of each.
 const AUDIENCES_MAX: usize = 16;
 const AUDIENCE_BYTES_MAX: usize = 256;
+/// The longest name of a bound object (a DNS subdomain).
+const BOUND_NAME_MAX: usize = 253;
 /// Longest token accepted for checking: a signed JWT of our claims is
 /// well under 2 KiB.
 const TOKEN_BYTES_MAX: usize = 8 * 1024;
 
 const SERVICE_ACCOUNTS: &str = "/registry/serviceaccounts/";
+const SECRETS: &str = "/registry/secrets/";
+const NODES: &str = "/registry/nodes/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -63,6 +67,10 @@ pub struct KubernetesClaims {
     pub serviceaccount: ObjectRef,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<ObjectRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<ObjectRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<ObjectRef>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,29 +178,60 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     options.open(path)?.write_all(text.as_bytes())
 }
 
-/// ServiceAccounts by namespace and name, with their uids.
-#[derive(Default)]
-pub struct AccountUids {
-    uids: HashMap<(String, String), String>,
+/// What a token may name besides a Pod: its ServiceAccount, or the Secret
+/// or Node it is bound to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Referent {
+    ServiceAccount,
+    Secret,
+    Node,
 }
 
-pub type Accounts = Versioned<AccountUids>;
-
-impl Accounts {
-    fn uid(&self, namespace: &str, name: &str) -> Option<String> {
-        self.read()
-            .uids
-            .get(&(namespace.to_string(), name.to_string()))
-            .cloned()
+impl Referent {
+    fn prefix(self) -> &'static str {
+        match self {
+            Referent::ServiceAccount => SERVICE_ACCOUNTS,
+            Referent::Secret => SECRETS,
+            Referent::Node => NODES,
+        }
     }
 }
 
-fn account_key(key: &[u8]) -> Option<(String, String)> {
-    let rest = std::str::from_utf8(key)
-        .ok()?
-        .strip_prefix(SERVICE_ACCOUNTS)?;
-    let (namespace, name) = rest.split_once('/')?;
-    Some((namespace.to_string(), name.to_string()))
+/// ServiceAccounts and Secrets by namespace and name, Nodes by name (the
+/// namespace empty), with their uids.
+#[derive(Default)]
+pub struct ObjectUids {
+    uids: HashMap<(Referent, String, String), String>,
+}
+
+pub type Accounts = Versioned<ObjectUids>;
+
+impl Accounts {
+    fn uid(&self, referent: Referent, namespace: &str, name: &str) -> Option<String> {
+        self.read()
+            .uids
+            .get(&(referent, namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// Whether `object` (as a token names it) still exists with its uid.
+    fn holds(&self, referent: Referent, namespace: &str, object: &ObjectRef) -> bool {
+        self.uid(referent, namespace, &object.name).as_deref() == Some(object.uid.as_str())
+    }
+}
+
+fn object_key(key: &[u8]) -> Option<(Referent, String, String)> {
+    let key = std::str::from_utf8(key).ok()?;
+    [Referent::ServiceAccount, Referent::Secret, Referent::Node]
+        .into_iter()
+        .find_map(|referent| {
+            let rest = key.strip_prefix(referent.prefix())?;
+            let (namespace, name) = match referent {
+                Referent::Node => ("", rest),
+                _ => rest.split_once('/')?,
+            };
+            Some((referent, namespace.to_string(), name.to_string()))
+        })
 }
 
 fn uid_of(value: &[u8]) -> Option<String> {
@@ -200,11 +239,11 @@ fn uid_of(value: &[u8]) -> Option<String> {
     object["metadata"]["uid"].as_str().map(str::to_string)
 }
 
-impl Objects for AccountUids {
-    const PREFIXES: &'static [&'static str] = &[SERVICE_ACCOUNTS];
+impl Objects for ObjectUids {
+    const PREFIXES: &'static [&'static str] = &[SERVICE_ACCOUNTS, SECRETS, NODES];
 
     fn apply(&mut self, key: &[u8], value: Option<&[u8]>) {
-        let Some(id) = account_key(key) else { return };
+        let Some(id) = object_key(key) else { return };
         match value.and_then(uid_of) {
             Some(uid) => self.uids.insert(id, uid),
             None => self.uids.remove(&id),
@@ -234,9 +273,23 @@ impl Tokens {
         if claims.sub != service_account_user(&k8s.namespace, &k8s.serviceaccount.name) {
             return Err(refuse("the subject is not the service account"));
         }
-        let account = self.accounts.uid(&k8s.namespace, &k8s.serviceaccount.name);
-        if account.as_deref() != Some(k8s.serviceaccount.uid.as_str()) {
+        let accounts = &self.accounts;
+        if !accounts.holds(
+            Referent::ServiceAccount,
+            &k8s.namespace,
+            &k8s.serviceaccount,
+        ) {
             return Err(refuse("the service account is gone"));
+        }
+        if let Some(secret) = &k8s.secret
+            && !accounts.holds(Referent::Secret, &k8s.namespace, secret)
+        {
+            return Err(refuse("the secret it is bound to is gone"));
+        }
+        if let Some(node) = &k8s.node
+            && !accounts.holds(Referent::Node, "", node)
+        {
+            return Err(refuse("the node it is bound to is gone"));
         }
         let mut user = UserInfo::service_account(&k8s.namespace, &k8s.serviceaccount.name);
         user.uid = k8s.serviceaccount.uid.clone();
@@ -254,6 +307,17 @@ impl Tokens {
                 vec![pod.uid.clone()],
             );
         }
+        if let Some(node) = &k8s.node {
+            let extra = &mut user.extra;
+            extra.insert(
+                "authentication.kubernetes.io/node-name".into(),
+                vec![node.name.clone()],
+            );
+            extra.insert(
+                "authentication.kubernetes.io/node-uid".into(),
+                vec![node.uid.clone()],
+            );
+        }
         user.extra.insert(
             "authentication.kubernetes.io/credential-id".into(),
             vec![format!("JTI={}", claims.jti)],
@@ -266,8 +330,24 @@ impl Tokens {
 pub struct Request {
     pub audiences: Vec<String>,
     pub expiration_seconds: i64,
-    /// A Pod the token is bound to: (name, uid as given, if any).
-    pub pod: Option<(String, Option<String>)>,
+    /// The object the token is bound to, if any.
+    pub bound: Option<Binding>,
+}
+
+/// The object a token is bound to, as the request names it.
+pub struct Binding {
+    pub kind: BoundKind,
+    pub name: String,
+    /// The uid the requester expects it to have, if it said.
+    pub uid: Option<String>,
+}
+
+/// What a token can be bound to, as Kubernetes allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BoundKind {
+    Pod,
+    Secret,
+    Node,
 }
 
 /// Reads and checks a TokenRequest's spec, as Kubernetes validates it.
@@ -314,30 +394,51 @@ pub fn parse_request(name: &str, body: &Value) -> Result<Request, ApiError> {
             "may not specify a duration longer than a year (8760h)".into(),
         ));
     }
-    let bound = &spec["boundObjectRef"];
-    let pod = if bound.is_null() {
+    let reference = &spec["boundObjectRef"];
+    let bound = if reference.is_null() {
         None
     } else {
-        match bound["kind"].as_str() {
-            Some("Pod") => {}
+        let kind = match reference["kind"].as_str() {
+            Some("Pod") => BoundKind::Pod,
+            Some("Secret") => BoundKind::Secret,
+            Some("Node") => BoundKind::Node,
             other => {
                 return Err(invalid(
                     "spec.boundObjectRef.kind",
-                    format!("{other:?}: only a Pod can be bound here"),
+                    format!("{other:?}: supported values: \"Pod\", \"Secret\", \"Node\""),
+                ));
+            }
+        };
+        match reference["apiVersion"].as_str() {
+            None | Some("v1") => {}
+            Some(other) => {
+                return Err(invalid(
+                    "spec.boundObjectRef.apiVersion",
+                    format!("{other:?}: supported values: \"v1\""),
                 ));
             }
         }
-        let pod_name = bound["name"].as_str().unwrap_or_default();
-        if pod_name.is_empty() {
+        let name = reference["name"].as_str().unwrap_or_default();
+        if name.is_empty() {
             return Err(invalid("spec.boundObjectRef.name", "Required value".into()));
         }
-        let uid = bound["uid"].as_str().filter(|uid| !uid.is_empty());
-        Some((pod_name.to_string(), uid.map(str::to_string)))
+        if name.len() > BOUND_NAME_MAX {
+            return Err(invalid(
+                "spec.boundObjectRef.name",
+                "must be no more than 253 characters".into(),
+            ));
+        }
+        let uid = reference["uid"].as_str().filter(|uid| !uid.is_empty());
+        Some(Binding {
+            kind,
+            name: name.to_string(),
+            uid: uid.map(str::to_string),
+        })
     };
     Ok(Request {
         audiences,
         expiration_seconds,
-        pod,
+        bound,
     })
 }
 
@@ -345,23 +446,33 @@ pub fn parse_request(name: &str, body: &Value) -> Result<Request, ApiError> {
 pub fn claims(
     namespace: &str,
     account: ObjectRef,
-    pod: Option<ObjectRef>,
+    bound: Option<(BoundKind, ObjectRef)>,
     request: &Request,
     now: i64,
 ) -> Claims {
+    let sub = service_account_user(namespace, &account.name);
+    let mut kubernetes = KubernetesClaims {
+        namespace: namespace.to_string(),
+        serviceaccount: account,
+        pod: None,
+        secret: None,
+        node: None,
+    };
+    match bound {
+        Some((BoundKind::Pod, object)) => kubernetes.pod = Some(object),
+        Some((BoundKind::Secret, object)) => kubernetes.secret = Some(object),
+        Some((BoundKind::Node, object)) => kubernetes.node = Some(object),
+        None => {}
+    }
     Claims {
         iss: ISSUER.to_string(),
-        sub: service_account_user(namespace, &account.name),
+        sub,
         aud: request.audiences.clone(),
         exp: now + request.expiration_seconds,
         iat: now,
         nbf: now,
         jti: uuid::Uuid::new_v4().to_string(),
-        kubernetes: KubernetesClaims {
-            namespace: namespace.to_string(),
-            serviceaccount: account,
-            pod,
-        },
+        kubernetes,
     }
 }
 
@@ -393,7 +504,7 @@ mod tests {
         Request {
             audiences: audiences.iter().map(|a| a.to_string()).collect(),
             expiration_seconds: seconds,
-            pod: None,
+            bound: None,
         }
     }
 
@@ -472,6 +583,62 @@ mod tests {
             .accounts
             .apply(b"/registry/serviceaccounts/a/ci", Some(&again), 2);
         assert!(tokens.authenticate(&token, &graph).is_err());
+        tokens
+            .accounts
+            .apply(b"/registry/serviceaccounts/a/ci", Some(&account_json), 3);
+
+        // Bound to a Secret, then to a Node: valid while each exists with
+        // the uid it had.
+        let object =
+            |uid: &str| serde_json::to_vec(&json!({"metadata": {"uid": uid}})).expect("json");
+        let bound = |kind, name: &str| {
+            let reference = ObjectRef {
+                name: name.into(),
+                uid: "b1".into(),
+            };
+            let claims = claims(
+                "a",
+                account(),
+                Some((kind, reference)),
+                &request(&[ISSUER], 600),
+                now(),
+            );
+            tokens.signer.sign(&claims).expect("sign")
+        };
+        let to_secret = bound(BoundKind::Secret, "creds");
+        assert!(
+            tokens.authenticate(&to_secret, &graph).is_err(),
+            "no such secret"
+        );
+        tokens
+            .accounts
+            .apply(b"/registry/secrets/a/creds", Some(&object("b1")), 4);
+        tokens
+            .authenticate(&to_secret, &graph)
+            .expect("the secret exists");
+        tokens.accounts.apply(b"/registry/secrets/a/creds", None, 5);
+        assert!(
+            tokens.authenticate(&to_secret, &graph).is_err(),
+            "secret deleted"
+        );
+        let to_node = bound(BoundKind::Node, "n1");
+        tokens
+            .accounts
+            .apply(b"/registry/nodes/n1", Some(&object("b2")), 6);
+        assert!(
+            tokens.authenticate(&to_node, &graph).is_err(),
+            "another node uid"
+        );
+        tokens
+            .accounts
+            .apply(b"/registry/nodes/n1", Some(&object("b1")), 7);
+        let user = tokens
+            .authenticate(&to_node, &graph)
+            .expect("the node exists");
+        assert_eq!(
+            user.extra.get("authentication.kubernetes.io/node-name"),
+            Some(&vec!["n1".to_string()])
+        );
     }
 
     #[test]
@@ -482,7 +649,17 @@ mod tests {
         let defaults = parse_request("ci", &body(json!({}))).expect("defaults");
         assert_eq!(defaults.audiences, [ISSUER]);
         assert_eq!(defaults.expiration_seconds, 3_600);
-        let bound = body(json!({"boundObjectRef": {"kind": "Secret", "name": "s"}}));
-        assert!(parse_request("ci", &bound).is_err());
+        let bound =
+            |reference: Value| parse_request("ci", &body(json!({"boundObjectRef": reference})));
+        let secret = bound(json!({"kind": "Secret", "name": "s"})).expect("a secret binds");
+        assert!(
+            secret
+                .bound
+                .is_some_and(|b| b.kind == BoundKind::Secret && b.name == "s")
+        );
+        assert!(bound(json!({"kind": "ConfigMap", "name": "c"})).is_err());
+        assert!(bound(json!({"kind": "Node", "apiVersion": "v2", "name": "n"})).is_err());
+        assert!(bound(json!({"kind": "Pod"})).is_err(), "no name");
+        assert!(bound(json!({"kind": "Pod", "name": "p".repeat(254)})).is_err());
     }
 }
