@@ -133,6 +133,17 @@ struct ServerArgs {
     /// for ever. A server writes new ones when it starts after they expired.
     #[arg(long, default_value = "24h", value_parser = cli::duration::parse_duration)]
     token_ttl: std::time::Duration,
+    /// How long the certificates a server issues for itself are valid:
+    /// the API's, its store member's, its components' and the admin
+    /// kubeconfig's (kubeadm's certificateValidityPeriod). They are issued
+    /// again at every start. At least 10m.
+    #[arg(long, default_value = "365d", value_parser = certificate_validity)]
+    cert_validity: std::time::Duration,
+    /// How long node certificates are valid (kube-controller-manager's
+    /// --cluster-signing-duration); agents renew theirs at 70-90 % of it
+    /// without a new token. At least 10m.
+    #[arg(long, default_value = "365d", value_parser = certificate_validity)]
+    cluster_signing_duration: std::time::Duration,
     /// The UDP address of this member's store endpoint (QUIC).
     #[arg(long, default_value = "127.0.0.1:7001")]
     store_listen: SocketAddr,
@@ -408,9 +419,10 @@ async fn run(command: Command) -> Result<ExitCode> {
 }
 
 async fn run_store(args: StoreArgs) -> Result<()> {
-    flotilla_pki::ClusterCa::ensure(&args.tls_dir)
+    let ca = flotilla_pki::ClusterCa::ensure(&args.tls_dir)
         .with_context(|| format!("preparing the cluster CA in {}", args.tls_dir.display()))?;
     let config = MemberConfig {
+        ca: Some(std::sync::Arc::new(ca)),
         id: args.id,
         data_dir: args.data_dir,
         listen: args.listen,
@@ -442,8 +454,12 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         }
         (None, _) => None,
     };
-    let ca = flotilla_pki::ClusterCa::ensure(&tls_dir)
-        .with_context(|| format!("preparing the cluster CA in {}", tls_dir.display()))?;
+    // The one load of the CA in this process: everything issues from it.
+    let ca = std::sync::Arc::new(
+        flotilla_pki::ClusterCa::ensure(&tls_dir)
+            .with_context(|| format!("preparing the cluster CA in {}", tls_dir.display()))?
+            .with_validity(args.cert_validity),
+    );
     // A joined server keeps the id it was given; restarts read it back.
     let id_file = args.data_dir.join("member-id");
     let id = match &joining {
@@ -504,6 +520,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     let options = flotilla_control::ServerOptions {
         service_cidr: args.service_cidr,
         node_port_range: args.service_node_port_range,
+        node_certificate_validity: args.cluster_signing_duration,
         ..flotilla_control::ServerOptions::default()
     };
     let server = flotilla_control::Server::start_with(
@@ -512,6 +529,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
             api_listen: args.api_listen,
             compaction_interval: flotilla_control::server::COMPACTION_INTERVAL_DEFAULT,
             api_tls,
+            ca: Some(ca.clone()),
         },
         options,
     )
@@ -606,6 +624,17 @@ fn write_private(path: &std::path::Path, contents: &str) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// A certificate lifetime from the command line: long enough that renewing
+/// it is not most of what a node does.
+fn certificate_validity(text: &str) -> Result<std::time::Duration> {
+    const MIN: std::time::Duration = std::time::Duration::from_secs(600);
+    let validity = cli::duration::parse_duration(text)?;
+    if validity < MIN {
+        anyhow::bail!("{text:?} is too short for a certificate's validity: give at least 10m");
+    }
+    Ok(validity)
+}
+
 /// Kubernetes' election timings scaled to `lease`: renew deadline 2/3 of
 /// it, retry period 2/15 (10 s and 2 s for the default 15 s).
 fn election_config(
@@ -675,20 +704,27 @@ async fn join_cluster(args: &ServerArgs, url: &str, tls_dir: &std::path::Path) -
     })
 }
 
-/// The node's kubeconfig and certificate: those kept in its data
-/// directory, or new ones from joining `url` with the token.
-async fn node_credentials(
+/// The node's identity: the certificate kept in its data directory
+/// (renewed there while the agent runs), or a new one from joining `url`
+/// with the token. A kubeconfig naming those files is written beside them
+/// for kubectl.
+async fn node_identity(
     args: &AgentArgs,
     url: &str,
     config: &flotilla_node::agent::AgentConfig,
-) -> Result<(PathBuf, flotilla_node::agent::KubeletTls)> {
+) -> Result<flotilla_node::agent::KubeletTls> {
     use flotilla_control::join::{self, NodeJoinRequest, token::JoinToken};
     use flotilla_control::tls::Credentials;
-    let pki = args.data_dir.join("pki");
-    let kubeconfig = args.data_dir.join("kubeconfig");
-    let credentials = match Credentials::load(&pki, "node") {
-        Ok(credentials) if kubeconfig.exists() => credentials,
-        _ => {
+    use flotilla_node::agent::CREDENTIALS_STEM;
+    flotilla_pki::create_private_dir(&args.data_dir)?;
+    let data_dir = args
+        .data_dir
+        .canonicalize()
+        .with_context(|| format!("finding {}", args.data_dir.display()))?;
+    let pki = data_dir.join("pki");
+    let credentials = match Credentials::load(&pki, CREDENTIALS_STEM) {
+        Ok(credentials) => credentials,
+        Err(_) => {
             let text = args
                 .token
                 .as_deref()
@@ -698,31 +734,39 @@ async fn node_credentials(
                 node_name: config.node_name.clone(),
                 addresses: vec![config.node_ip.to_string()],
             };
-            let joined = join::client::join_node(url, &token, &request)
+            let credentials = join::client::join_node(url, &token, &request)
                 .await
                 .with_context(|| format!("joining {url}"))?;
-            let credentials = Credentials {
-                ca_cert_pem: joined.ca,
-                cert_pem: joined.cert,
-                key_pem: joined.key,
-            };
             credentials
-                .save(&pki, "node")
+                .save(&pki, CREDENTIALS_STEM)
                 .with_context(|| format!("writing the node certificate to {}", pki.display()))?;
-            write_private(
-                &kubeconfig,
-                &flotilla_control::tls::kubeconfig(url, &credentials),
-            )?;
             tracing::info!(node = %config.node_name, "joined the cluster");
             credentials
         }
     };
-    let tls = flotilla_node::agent::KubeletTls {
-        ca_pem: credentials.ca_cert_pem,
-        cert_pem: credentials.cert_pem,
-        key_pem: credentials.key_pem,
-    };
-    Ok((kubeconfig, tls))
+    let tls = flotilla_node::agent::KubeletTls::new(&credentials)
+        .with_context(|| format!("reading the node certificate in {}", pki.display()))?
+        .kept_in(pki.clone());
+    let expires = tls.certificate().not_after;
+    if expires <= std::time::SystemTime::now() {
+        anyhow::bail!(
+            "the node certificate in {} has expired, so the node can no longer renew it; \
+             join again: `kubectl delete node {}`, remove {}, and start the agent with a new --token",
+            pki.display(),
+            config.node_name,
+            pki.display()
+        );
+    }
+    write_private(
+        &data_dir.join("kubeconfig"),
+        &flotilla_control::tls::kubeconfig_with_files(
+            url,
+            &config.node_name,
+            &pki,
+            CREDENTIALS_STEM,
+        ),
+    )?;
+    Ok(tls)
 }
 
 /// Starts one node: its runtime, with pod data and compiled modules under
@@ -775,17 +819,19 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
     }
     config.capacity.pods = args.max_pods;
     args.intervals.apply(&mut config);
-    let kubeconfig = match &args.server {
+    let client = match &args.server {
         Some(url) => {
-            let (kubeconfig, tls) = node_credentials(&args, url, &config).await?;
+            let tls = node_identity(&args, url, &config).await?;
+            let client = tls
+                .api_client(url)
+                .context("connecting to the API server")?;
             config.kubelet_tls = Some(tls);
-            kubeconfig
+            client
         }
-        None => args.kubeconfig.clone(),
+        None => flotilla_node::agent::client_from_kubeconfig(&args.kubeconfig)
+            .await
+            .context("connecting to the API server")?,
     };
-    let client = flotilla_node::agent::client_from_kubeconfig(&kubeconfig)
-        .await
-        .context("connecting to the API server")?;
     let agent = start_node(config, client, &args.data_dir).await?;
     tracing::info!(
         kubelet = %agent.kubelet_address(),

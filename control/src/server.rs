@@ -4,9 +4,10 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_pki::Credentials;
+use flotilla_pki::{ClusterCa, Credentials};
 use flotilla_raft_store::member::{Member, MemberConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -72,6 +73,11 @@ pub struct ServerConfig {
     /// client certificates. Without it the API speaks plain HTTP, which is
     /// refused anywhere but on loopback.
     pub api_tls: Option<Credentials>,
+    /// The cluster CA, loaded once by the process: the server and its
+    /// store member issue from it, whatever the store's `tls_dir` holds.
+    /// `None`: read from `tls_dir` (created there if missing) when the
+    /// server starts.
+    pub ca: Option<Arc<ClusterCa>>,
 }
 
 impl ServerConfig {
@@ -82,7 +88,7 @@ impl ServerConfig {
     /// every ten ticks.
     pub fn loopback(data_dir: &Path, tick_interval: Duration) -> Result<ServerConfig, ServerError> {
         let tls_dir = data_dir.join("ca");
-        flotilla_pki::ClusterCa::ensure(&tls_dir).map_err(crate::tls::TlsError::from)?;
+        let ca = Arc::new(ClusterCa::ensure(&tls_dir).map_err(crate::tls::TlsError::from)?);
         // Raft peers need a known port (not 0): take a free UDP one.
         let loopback = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
         let store_address = std::net::UdpSocket::bind(loopback)
@@ -100,6 +106,7 @@ impl ServerConfig {
                 address: store_address,
             }],
             tls_dir,
+            ca: Some(ca.clone()),
             tick_interval,
             watch_progress_interval: tick_interval.saturating_mul(10),
             ..MemberConfig::default()
@@ -109,23 +116,33 @@ impl ServerConfig {
             api_listen: loopback,
             compaction_interval: COMPACTION_INTERVAL_DEFAULT,
             api_tls: None,
+            ca: Some(ca),
         })
     }
 
     /// This configuration with the API over HTTPS, its certificate issued
-    /// by the cluster CA in the store's `tls_dir` for loopback and `hosts`.
+    /// by the cluster CA for loopback and `hosts`.
     pub fn with_https(mut self, hosts: &[String]) -> Result<ServerConfig, ServerError> {
-        let ca = flotilla_pki::ClusterCa::ensure(&self.store.tls_dir)
-            .map_err(crate::tls::TlsError::from)?;
+        let ca = self.cluster_ca()?;
+        self.ca = Some(ca.clone());
         self.api_tls = Some(crate::tls::server_credentials(&ca, hosts)?);
         Ok(self)
     }
 
     /// The cluster CA's certificate, PEM (what join tokens pin).
     pub fn ca_pem(&self) -> Result<String, ServerError> {
-        let ca = flotilla_pki::ClusterCa::ensure(&self.store.tls_dir)
-            .map_err(crate::tls::TlsError::from)?;
-        Ok(ca.cert_pem().to_string())
+        Ok(self.cluster_ca()?.cert_pem().to_string())
+    }
+
+    /// The CA this configuration holds, else the one in the store's
+    /// `tls_dir` (created there if missing).
+    fn cluster_ca(&self) -> Result<Arc<ClusterCa>, ServerError> {
+        match &self.ca {
+            Some(ca) => Ok(ca.clone()),
+            None => Ok(Arc::new(
+                ClusterCa::ensure(&self.store.tls_dir).map_err(crate::tls::TlsError::from)?,
+            )),
+        }
     }
 }
 
@@ -146,6 +163,10 @@ pub struct ServerOptions {
     /// [`NODE_PORT_RANGE_DEFAULT`](crate::api::nodeports::NODE_PORT_RANGE_DEFAULT),
     /// 30000-32767. Every server of a cluster must be given the same.
     pub node_port_range: crate::api::nodeports::NodePortRange,
+    /// How long the node certificates issued at join and renewal are valid
+    /// (kube-controller-manager's `--cluster-signing-duration`), by default
+    /// a year. Agents renew theirs at 70–90 % of it.
+    pub node_certificate_validity: Duration,
 }
 
 impl Default for ServerOptions {
@@ -154,6 +175,7 @@ impl Default for ServerOptions {
             registry: RegistryConfig::default(),
             service_cidr: crate::api::services::SERVICE_CIDR_DEFAULT,
             node_port_range: crate::api::nodeports::NODE_PORT_RANGE_DEFAULT,
+            node_certificate_validity: flotilla_pki::CERTIFICATE_VALIDITY_DEFAULT,
         }
     }
 }
@@ -176,7 +198,7 @@ pub struct Server {
     /// loopback client), when the API is served over HTTPS.
     own_client: Option<Credentials>,
     /// Issues the control-plane components' certificates, over HTTPS.
-    ca: Option<std::sync::Arc<flotilla_pki::ClusterCa>>,
+    ca: Option<Arc<ClusterCa>>,
     stop: oneshot::Sender<()>,
     serving: JoinHandle<()>,
     compactor: JoinHandle<()>,
@@ -217,13 +239,10 @@ impl Server {
             address: config.api_listen,
             source,
         })?;
-        let ca = match &config.api_tls {
-            Some(_) => Some(
-                flotilla_pki::ClusterCa::ensure(&config.store.tls_dir)
-                    .map_err(crate::tls::TlsError::from)?,
-            ),
-            None => None,
-        };
+        // Loaded once: the member, the join authority and the components'
+        // certificates all issue from this one.
+        let cluster_ca = config.cluster_ca()?;
+        let ca = config.api_tls.as_ref().map(|_| cluster_ca.clone());
         let own_client = match &ca {
             Some(ca) => Some(crate::tls::user_credentials(
                 ca,
@@ -234,6 +253,7 @@ impl Server {
         };
         let tls_dir = config.store.tls_dir.clone();
         let mut store = config.store;
+        store.ca = Some(cluster_ca);
         // The API server uses its member in-process; over the network the
         // store serves only the join authority, which alone changes members.
         store.client_access = flotilla_raft_store::access::ClientAccess {
@@ -247,10 +267,10 @@ impl Server {
             accounts: Accounts::new(),
         });
         state.tokens = Some(tokens.clone());
-        let ca = ca.map(std::sync::Arc::new);
         if let Some(ca) = &ca {
             let authority = crate::join::Authority::new(ca.clone(), member.address())?
-                .with_service_account_key(tokens.signer.pem());
+                .with_service_account_key(tokens.signer.pem())
+                .with_node_validity(options.node_certificate_validity);
             state.join = Some(std::sync::Arc::new(authority));
         }
         if let Some(credentials) = &own_client {

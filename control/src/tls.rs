@@ -13,7 +13,7 @@ use axum::Router;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 pub use flotilla_pki::Credentials;
-use flotilla_pki::{ClusterCa, certificate_subject};
+use flotilla_pki::{ClusterCa, certificate_info};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -117,12 +117,42 @@ pub fn kubeconfig_as(server: &str, user: &str, client: &Credentials) -> String {
     )
 }
 
+/// A kubeconfig for `server` whose CA, certificate and key are the files
+/// `ca.pem`, `<stem>.pem` and `<stem>.key` in `dir` (as
+/// [`Credentials::save`] writes them), as kubelet's kubeconfig names its
+/// rotated certificate: replacing the files keeps it current.
+pub fn kubeconfig_with_files(
+    server: &str,
+    user: &str,
+    dir: &std::path::Path,
+    stem: &str,
+) -> String {
+    let path = |name: String| serde_json::Value::from(dir.join(name).display().to_string());
+    crate::server::kubeconfig_document(
+        server,
+        user,
+        &format!("\n    certificate-authority: {}", path("ca.pem".into())),
+        &format!(
+            "\n    client-certificate: {}\n    client-key: {}",
+            path(format!("{stem}.pem")),
+            path(format!("{stem}.key"))
+        ),
+    )
+}
+
 /// Who a request came from over TLS: the user of its verified client
 /// certificate, or `None` when it sent none. Requests over plain HTTP
 /// (loopback only) carry no `Peer` at all.
 #[derive(Clone, Debug)]
 pub struct Peer {
     pub user: Option<UserInfo>,
+    /// The verified client certificate (DER) the user was read from: a
+    /// node renewing its certificate keeps the names this one holds.
+    pub certificate: Option<Arc<CertificateDer<'static>>>,
+    /// When that certificate expires. A connection can outlive it, and
+    /// kube-apiserver checks a certificate's validity on every request,
+    /// not only at the handshake: so does the API (`api::authenticate`).
+    pub not_after: Option<std::time::SystemTime>,
 }
 
 /// The rustls configuration: the server's certificate, and client
@@ -132,13 +162,9 @@ pub struct Peer {
 fn server_config(credentials: &Credentials) -> Result<rustls::ServerConfig, TlsError> {
     let invalid =
         |what: &str, error: &dyn std::fmt::Display| TlsError::Config(format!("{what}: {error}"));
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(credentials.ca_cert_pem.as_bytes()) {
-        let cert = cert.map_err(|e| invalid("the CA certificate", &e))?;
-        roots
-            .add(cert)
-            .map_err(|e| invalid("the CA certificate", &e))?;
-    }
+    let roots = credentials
+        .roots()
+        .map_err(|e| invalid("the CA certificate", &e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()
@@ -159,14 +185,17 @@ fn server_config(credentials: &Credentials) -> Result<rustls::ServerConfig, TlsE
     Ok(config)
 }
 
-/// The user of a verified client certificate.
-fn user_of(connection: &rustls::ServerConnection) -> Option<UserInfo> {
-    let certificate = connection.peer_certificates()?.first()?;
-    let subject = certificate_subject(certificate.as_ref())?;
-    Some(UserInfo::from_certificate(
-        &subject.common_name,
-        subject.organizations,
-    ))
+/// Who sent a verified client certificate on `connection`, if one did.
+fn peer_of(connection: &rustls::ServerConnection) -> Peer {
+    let certificate = connection.peer_certificates().and_then(<[_]>::first);
+    let info = certificate.and_then(|certificate| certificate_info(certificate.as_ref()));
+    Peer {
+        not_after: info.as_ref().map(|info| info.not_after),
+        user: info.map(|info| {
+            UserInfo::from_certificate(&info.subject.common_name, info.subject.organizations)
+        }),
+        certificate: certificate.map(|certificate| Arc::new(certificate.clone().into_owned())),
+    }
 }
 
 /// Serves `router` on `listener` until `stop` fires or the task is
@@ -232,9 +261,7 @@ pub async fn serve(
                     return;
                 }
             };
-            let peer_info = Peer {
-                user: user_of(tls.get_ref().1),
-            };
+            let peer_info = peer_of(tls.get_ref().1);
             let service = TowerToHyperService::new(router.layer(axum::Extension(peer_info)));
             if let Err(error) = builder
                 .serve_connection_with_upgrades(TokioIo::new(tls), service)

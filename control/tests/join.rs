@@ -81,11 +81,7 @@ async fn a_node_joins_with_a_token_and_every_bad_token_is_refused() {
     assert_eq!(JoinToken::parse(&token.to_string()).unwrap(), token);
 
     let answer = join_node(&url, &token, &node("node-1")).await.unwrap();
-    let credentials = Credentials {
-        ca_cert_pem: answer.ca,
-        cert_pem: answer.cert,
-        key_pem: answer.key,
-    };
+    let credentials: Credentials = answer;
     let der = rustls_pki_types::pem::PemObject::from_pem_slice(credentials.cert_pem.as_bytes())
         .map(|der: rustls_pki_types::CertificateDer<'_>| der.to_vec())
         .unwrap();
@@ -166,6 +162,123 @@ async fn a_node_joins_with_a_token_and_every_bad_token_is_refused() {
         Err(JoinError::Invalid(_))
     ));
     server.stop().await;
+}
+
+/// `POST` to the renewal path as `client`: the new credentials, or the
+/// status code of the refusal.
+async fn renew(client: &kube::Client) -> Result<Credentials, u16> {
+    let request = http::Request::post(join::RENEWAL_PATH)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(b"{}".to_vec())
+        .unwrap();
+    match client.request::<Credentials>(request).await {
+        Ok(credentials) => Ok(credentials),
+        Err(kube::Error::Api(status)) => Err(status.code),
+        Err(other) => panic!("renewal failed without a status: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_node_renews_its_own_certificate_and_no_one_else_does() {
+    let server = TestServer::start_https().await;
+    let running = server.server.as_ref().unwrap();
+    let admin = running.client().await.unwrap();
+    let url = https_url(running);
+    let token = join::create_token(&admin, &ca_pem(&server), None, "renew", Purpose::Agent)
+        .await
+        .unwrap();
+    let request = NodeJoinRequest {
+        node_name: "node-r".into(),
+        addresses: vec!["127.0.0.1".into(), "node-r.example".into()],
+    };
+    let joined = join_node(&url, &token, &request).await.unwrap();
+    let first = joined.certificate().unwrap();
+    let as_node = client_with(&url, &joined).await;
+
+    // The node gets a new certificate and key, for the same names, with no
+    // token; the new one works as a client of the API.
+    let renewed = renew(&as_node).await.unwrap();
+    let second = renewed.certificate().unwrap();
+    assert_eq!(second.subject, first.subject);
+    assert_eq!(second.names, first.names);
+    assert!(second.not_after >= first.not_after);
+    assert_ne!(renewed.key_pem, joined.key_pem);
+    let renewed_client = client_with(&url, &renewed).await;
+    Api::<Namespace>::all(renewed_client)
+        .get("default")
+        .await
+        .unwrap();
+
+    // Anyone else is refused: without a certificate (401), a user without
+    // the role (403), the administrator impersonating the node, whose
+    // certificate is not the node's (403), and a GET (403).
+    let anonymous = {
+        let mut config = kube::Config::new(url.parse().unwrap());
+        config.root_cert = Some(vec![
+            rustls_pki_types::pem::PemObject::from_pem_slice(joined.ca_cert_pem.as_bytes())
+                .map(|der: rustls_pki_types::CertificateDer<'_>| der.to_vec())
+                .unwrap(),
+        ]);
+        kube::Client::try_from(config).unwrap()
+    };
+    assert_eq!(renew(&anonymous).await.unwrap_err(), 401);
+    let ca = ClusterCa::load(&server.dir.path().join("ca")).unwrap();
+    let alice = client_with(&url, &tls::user_credentials(&ca, "alice", None).unwrap()).await;
+    assert_eq!(renew(&alice).await.unwrap_err(), 403);
+    let admin_credentials = tls::admin_credentials(&ca).unwrap();
+    let impersonating = {
+        let document = tls::kubeconfig(&url, &admin_credentials);
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(&document).unwrap();
+        let mut config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap();
+        config.auth_info.impersonate = Some("system:node:node-r".into());
+        config.auth_info.impersonate_groups = Some(vec!["system:nodes".into()]);
+        kube::Client::try_from(config).unwrap()
+    };
+    assert_eq!(renew(&impersonating).await.unwrap_err(), 403);
+    let get = http::Request::get(join::RENEWAL_PATH)
+        .body(Vec::new())
+        .unwrap();
+    match as_node.request_text(get).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 403),
+        other => panic!("a GET renewed: {other:?}"),
+    }
+}
+
+/// A certificate is checked on every request, not only when the
+/// connection is made, as kube-apiserver checks it: a connection that
+/// outlives its client certificate is refused from then on.
+#[tokio::test]
+async fn a_certificate_that_expires_on_an_open_connection_is_refused() {
+    let server = TestServer::start_https().await;
+    let running = server.server.as_ref().unwrap();
+    let url = https_url(running);
+    let ca = ClusterCa::load(&server.dir.path().join("ca")).unwrap();
+    let short = ca
+        .issue_valid_for(
+            "short-lived",
+            Some("system:masters"),
+            &[],
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    let expires = short.certificate().unwrap().not_after;
+    let client = client_with(&url, &short).await;
+    let namespaces = Api::<Namespace>::all(client);
+    namespaces.get("default").await.unwrap();
+    // Wall-clock time must pass for the certificate to expire.
+    let left = expires
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_millis(100)).await;
+    match namespaces.get("default").await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 401),
+        other => panic!("an expired certificate was served: {other:?}"),
+    }
 }
 
 #[tokio::test]

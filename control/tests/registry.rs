@@ -313,11 +313,12 @@ async fn three_servers_serve_a_blob_after_one_stops() {
             address: config.store.listen,
         })
         .collect();
-    let tls_dir = configs[0].store.tls_dir.clone();
+    let (tls_dir, ca) = (configs[0].store.tls_dir.clone(), configs[0].ca.clone());
     for (index, config) in configs.iter_mut().enumerate() {
         config.store.id = index as u64 + 1;
         config.store.initial_members = members.clone();
         config.store.tls_dir = tls_dir.clone();
+        config.ca = ca.clone();
     }
     let mut servers: Vec<Option<Server>> =
         futures::future::join_all(configs.into_iter().map(Server::start))

@@ -9,6 +9,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -26,6 +27,17 @@ use crate::{Error, Result};
 /// issuer name of every certificate it signs must equal its subject.
 const CA_COMMON_NAME: &str = "Flotilla cluster CA";
 
+/// How long the certificates a CA issues are valid unless told otherwise
+/// (kubeadm's `certificateValidityPeriod` and kube-controller-manager's
+/// `--cluster-signing-duration`): a year.
+pub const CERTIFICATE_VALIDITY_DEFAULT: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How long a new CA's own certificate is valid (kubeadm's
+/// `caCertificateValidityPeriod`): ten years.
+pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// The most a certificate is dated back, for clocks a little behind the
+/// issuer's; a tenth of a short lifetime at most.
+const BACKDATE_MAX: Duration = Duration::from_secs(60);
+
 const CA_CERT_FILE: &str = "ca.pem";
 const CA_KEY_FILE: &str = "ca.key";
 
@@ -38,6 +50,8 @@ fn tls_error(what: &str, e: impl std::fmt::Display) -> Error {
 pub struct ClusterCa {
     cert_pem: String,
     key: KeyPair,
+    /// How long the certificates it issues are valid.
+    validity: Duration,
 }
 
 impl std::fmt::Debug for ClusterCa {
@@ -48,6 +62,8 @@ impl std::fmt::Debug for ClusterCa {
 
 fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
+    // Issuing never reads these (only the issuer's name and key); a new
+    // CA's certificate gets its dates in `generate`.
     params
         .distinguished_name
         .push(DnType::CommonName, CA_COMMON_NAME);
@@ -64,13 +80,28 @@ impl ClusterCa {
     /// Generates a new CA with a fresh key.
     pub fn generate() -> Result<Self> {
         let key = KeyPair::generate().map_err(|e| tls_error("generating CA key", e))?;
-        let cert = ca_params()
+        let mut params = ca_params();
+        set_validity(&mut params, CA_VALIDITY)?;
+        let cert = params
             .self_signed(&key)
             .map_err(|e| tls_error("self-signing CA", e))?;
         Ok(Self {
             cert_pem: cert.pem(),
             key,
+            validity: CERTIFICATE_VALIDITY_DEFAULT,
         })
+    }
+
+    /// This CA issuing certificates valid for `validity` from the moment
+    /// each is issued (by default [`CERTIFICATE_VALIDITY_DEFAULT`]).
+    pub fn with_validity(mut self, validity: Duration) -> Self {
+        self.validity = validity;
+        self
+    }
+
+    /// How long the certificates it issues are valid.
+    pub fn validity(&self) -> Duration {
+        self.validity
     }
 
     /// The CA certificate, PEM.
@@ -82,7 +113,7 @@ impl ClusterCa {
     /// [`PeerIdentity::name`]) valid for the given subject alternative names:
     /// IP addresses and DNS names the holder is reached at, e.g.
     /// `["127.0.0.1", "localhost"]`. It is valid for both server and client
-    /// use, since members are both.
+    /// use, since members are both, for the CA's [`ClusterCa::validity`].
     pub fn issue(&self, name: &str, subject_alt_names: &[String]) -> Result<Credentials> {
         self.issue_in_group(name, None, subject_alt_names)
     }
@@ -97,7 +128,7 @@ impl ClusterCa {
         group: Option<&str>,
         subject_alt_names: &[String],
     ) -> Result<Credentials> {
-        self.issue_with(name, group, subject_alt_names, None)
+        self.issue_valid_for(name, group, subject_alt_names, self.validity)
     }
 
     /// A client certificate for `name` in `group`, valid from now for
@@ -109,15 +140,18 @@ impl ClusterCa {
         group: Option<&str>,
         valid_for: std::time::Duration,
     ) -> Result<Credentials> {
-        self.issue_with(name, group, &[], Some(valid_for))
+        self.issue_valid_for(name, group, &[], valid_for)
     }
 
-    fn issue_with(
+    /// As [`ClusterCa::issue_in_group`], valid from now for `valid_for`
+    /// rather than the CA's [`ClusterCa::validity`] (node certificates
+    /// follow the signing duration, not the control plane's validity).
+    pub fn issue_valid_for(
         &self,
         name: &str,
         group: Option<&str>,
         subject_alt_names: &[String],
-        valid_for: Option<std::time::Duration>,
+        valid_for: Duration,
     ) -> Result<Credentials> {
         let mut params = CertificateParams::new(subject_alt_names.to_vec())
             .map_err(|e| tls_error("certificate names", e))?;
@@ -127,15 +161,7 @@ impl ClusterCa {
                 .distinguished_name
                 .push(DnType::OrganizationName, group);
         }
-        if let Some(valid_for) = valid_for {
-            let since_epoch = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_err(|e| tls_error("the clock", e))?;
-            let now = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
-            // A minute of slack for clocks a little behind the issuer's.
-            params.not_before = now - std::time::Duration::from_secs(60);
-            params.not_after = now + valid_for;
-        }
+        set_validity(&mut params, valid_for)?;
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
@@ -183,7 +209,11 @@ impl ClusterCa {
     /// cluster receives them).
     pub fn from_pem(cert_pem: String, key_pem: &str) -> Result<Self> {
         let key = KeyPair::from_pem(key_pem).map_err(|e| tls_error("CA key", e))?;
-        Ok(Self { cert_pem, key })
+        Ok(Self {
+            cert_pem,
+            key,
+            validity: CERTIFICATE_VALIDITY_DEFAULT,
+        })
     }
 
     /// The CA's private key, PEM: handed only to servers that join.
@@ -192,12 +222,27 @@ impl ClusterCa {
     }
 }
 
+/// `params` valid from now (dated back a little) for `valid_for`.
+fn set_validity(params: &mut CertificateParams, valid_for: Duration) -> Result<()> {
+    let since_epoch = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|e| tls_error("the clock", e))?;
+    let now = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
+    params.not_before = now - BACKDATE_MAX.min(valid_for / 10);
+    params.not_after = now + valid_for;
+    Ok(())
+}
+
 /// What one member or client presents and trusts: the CA certificate, its
-/// own certificate and its private key, all PEM.
-#[derive(Clone)]
+/// own certificate and its private key, all PEM. On the wire (a join's or
+/// a renewal's answer) the fields are `ca`, `cert` and `key`.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct Credentials {
+    #[serde(rename = "ca")]
     pub ca_cert_pem: String,
+    #[serde(rename = "cert")]
     pub cert_pem: String,
+    #[serde(rename = "key")]
     pub key_pem: String,
 }
 
@@ -214,6 +259,39 @@ impl Credentials {
         write_file(&dir.join(CA_CERT_FILE), &self.ca_cert_pem, false)?;
         write_file(&dir.join(format!("{stem}.pem")), &self.cert_pem, false)?;
         write_file(&dir.join(format!("{stem}.key")), &self.key_pem, true)
+    }
+
+    /// Replaces `<stem>.pem` and `<stem>.key` in `dir` (written by
+    /// [`Credentials::save`]) with these, each file whole or not at all:
+    /// written aside, flushed to disk, then renamed over the old one, the
+    /// key first (a crash between the two renames leaves a new key beside
+    /// the old certificate, which loading reports as a mismatch).
+    pub fn replace(&self, dir: &Path, stem: &str) -> Result<()> {
+        for (name, contents, private) in [
+            (format!("{stem}.key"), &self.key_pem, true),
+            (format!("{stem}.pem"), &self.cert_pem, false),
+        ] {
+            let path = dir.join(&name);
+            let aside = dir.join(format!(".{name}.new"));
+            write_file(&aside, contents, private)?;
+            std::fs::File::open(&aside)
+                .and_then(|file| file.sync_all())
+                .and_then(|()| std::fs::rename(&aside, &path))
+                .map_err(|e| Error::io(format!("replacing {}", path.display()), e))?;
+        }
+        std::fs::File::open(dir)
+            .and_then(|directory| directory.sync_all())
+            .map_err(|e| Error::io(format!("syncing {}", dir.display()), e))
+    }
+
+    /// What the certificate says: its holder, names and validity.
+    pub fn certificate(&self) -> Result<CertificateInfo> {
+        let chain = self.chain()?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| Error::Tls("no certificate in credentials".into()))?;
+        certificate_info(leaf.as_ref())
+            .ok_or_else(|| Error::Tls("the certificate cannot be read".into()))
     }
 
     /// Reads credentials written by [`Credentials::save`].
@@ -255,7 +333,8 @@ impl Credentials {
         Ok(config)
     }
 
-    fn roots(&self) -> Result<RootCertStore> {
+    /// The CA certificate as the only root a rustls config trusts.
+    pub fn roots(&self) -> Result<RootCertStore> {
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(self.ca_cert_pem.as_bytes()) {
             let cert = cert.map_err(|e| tls_error("CA certificate PEM", e))?;
@@ -288,7 +367,7 @@ fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// The common name of a DER certificate (who it was issued to), for
 /// servers that authenticate their clients by certificate.
 pub fn certificate_common_name(certificate: &[u8]) -> Option<String> {
-    der::subject(certificate).map(|subject| subject.common_name)
+    certificate_subject(certificate).map(|subject| subject.common_name)
 }
 
 /// Who a DER certificate was issued to: its common name and organizations.
@@ -300,7 +379,66 @@ pub struct CertificateSubject {
 
 /// The subject of a DER certificate; `None` when it has no common name.
 pub fn certificate_subject(certificate: &[u8]) -> Option<CertificateSubject> {
-    der::subject(certificate)
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
+    subject_of(&parsed)
+}
+
+/// What a certificate says of its holder: who, the names it is valid for
+/// (DNS names and IP addresses), and when it is valid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateInfo {
+    pub subject: CertificateSubject,
+    pub names: Vec<String>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+/// What a DER certificate says; `None` when it cannot be read or names no
+/// one. It does not verify the certificate: rustls has, or will.
+pub fn certificate_info(certificate: &[u8]) -> Option<CertificateInfo> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
+    let mut names = Vec::new();
+    if let Ok(Some(alternatives)) = parsed.subject_alternative_name() {
+        for name in &alternatives.value.general_names {
+            match name {
+                GeneralName::DNSName(dns) => names.push((*dns).to_string()),
+                GeneralName::IPAddress(octets) => names.extend(ip_address(octets)),
+                _ => {}
+            }
+        }
+    }
+    let time = |seconds: i64| {
+        SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(u64::try_from(seconds).ok()?))
+    };
+    Some(CertificateInfo {
+        subject: subject_of(&parsed)?,
+        names,
+        not_before: time(parsed.validity().not_before.timestamp())?,
+        not_after: time(parsed.validity().not_after.timestamp())?,
+    })
+}
+
+fn subject_of(
+    certificate: &x509_parser::certificate::X509Certificate,
+) -> Option<CertificateSubject> {
+    let text = |attribute: &x509_parser::x509::AttributeTypeAndValue| {
+        attribute.as_str().ok().map(str::to_string)
+    };
+    let subject = certificate.subject();
+    Some(CertificateSubject {
+        common_name: subject.iter_common_name().find_map(text)?,
+        organizations: subject.iter_organization().filter_map(text).collect(),
+    })
+}
+
+fn ip_address(octets: &[u8]) -> Option<String> {
+    let address = match octets.len() {
+        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(octets).ok()?),
+        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(octets).ok()?),
+        _ => return None,
+    };
+    Some(address.to_string())
 }
 
 /// Creates `dir` and its missing parents, readable by their owner only:
@@ -339,79 +477,6 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<()> {
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
-/// Just enough DER to read a certificate's subject common name. rustls has
-/// already verified the certificate; this only reads a field out of it.
-mod der {
-    const SEQUENCE: u8 = 0x30;
-    const SET: u8 = 0x31;
-    const OID: u8 = 0x06;
-    const EXPLICIT_VERSION: u8 = 0xa0;
-    /// 2.5.4.3, id-at-commonName.
-    const COMMON_NAME_OID: &[u8] = &[0x55, 0x04, 0x03];
-    /// 2.5.4.10, id-at-organizationName.
-    const ORGANIZATION_OID: &[u8] = &[0x55, 0x04, 0x0a];
-
-    /// Splits one TLV off the front of `bytes`: (tag, contents, rest).
-    fn next(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = bytes.split_first()?;
-        let (&first, rest) = rest.split_first()?;
-        let (length, rest) = if first < 0x80 {
-            (usize::from(first), rest)
-        } else {
-            let count = usize::from(first & 0x7f);
-            if count == 0 || count > 4 || rest.len() < count {
-                return None;
-            }
-            let length = rest[..count]
-                .iter()
-                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-            (length, &rest[count..])
-        };
-        if rest.len() < length {
-            return None;
-        }
-        Some((tag, &rest[..length], &rest[length..]))
-    }
-
-    fn expect(bytes: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-        let (found, contents, rest) = next(bytes)?;
-        (found == tag).then_some((contents, rest))
-    }
-
-    pub(super) fn subject(certificate: &[u8]) -> Option<super::CertificateSubject> {
-        let (certificate, _) = expect(certificate, SEQUENCE)?;
-        let (tbs, _) = expect(certificate, SEQUENCE)?;
-        let mut fields = tbs;
-        if fields.first() == Some(&EXPLICIT_VERSION) {
-            fields = next(fields)?.2;
-        }
-        // serial, signature algorithm, issuer, validity, then subject.
-        for _ in 0..4 {
-            fields = next(fields)?.2;
-        }
-        let (mut subject, _) = expect(fields, SEQUENCE)?;
-        let mut common_name = None;
-        let mut organizations = Vec::new();
-        while !subject.is_empty() {
-            let (set, rest) = expect(subject, SET)?;
-            subject = rest;
-            let (attribute, _) = expect(set, SEQUENCE)?;
-            let (oid, value) = expect(attribute, OID)?;
-            let (_string_tag, text, _) = next(value)?;
-            let text = || String::from_utf8(text.to_vec()).ok();
-            if oid == COMMON_NAME_OID {
-                common_name = text();
-            } else if oid == ORGANIZATION_OID {
-                organizations.extend(text());
-            }
-        }
-        Some(super::CertificateSubject {
-            common_name: common_name?,
-            organizations,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,6 +503,61 @@ mod tests {
                 organizations: vec!["team-a".into()],
             })
         );
+    }
+
+    #[test]
+    fn certificates_carry_the_validity_they_were_issued_with() {
+        let ca = ClusterCa::generate()
+            .expect("ca")
+            .with_validity(Duration::from_secs(3600));
+        let before = SystemTime::now() - Duration::from_secs(1);
+        let credentials = ca
+            .issue_in_group(
+                "system:node:n1",
+                Some("system:nodes"),
+                &["10.0.0.7".into(), "n1".into()],
+            )
+            .expect("issue");
+        let info = credentials.certificate().expect("readable");
+        assert_eq!(info.subject.common_name, "system:node:n1");
+        assert_eq!(info.names, vec!["10.0.0.7".to_string(), "n1".to_string()]);
+        let lifetime = info.not_after.duration_since(before).expect("after");
+        assert!(
+            (Duration::from_secs(3600)..=Duration::from_secs(3602)).contains(&lifetime),
+            "{lifetime:?}"
+        );
+        // Dated back a tenth of its lifetime at most, and a minute at most.
+        let backdate = before.duration_since(info.not_before).expect("backdated");
+        assert!(backdate <= Duration::from_secs(60), "{backdate:?}");
+        let short = ca
+            .issue_valid_for("system:node:n2", None, &[], Duration::from_secs(10))
+            .expect("issue")
+            .certificate()
+            .expect("readable");
+        let total = short
+            .not_after
+            .duration_since(short.not_before)
+            .expect("ordered");
+        assert!(total <= Duration::from_secs(12), "{total:?}");
+    }
+
+    #[test]
+    fn replaced_credentials_load_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = ClusterCa::generate().expect("ca");
+        let first = ca.issue("node", &[]).expect("issue");
+        first.save(dir.path(), "node").expect("save");
+        let second = ca.issue("node", &[]).expect("issue");
+        second.replace(dir.path(), "node").expect("replace");
+        let loaded = Credentials::load(dir.path(), "node").expect("load");
+        assert_eq!(loaded.cert_pem, second.cert_pem);
+        assert_eq!(loaded.key_pem, second.key_pem);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(|entry| entry.ok())
+            .filter(|entry| entry.file_name().to_string_lossy().ends_with(".new"))
+            .collect();
+        assert!(leftovers.is_empty());
     }
 
     #[cfg(unix)]

@@ -1,6 +1,7 @@
 //! `flotilla-pki` is the cluster's identity: the CA (`ca`), issuing
-//! certificates from it, keeping them private on disk, reading back who a
-//! certificate names, and the naming rules (`names`) that say which names
+//! certificates from it for a chosen validity, keeping them private on
+//! disk, reading back whom a certificate names and until when, and the
+//! naming rules (`names`) that say which names
 //! are nodes, store members, the join authority, the control plane's
 //! components and the administrators.
 //!
@@ -12,7 +13,8 @@ mod ca;
 pub mod names;
 
 pub use ca::{
-    CertificateSubject, ClusterCa, Credentials, certificate_common_name, certificate_subject,
+    CA_VALIDITY, CERTIFICATE_VALIDITY_DEFAULT, CertificateInfo, CertificateSubject, ClusterCa,
+    Credentials, certificate_common_name, certificate_info, certificate_subject,
     create_private_dir,
 };
 

@@ -58,6 +58,9 @@ pub struct MemberConfig {
     /// The cluster CA (`ca.pem`, `ca-key.pem`), from which this member
     /// issues its own certificate.
     pub tls_dir: PathBuf,
+    /// The cluster CA when the process holds it already (a server loads it
+    /// once): then `tls_dir` is not read.
+    pub ca: Option<Arc<ClusterCa>>,
     pub tick_interval: Duration,
     /// How long a write or linearizable read may wait before it fails with
     /// `Error::Timeout` (its outcome then unknown).
@@ -79,6 +82,7 @@ impl Default for MemberConfig {
             initial_members: Vec::new(),
             join: false,
             tls_dir: PathBuf::from("flotilla-store/ca"),
+            ca: None,
             tick_interval: Duration::from_millis(crate::replica::TICK_INTERVAL_MS_DEFAULT),
             proposal_timeout: Duration::from_millis(crate::replica::PROPOSAL_TIMEOUT_MS_DEFAULT),
             lease_check_interval: Duration::from_millis(LEASE_CHECK_INTERVAL_MS),
@@ -116,8 +120,10 @@ impl Member {
 
     async fn start_inner(config: MemberConfig) -> Result<Member> {
         validate(&config)?;
-        let ca = ClusterCa::load(&config.tls_dir)?;
-        let credentials = member_credentials(&ca, &config)?;
+        let credentials = match &config.ca {
+            Some(ca) => member_credentials(ca, &config)?,
+            None => member_credentials(&ClusterCa::load(&config.tls_dir)?, &config)?,
+        };
         let log = DiskLog::open(config.data_dir.join("raft"))?;
         let kv = Arc::new(KvStore::new(Arc::new(SystemClock)));
 

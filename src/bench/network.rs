@@ -214,11 +214,7 @@ impl BenchNode {
             Some("system:nodes"),
             &[ip.to_string(), spec.name.to_owned()],
         )?;
-        let tls = KubeletTls {
-            ca_pem: issued.ca_cert_pem,
-            cert_pem: issued.cert_pem,
-            key_pem: issued.key_pem,
-        };
+        let tls = KubeletTls::new(&issued)?;
         let mesh = network.start_mesh(SocketAddr::new(ip, 0), tls.mesh_tls()?)?;
         Ok(Self {
             spec,

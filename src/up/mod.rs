@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use flotilla_control::registry::RegistryConfig;
 use flotilla_control::{Server, ServerConfig, ServerOptions};
-use flotilla_node::agent::{Agent, AgentConfig, KubeletTls};
+use flotilla_node::agent::{Agent, AgentConfig, CREDENTIALS_STEM, KubeletTls};
 use flotilla_pki::{ClusterCa, Credentials};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -128,8 +128,7 @@ impl Cluster {
         let config = config
             .with_https(&[])
             .context("issuing the API server's certificate")?;
-        let ca = flotilla_pki::ClusterCa::ensure(&config.store.tls_dir)
-            .context("reading the cluster CA")?;
+        let ca = config.ca.clone().context("the cluster CA was not loaded")?;
         let options = ServerOptions {
             // Server and node are one process on one machine, so a path
             // on the node means the same to both: `file://` images work.
@@ -244,21 +243,27 @@ async fn start_agent(
             &names,
         )
         .context("issuing the node's certificate")?;
-    let kubeconfig = node_dir.join("kubeconfig");
     flotilla_pki::create_private_dir(node_dir)?;
+    let node_dir = node_dir
+        .canonicalize()
+        .with_context(|| format!("finding {}", node_dir.display()))?;
+    // Kept as `flotilla agent` keeps its own, where renewals replace it.
+    let pki = node_dir.join("pki");
+    credentials
+        .save(&pki, CREDENTIALS_STEM)
+        .with_context(|| format!("writing the node certificate to {}", pki.display()))?;
     crate::write_private(
-        &kubeconfig,
-        &flotilla_control::tls::kubeconfig(url, &credentials),
+        &node_dir.join("kubeconfig"),
+        &flotilla_control::tls::kubeconfig_with_files(url, node_name, &pki, CREDENTIALS_STEM),
     )?;
-    config.kubelet_tls = Some(KubeletTls {
-        ca_pem: credentials.ca_cert_pem,
-        cert_pem: credentials.cert_pem,
-        key_pem: credentials.key_pem,
-    });
-    let client = flotilla_node::agent::client_from_kubeconfig(&kubeconfig)
-        .await
+    let tls = KubeletTls::new(&credentials)
+        .context("reading the node certificate")?
+        .kept_in(pki);
+    let client = tls
+        .api_client(url)
         .context("connecting the node to the API")?;
-    crate::start_node(config, client, node_dir).await
+    config.kubelet_tls = Some(tls);
+    crate::start_node(config, client, &node_dir).await
 }
 
 /// Ctrl-C (SIGINT) and SIGTERM, listened for from the start.

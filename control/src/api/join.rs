@@ -65,6 +65,47 @@ pub async fn route(
     }
 }
 
+/// A node's new certificate, for the node whose certificate the request
+/// presents (already authorized by RBAC: `system:nodes` may post here).
+/// Only the holder renews: a user impersonating a node has the wrong
+/// certificate, and a ServiceAccount token has none.
+pub async fn renew(
+    state: &ApiState,
+    method: &Method,
+    peer: Option<&crate::tls::Peer>,
+) -> Result<Response, ApiError> {
+    if method != Method::POST {
+        return Err(ApiError::method_not_allowed(
+            "a certificate is renewed with POST",
+        ));
+    }
+    let Some(authority) = state.join.clone() else {
+        return Err(ApiError::unavailable(
+            "this server issues no certificates: it serves plain HTTP without a cluster CA",
+        ));
+    };
+    let holder = peer
+        .and_then(|peer| peer.certificate.as_deref())
+        .and_then(|certificate| flotilla_pki::certificate_info(certificate.as_ref()));
+    let node = state.user.node_name();
+    let (Some(current), Some(node)) = (holder, node) else {
+        return Err(ApiError::forbidden(format!(
+            "user {:?} cannot renew a node certificate: only a node, presenting its own \
+             certificate, renews it",
+            state.user.name
+        )));
+    };
+    if current.subject.common_name != state.user.name {
+        return Err(ApiError::forbidden(format!(
+            "user {:?} cannot renew node {node:?}'s certificate: only its holder renews it",
+            current.subject.common_name
+        )));
+    }
+    let answer = authority.renew_node(node, &current).map_err(refused)?;
+    tracing::info!(%node, "a node renewed its certificate");
+    Ok(json(&answer))
+}
+
 /// A new machine may not take over the name of a registered Node: its
 /// certificate would let it act as that node. The name is free again once
 /// the Node is deleted (its owner replacing the machine does that).

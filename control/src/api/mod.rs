@@ -175,7 +175,7 @@ async fn handle(
         }
         Ok(user) => {
             state.user = Arc::new(user);
-            route(&state, &method, &uri, &headers, body)
+            route(&state, peer, &method, &uri, &headers, body)
                 .instrument(span.clone())
                 .await
         }
@@ -207,7 +207,14 @@ const PUBLIC_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version", "/v
 /// public paths, and joins, which present a bootstrap token instead
 /// (`join::authorize`).
 fn anonymous_may(path: &str) -> bool {
-    PUBLIC_PATHS.contains(&path) || path.starts_with(crate::join::JOIN_PATH)
+    PUBLIC_PATHS.contains(&path) || is_join(path)
+}
+
+/// Whether `path` is a join, authenticated by its bootstrap token rather
+/// than as other requests (a renewal is not: the node presents its
+/// certificate).
+fn is_join(path: &str) -> bool {
+    path.starts_with(crate::join::JOIN_PATH) && path != crate::join::RENEWAL_PATH
 }
 
 /// Who the request is from: the user of its client certificate, else of
@@ -226,15 +233,28 @@ fn authenticate(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::trim)
-        .filter(|_| !path.starts_with(crate::join::JOIN_PATH));
+        .filter(|_| !is_join(path));
     let requester = match (peer, bearer) {
-        (Some(Peer { user: Some(user) }), _) => user.clone(),
+        (
+            Some(Peer {
+                user: Some(user),
+                not_after,
+                ..
+            }),
+            _,
+        ) => {
+            if not_after.is_some_and(|expiry| expiry <= std::time::SystemTime::now()) {
+                tracing::debug!(user = %user.name, "a client certificate expired on an open connection");
+                return Err(ApiError::unauthorized());
+            }
+            user.clone()
+        }
         (_, Some(token)) => match &state.tokens {
             Some(tokens) => tokens.authenticate(token, &state.authorizer.graph)?,
             None => return Err(ApiError::unauthorized()),
         },
         (None, None) => UserInfo::loopback_admin(),
-        (Some(Peer { user: None }), None) => UserInfo::anonymous(),
+        (Some(Peer { user: None, .. }), None) => UserInfo::anonymous(),
     };
     crate::auth::impersonation::resolve(&state.authorizer, requester, headers)
 }
@@ -251,13 +271,25 @@ fn json_bytes(body: bytes::Bytes) -> Response {
 /// The request's verb and resource (for metrics) and its answer.
 async fn route(
     state: &ApiState,
+    peer: Option<&Peer>,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
 ) -> (&'static str, &'static str, Result<Response, ApiError>) {
     let path = uri.path();
-    if path.starts_with(crate::join::JOIN_PATH) {
+    if path == crate::join::RENEWAL_PATH {
+        let attributes = Attributes::non_resource(method, path);
+        if let Err(error) = state.authorizer.check(&state.user, &attributes) {
+            return ("create", "certificates", Err(error));
+        }
+        return (
+            "create",
+            "certificates",
+            join::renew(state, method, peer).await,
+        );
+    }
+    if is_join(path) {
         // Authenticated and authorized by the bootstrap token it presents.
         return (
             "create",

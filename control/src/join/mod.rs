@@ -32,6 +32,10 @@ use serde::{Deserialize, Serialize};
 pub const AUTHORITY_NAME: &str = flotilla_pki::names::JOIN_AUTHORITY;
 /// Path prefix of the join endpoints on the API server.
 pub const JOIN_PATH: &str = "/flotilla/join/v1";
+/// Where a node, presenting its current certificate, gets a new one before
+/// that expires. Authenticated and authorized as any API request, not by a
+/// bootstrap token.
+pub const RENEWAL_PATH: &str = "/flotilla/join/v1/node/renew";
 /// Common-name prefix of node certificates, as Kubernetes names nodes.
 pub const NODE_USER_PREFIX: &str = flotilla_pki::names::NODE_PREFIX;
 /// Longest node name (a DNS subdomain).
@@ -72,14 +76,9 @@ pub struct NodeJoinRequest {
     pub addresses: Vec<String>,
 }
 
-/// What an agent receives.
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeJoinResponse {
-    pub ca: String,
-    pub cert: String,
-    pub key: String,
-}
+/// What an agent receives at join and renewal: the CA, its certificate
+/// and key (JSON fields `ca`, `cert`, `key`).
+pub type NodeJoinResponse = Credentials;
 
 /// What a server asks for.
 #[derive(Debug, Serialize, Deserialize)]
@@ -125,6 +124,8 @@ pub struct Authority {
     ca: std::sync::Arc<ClusterCa>,
     store: StoreClient,
     service_account_key: String,
+    /// How long node certificates are valid.
+    node_validity: std::time::Duration,
 }
 
 impl Authority {
@@ -136,7 +137,15 @@ impl Authority {
             ca,
             store,
             service_account_key: String::new(),
+            node_validity: flotilla_pki::CERTIFICATE_VALIDITY_DEFAULT,
         })
+    }
+
+    /// Node certificates valid for `validity` (the cluster's signing
+    /// duration) rather than a year.
+    pub fn with_node_validity(mut self, validity: std::time::Duration) -> Self {
+        self.node_validity = validity;
+        self
     }
 
     /// The ServiceAccount token key (PEM) a joining server receives.
@@ -161,23 +170,40 @@ impl Authority {
         names.push(request.node_name.clone());
         names.sort();
         names.dedup();
-        let Credentials {
-            ca_cert_pem,
-            cert_pem,
-            key_pem,
-        } = self
-            .ca
-            .issue_in_group(
-                &format!("{NODE_USER_PREFIX}{}", request.node_name),
-                Some(crate::auth::user::NODES),
-                &names,
-            )
-            .map_err(|error| JoinError::Invalid(format!("the node's addresses: {error}")))?;
-        Ok(NodeJoinResponse {
-            ca: ca_cert_pem,
-            cert: cert_pem,
-            key: key_pem,
-        })
+        self.issue_node(&request.node_name, &names)
+            .map_err(|error| JoinError::Invalid(format!("the node's addresses: {error}")))
+    }
+
+    /// A new certificate for node `node_name`, which presented `current`
+    /// (its certificate, verified): the same names, a new key, valid from
+    /// now. A node renews its own certificate only, and cannot add names
+    /// to it: those were checked when it joined.
+    pub fn renew_node(
+        &self,
+        node_name: &str,
+        current: &flotilla_pki::CertificateInfo,
+    ) -> Result<NodeJoinResponse, JoinError> {
+        check_node_name(node_name)?;
+        if current.subject.common_name != format!("{NODE_USER_PREFIX}{node_name}") {
+            return Err(JoinError::Invalid(format!(
+                "the certificate presented is {:?}'s, not node {node_name:?}'s",
+                current.subject.common_name
+            )));
+        }
+        Ok(self.issue_node(node_name, &current.names)?)
+    }
+
+    fn issue_node(
+        &self,
+        node_name: &str,
+        names: &[String],
+    ) -> Result<Credentials, flotilla_pki::Error> {
+        self.ca.issue_valid_for(
+            &format!("{NODE_USER_PREFIX}{node_name}"),
+            Some(crate::auth::user::NODES),
+            names,
+            self.node_validity,
+        )
     }
 
     /// Admits a new server: the member id it is to start its store member

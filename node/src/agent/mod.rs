@@ -11,7 +11,9 @@
 //!   endpoint (`logs.rs`);
 //! - gives its runtime the pods' modules: [`RegistrySource`] (`blobs.rs`)
 //!   downloads them by digest from the API server's registry and caches
-//!   them on disk.
+//!   them on disk;
+//! - with a node certificate ([`KubeletTls`], `tls.rs`), serves HTTPS and
+//!   renews the certificate before it expires (`renewal.rs`).
 //!
 //! The agent borrows its runtime: stopping the agent leaves the pods
 //! running, and an agent started again on the same runtime adopts them (and
@@ -47,6 +49,7 @@ mod metrics;
 mod network;
 mod node;
 mod pods;
+mod renewal;
 mod tls;
 mod worker;
 
@@ -65,7 +68,8 @@ pub use blobs::{BLOB_DOWNLOAD_TIMEOUT, REGISTRY_BLOBS_PATH, RegistrySource};
 pub use error::{API_CALL_TIMEOUT_SECS, AgentError, Result};
 pub use lease::{LEASE_DURATION_SECS, NODE_LEASE_NAMESPACE};
 pub use node::{NODE_ARCH, NODE_OS, WASMTIME_VERSION};
-pub use tls::{KUBELET_SCHEME_ANNOTATION, KubeletTls};
+pub use renewal::RENEWAL_PATH;
+pub use tls::{CREDENTIALS_STEM, KUBELET_SCHEME_ANNOTATION, KubeletTls, Renewals};
 
 use crate::net::PodNetwork;
 use crate::{BackoffConfig, NodeRuntime};
@@ -133,7 +137,8 @@ pub struct AgentConfig {
     /// The node's certificate from the cluster: with it the kubelet
     /// endpoint serves HTTPS and may listen anywhere, and the node joins
     /// the pod network's mesh; without it, plain HTTP on loopback only,
-    /// and no mesh.
+    /// and no mesh. The agent renews it before it expires, through its
+    /// API client, which must present it ([`KubeletTls::api_client`]).
     pub kubelet_tls: Option<KubeletTls>,
     /// Where the mesh listens (UDP; port 0: any free port). The Node
     /// advertises the port bound, at its InternalIP.
@@ -297,6 +302,12 @@ impl Agent {
             )
             .instrument(tracing::info_span!(parent: &span, "pod_cidr")),
         );
+        if let Some(tls) = &config.kubelet_tls {
+            tasks.spawn(
+                renewal::run(client.clone(), tls.clone())
+                    .instrument(tracing::info_span!(parent: &span, "certificate_renewal")),
+            );
+        }
         let client_for_network = client.clone();
         let mut ingress_addresses = Vec::new();
         let context = Arc::new(pods::PodContext {

@@ -13,7 +13,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use flotilla_control::controllers::election::ElectionConfig;
 use flotilla_control::controllers::nodes::NodeTimings;
@@ -823,11 +823,16 @@ async fn try_get(address: SocketAddr, path: &str) -> Result<(u16, String), hyper
 
 /// An agent that joined with a token serves its endpoint over HTTPS with
 /// its node certificate, and `kubectl logs` reaches it through an API
-/// server that presents its own.
+/// server that presents its own. The certificate is short-lived here: the
+/// agent renews it before it expires, without a token, and once the first
+/// one has expired the kubelet endpoint and new connections to the API
+/// present the renewed one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_that_joined_serves_logs_over_tls() {
+async fn an_agent_that_joined_serves_logs_over_tls_and_renews_its_certificate() {
     use flotilla_control::join::{self, NodeJoinRequest, client::join_node};
-    use flotilla_node::agent::{KUBELET_SCHEME_ANNOTATION, KubeletTls};
+    use flotilla_node::agent::{CREDENTIALS_STEM, KUBELET_SCHEME_ANNOTATION, KubeletTls};
+    // Renewed at 70-90 % of its lifetime, after 5 to 7 s.
+    const NODE_CERTIFICATE_VALIDITY: Duration = Duration::from_secs(7);
 
     let dir = tempfile::tempdir().unwrap();
     let server_config = ServerConfig::loopback(dir.path(), Duration::from_millis(20))
@@ -835,10 +840,14 @@ async fn an_agent_that_joined_serves_logs_over_tls() {
         .with_https(&[])
         .unwrap();
     let ca_pem = server_config.ca_pem().unwrap();
-    let registry = RegistryConfig {
-        allow_file_images: true,
+    let options = flotilla_control::ServerOptions {
+        registry: RegistryConfig {
+            allow_file_images: true,
+        },
+        node_certificate_validity: NODE_CERTIFICATE_VALIDITY,
+        ..flotilla_control::ServerOptions::default()
     };
-    let server = Server::start_with(server_config, registry).await.unwrap();
+    let server = Server::start_with(server_config, options).await.unwrap();
     let controllers = start_controllers(&server).await;
     let admin = server.client().await.unwrap();
     let url = format!("https://{}", server.api_address());
@@ -850,26 +859,14 @@ async fn an_agent_that_joined_serves_logs_over_tls() {
         addresses: vec!["127.0.0.1".into()],
     };
     let joined = join_node(&url, &token, &request).await.unwrap();
-    let credentials = flotilla_control::tls::Credentials {
-        ca_cert_pem: joined.ca.clone(),
-        cert_pem: joined.cert.clone(),
-        key_pem: joined.key.clone(),
-    };
-    let kubeconfig = dir.path().join("node-kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        flotilla_control::tls::kubeconfig(&url, &credentials),
-    )
-    .unwrap();
-    let as_node = flotilla_node::agent::client_from_kubeconfig(&kubeconfig)
-        .await
-        .unwrap();
+    let pki = dir.path().join("pki");
+    joined.save(&pki, CREDENTIALS_STEM).unwrap();
+    let tls = KubeletTls::new(&joined).unwrap().kept_in(pki.clone());
+    let first = tls.certificate();
+    let mut renewals = tls.renewals();
+    let as_node = tls.api_client(&url).unwrap();
     let mut agent_config = config("node-t");
-    agent_config.kubelet_tls = Some(KubeletTls {
-        ca_pem: joined.ca.clone(),
-        cert_pem: joined.cert.clone(),
-        key_pem: joined.key.clone(),
-    });
+    agent_config.kubelet_tls = Some(tls.clone());
     let runtime = support::runtime(&dir.path().join("node-t"));
     let agent = Agent::start(agent_config, as_node, runtime).await.unwrap();
 
@@ -902,6 +899,55 @@ async fn an_agent_that_joined_serves_logs_over_tls() {
         try_get(agent.kubelet_address(), "/healthz").await.is_err(),
         "plain HTTP was answered"
     );
+
+    // Renewed before it expires, for the same node and names, and kept
+    // on disk for the next start.
+    let renewed = tokio::time::timeout(NODE_CERTIFICATE_VALIDITY * 2, renewals.next())
+        .await
+        .expect("the certificate was renewed in time")
+        .expect("the identity is alive");
+    assert!(renewed.not_after > first.not_after);
+    assert!(
+        SystemTime::now() < first.not_after,
+        "renewed only after expiry"
+    );
+    assert_eq!(renewed.subject, first.subject);
+    assert_eq!(renewed.names, first.names);
+    let kept = flotilla_pki::Credentials::load(&pki, CREDENTIALS_STEM).unwrap();
+    assert_eq!(kept.certificate().unwrap(), renewed);
+    // Wall-clock time must pass for the first certificate to expire.
+    let expired_in = first
+        .not_after
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(expired_in + Duration::from_secs(1)).await;
+    // The API server verifies the kubelet endpoint's certificate on each
+    // new connection: it sees the renewed one.
+    assert_eq!(
+        pods.logs("primes", &kube::api::LogParams::default())
+            .await
+            .unwrap(),
+        "sum=76127\n"
+    );
+    // A new connection to the API presents the renewed certificate too.
+    let fresh = tls.api_client(&url).unwrap();
+    Api::<Node>::all(fresh).get("node-t").await.unwrap();
+    // And the agent's own client moved to new connections: the API refuses
+    // an expired certificate on every request, yet the lease is renewed.
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), NODE_LEASE_NAMESPACE);
+    let seen = leases.get("node-t").await.unwrap();
+    let seen = seen.spec.and_then(|spec| spec.renew_time).unwrap().0;
+    wait_for(
+        &leases,
+        "node-t",
+        "a lease renewal after the first certificate expired",
+        move |lease: Option<&Lease>| {
+            lease
+                .and_then(|l| l.spec.as_ref()?.renew_time.as_ref())
+                .is_some_and(|time| time.0 > seen)
+        },
+    )
+    .await;
     agent.shutdown().await;
     drop(controllers);
     server.shutdown().await;

@@ -24,19 +24,18 @@ struct NetNode {
 }
 
 /// The node certificate `ca` issues to `node` at `ip`, as a join does.
+fn node_credentials(ca: &ClusterCa, node: &str, ip: IpAddr) -> flotilla_pki::Credentials {
+    ca.issue_in_group(
+        &format!("system:node:{node}"),
+        Some("system:nodes"),
+        &[ip.to_string(), node.to_owned()],
+    )
+    .unwrap()
+}
+
+/// [`node_credentials`] as the node presents them.
 fn node_tls(ca: &ClusterCa, node: &str, ip: IpAddr) -> KubeletTls {
-    let issued = ca
-        .issue_in_group(
-            &format!("system:node:{node}"),
-            Some("system:nodes"),
-            &[ip.to_string(), node.to_owned()],
-        )
-        .unwrap();
-    KubeletTls {
-        ca_pem: issued.ca_cert_pem,
-        cert_pem: issued.cert_pem,
-        key_pem: issued.key_pem,
-    }
+    KubeletTls::new(&node_credentials(ca, node, ip)).unwrap()
 }
 
 impl Cluster {
@@ -406,11 +405,12 @@ async fn the_mesh_refuses_a_node_whose_certificate_is_forged() {
     // A node that trusts the cluster's CA but whose own certificate, naming
     // a plausible node, comes from another CA.
     let forger = ClusterCa::generate().unwrap();
-    let forged_cert = node_tls(&forger, "mesh-x", "127.0.13.9".parse().unwrap());
-    let forged = KubeletTls {
-        ca_pem: ca.cert_pem().to_owned(),
+    let forged_cert = node_credentials(&forger, "mesh-x", "127.0.13.9".parse().unwrap());
+    let forged = KubeletTls::new(&flotilla_pki::Credentials {
+        ca_cert_pem: ca.cert_pem().to_owned(),
         ..forged_cert
-    }
+    })
+    .unwrap()
     .mesh_tls()
     .unwrap();
     let refuse: flotilla_node::net::InboundHandler =
@@ -440,13 +440,7 @@ async fn the_mesh_refuses_a_node_whose_certificate_is_forged() {
     // Nor is a certificate from the cluster's CA that is not a node's (an
     // administrator's, say).
     let issued = ca.issue("admin", &["127.0.13.7".to_owned()]).unwrap();
-    let admin = KubeletTls {
-        ca_pem: issued.ca_cert_pem,
-        cert_pem: issued.cert_pem,
-        key_pem: issued.key_pem,
-    }
-    .mesh_tls()
-    .unwrap();
+    let admin = KubeletTls::new(&issued).unwrap().mesh_tls().unwrap();
     let admin = Mesh::bind("127.0.13.7:0".parse().unwrap(), admin, refuse.clone()).unwrap();
     let refused = admin
         .send("mesh-a", mesh_address, target, None, request())

@@ -19,6 +19,11 @@
 //!   needs a ClusterRoleBinding to `flotilla:registry-pusher`, and a user who
 //!   only pulls one to `flotilla:registry-reader`.
 //!
+//! - Nodes renew their own certificates (`system:certificates.flotilla.dev:
+//!   selfnodeclient`, bound to `system:nodes`, as kubeadm binds Kubernetes'
+//!   `selfnodeclient` role for kubelet certificate rotation); the renewal
+//!   itself checks that the certificate presented is the node's own.
+//!
 //! This module is data. It knows no request and matches no rule; the
 //! authorizer does that.
 
@@ -67,6 +72,8 @@ pub const CLUSTER_ADMIN: &str = "cluster-admin";
 pub const NODE_ROLE: &str = "system:node";
 pub const REGISTRY_READER: &str = "flotilla:registry-reader";
 pub const REGISTRY_PUSHER: &str = "flotilla:registry-pusher";
+/// Lets nodes renew their certificates (Kubernetes' `selfnodeclient`).
+pub const NODE_RENEWAL: &str = "system:certificates.flotilla.dev:selfnodeclient";
 
 /// The API group of roles and bindings (a `roleRef`'s and a user or group
 /// subject's `apiGroup`).
@@ -270,6 +277,10 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
             REGISTRY_PUSHER,
             vec![non_resource(&[&registry_urls()], &["get", "put", "post"])],
         ),
+        role(
+            NODE_RENEWAL,
+            vec![non_resource(&[crate::join::RENEWAL_PATH], &["post"])],
+        ),
     ];
     roles.extend(controllers::roles());
     roles
@@ -287,6 +298,7 @@ pub fn cluster_role_bindings() -> Vec<ClusterRoleBinding> {
             vec![group(SYSTEM_AUTHENTICATED), group(SYSTEM_UNAUTHENTICATED)],
         ),
         binding(REGISTRY_READER, vec![group(SYSTEM_NODES)]),
+        binding(NODE_RENEWAL, vec![group(SYSTEM_NODES)]),
     ];
     bindings.extend(
         COMPONENTS
