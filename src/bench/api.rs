@@ -12,9 +12,10 @@
 //!
 //! Get and create are also measured as a tenant whose rights come from a
 //! RoleBinding (`Impersonate-User` on the same plain-HTTP connections), so
-//! that RBAC is decided on every call, beside the same calls as the
-//! superuser, whose requests authorization lets through at once: the cost
-//! of authorization, in one run.
+//! that RBAC is decided on every call, interleaved request by request with
+//! the same calls as the superuser, whose requests authorization lets
+//! through at once: the cost of authorization, with whatever else changes
+//! during the run falling on both alike.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -131,17 +132,19 @@ pub async fn run(args: ApiBenchArgs) -> Result<()> {
     for call in [Call::Get, Call::List, Call::Create, Call::Update] {
         let ours = measure_api(&api, call, args.objects, args.clients, duration).await?;
         if matches!(call, Call::Get | Call::Create) {
-            // Bracketed by the superuser before and after, so that what
-            // changes with time (a store growing with every create) is
-            // not counted as authorization's.
-            let decided = measure_api(&tenant, call, args.objects, args.clients, duration).await?;
-            let after = measure_api(&api, call, args.objects, args.clients, duration).await?;
-            authorized.push(Bracketed {
+            // The superuser's and the tenant's requests interleaved on the
+            // same clients, so that what changes with time (a store
+            // growing with every create, a noisy disk) falls on both alike.
+            let (superuser, decided) = measure_interleaved(
+                &api,
+                &tenant,
                 call,
-                before: ours.clone(),
-                tenant: decided,
-                after,
-            });
+                args.objects,
+                args.clients,
+                duration * 2,
+            )
+            .await?;
+            authorized.push((call, superuser, decided));
         }
         let theirs = measure_etcd(&etcd, call, args.objects, args.clients, duration).await?;
         rows.push((call, ours, theirs));
@@ -245,6 +248,9 @@ async fn preload(api: &Api, etcd: &[EtcdClient], objects: u64, clients: usize) -
     Ok(())
 }
 
+/// Measurements of the API so far in this run.
+static MEASUREMENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 async fn measure_api(
     api: &Api,
     call: Call,
@@ -253,32 +259,103 @@ async fn measure_api(
     duration: Duration,
 ) -> Result<LoadResult> {
     let api = api.clone();
+    let round = MEASUREMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let result = load::closed_loop(clients, duration, move |client, index| {
         let api = api.clone();
         async move {
-            let collection = format!("/api/v1/namespaces/{NAMESPACE}/configmaps");
-            let object = format!("{collection}/{}", object_name(index % objects));
-            let (method, path, body) = match call {
-                Call::Get => ("GET", object, None),
-                Call::List => ("GET", format!("{collection}?limit={LIST_LIMIT}"), None),
-                Call::Create => {
-                    // A name nobody used: each client counts its own,
-                    // and each user's run has its own names.
-                    let who = api.user.as_deref().unwrap_or("admin");
-                    let name = format!("new-{who}-{client}-{index}");
-                    ("POST", collection, Some(config_map(NAMESPACE, &name, 0)))
-                }
-                Call::Update => {
-                    let name = object_name(index % objects);
-                    ("PUT", object, Some(config_map(NAMESPACE, &name, index)))
-                }
-            };
+            let (method, path, body) = api_call(call, objects, round, client, index);
             api.request(client, method, &path, body).await.map(drop)
         }
     })
     .await?;
     report_line("flotilla", call, clients, &result);
     Ok(result)
+}
+
+/// `call` as `api`'s user and as `tenant`, each client alternating between
+/// the two request by request: (the superuser's result, the tenant's).
+async fn measure_interleaved(
+    api: &Api,
+    tenant: &Api,
+    call: Call,
+    objects: u64,
+    clients: usize,
+    duration: Duration,
+) -> Result<(LoadResult, LoadResult)> {
+    let users = [api.clone(), tenant.clone()];
+    let round = MEASUREMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let histograms = Arc::new([
+        Mutex::new(load::new_histogram()?),
+        Mutex::new(load::new_histogram()?),
+    ]);
+    let recorded = histograms.clone();
+    let started = Instant::now();
+    let both = load::closed_loop(clients, duration, move |client, index| {
+        let users = users.clone();
+        let recorded = recorded.clone();
+        async move {
+            let who = usize::from(index % 2 == 1);
+            let (method, path, body) = api_call(call, objects, round, client, index);
+            let sent = Instant::now();
+            users[who].request(client, method, &path, body).await?;
+            let latency_us = sent.elapsed().as_micros() as u64;
+            recorded[who]
+                .lock()
+                .map_err(|_| anyhow::anyhow!("a client panicked while recording"))?
+                .saturating_record(latency_us.clamp(1, load::LATENCY_MAX_US));
+            Ok(())
+        }
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    let result = |who: usize| -> Result<LoadResult> {
+        let histogram = histograms[who]
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a client panicked while recording"))?;
+        Ok(LoadResult {
+            operations: histogram.len(),
+            // Failures are not told apart by user; both count them all.
+            errors: both.errors,
+            elapsed,
+            p50_us: histogram.value_at_quantile(0.50),
+            p99_us: histogram.value_at_quantile(0.99),
+        })
+    };
+    let (superuser, decided) = (result(0)?, result(1)?);
+    report_line(
+        "flotilla (superuser, interleaved)",
+        call,
+        clients,
+        &superuser,
+    );
+    report_line("flotilla (tenant, interleaved)", call, clients, &decided);
+    Ok((superuser, decided))
+}
+
+/// One request of `call`: its method, path and body. A created object gets
+/// a name nobody used: each measurement (`round`) and each client count
+/// their own.
+fn api_call(
+    call: Call,
+    objects: u64,
+    round: u64,
+    client: usize,
+    index: u64,
+) -> (&'static str, String, Option<String>) {
+    let collection = format!("/api/v1/namespaces/{NAMESPACE}/configmaps");
+    let object = format!("{collection}/{}", object_name(index % objects));
+    match call {
+        Call::Get => ("GET", object, None),
+        Call::List => ("GET", format!("{collection}?limit={LIST_LIMIT}"), None),
+        Call::Create => {
+            let name = format!("new-{round}-{client}-{index}");
+            ("POST", collection, Some(config_map(NAMESPACE, &name, 0)))
+        }
+        Call::Update => {
+            let name = object_name(index % objects);
+            ("PUT", object, Some(config_map(NAMESPACE, &name, index)))
+        }
+    }
 }
 
 async fn measure_etcd(
@@ -714,43 +791,30 @@ fn render(args: &ApiBenchArgs, rows: &[(Call, LoadResult, LoadResult)], fanout: 
     out
 }
 
-/// One call as the tenant, between the same call as the superuser.
-struct Bracketed {
-    call: Call,
-    before: LoadResult,
-    tenant: LoadResult,
-    after: LoadResult,
-}
-
 /// The cost of authorization: each call as the superuser (let through at
-/// once) before and after the same call as a tenant RBAC decides for, from
-/// the same run; the change is against the mean of the two.
-fn render_authorization(rows: &[Bracketed]) -> String {
+/// once) and as a tenant RBAC decides for, interleaved in one measurement.
+fn render_authorization(rows: &[(Call, LoadResult, LoadResult)]) -> String {
     let mut out = format!(
         "\nAuthorization: get and create as `{TENANT}`, whose rights are a RoleBinding \
          in the load's namespace (RBAC decides every call, from an index holding {} \
-         tenants' Roles and RoleBindings besides the defaults), between the same calls as \
-         the superuser just before and just after, through the same servers and \
-         connections (`Impersonate-User`; the impersonation check itself is the \
-         superuser's). The change is the tenant's p99 against the mean of the two \
-         superuser p99s. Target: within 10 %.\n\n\
-         | call | superuser before ops/s | p99 | tenant (RBAC) ops/s | p99 | superuser after ops/s | p99 | p99 change |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         tenants' Roles and RoleBindings besides the defaults), interleaved with the same \
+         calls as the superuser: every other request of each client is the tenant's, \
+         through the same servers and connections, for twice the measurement time \
+         (`Impersonate-User`; the impersonation check itself is the superuser's). \
+         Target: the tenant's p99 within 10 % of the superuser's.\n\n\
+         | call | superuser ops/s | p99 | tenant (RBAC) ops/s | p99 | p99 change |\n\
+         |---|---|---|---|---|---|\n",
         OTHER_TENANTS + 1,
     );
-    for row in rows {
-        let (before, tenant, after) = (&row.before, &row.tenant, &row.after);
-        let superuser = (before.p99_us + after.p99_us) as f64 / 2.0;
-        let change = (tenant.p99_us as f64 / superuser.max(1.0) - 1.0) * 100.0;
+    for (call, superuser, tenant) in rows {
+        let change = (tenant.p99_us as f64 / superuser.p99_us.max(1) as f64 - 1.0) * 100.0;
         out.push_str(&format!(
-            "| {} | {:.0} | {} | {:.0} | {} | {:.0} | {} | {change:+.1} % |\n",
-            row.call.label(),
-            before.ops_per_sec(),
-            micros(before.p99_us),
+            "| {} | {:.0} | {} | {:.0} | {} | {change:+.1} % |\n",
+            call.label(),
+            superuser.ops_per_sec(),
+            micros(superuser.p99_us),
             tenant.ops_per_sec(),
             micros(tenant.p99_us),
-            after.ops_per_sec(),
-            micros(after.p99_us),
         ));
     }
     out
