@@ -45,13 +45,7 @@ pub async fn run(client: kube::Client) {
     let follow = reflector::reflector(writer, watcher(api.clone(), watcher::Config::default()))
         .default_backoff()
         .for_each(move |event| {
-            // The reflector has applied the event to the store by now; during
-            // a relist the store keeps the old roles until `InitDone`.
-            let settled = matches!(
-                event,
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)
-            );
-            if settled {
+            if super::reflector_settled(&event) {
                 // Full means a pass is queued already, which will see this.
                 let _ = wake.try_send(());
             }

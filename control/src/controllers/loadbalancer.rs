@@ -58,13 +58,7 @@ pub async fn run(client: kube::Client) {
     )
     .default_backoff()
     .for_each(move |event| {
-        // The reflector has applied the event to the store by now; during
-        // a (re)list the store keeps the old nodes until `InitDone`.
-        let settled = matches!(
-            event,
-            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)
-        );
-        if settled {
+        if super::reflector_settled(&event) {
             let now = addresses(&reader.state());
             if last.as_ref() != Some(&now) {
                 let _ = wake_services.try_send(());

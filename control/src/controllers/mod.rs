@@ -249,6 +249,19 @@ impl Context {
     }
 }
 
+/// Whether a reflector's store reads as the cluster does after `event`:
+/// the reflector has applied it by then, and during a relist the store
+/// keeps the old objects until `InitDone`.
+pub fn reflector_settled<K>(
+    event: &Result<kube::runtime::watcher::Event<K>, kube::runtime::watcher::Error>,
+) -> bool {
+    use kube::runtime::watcher::Event;
+    matches!(
+        event,
+        Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone)
+    )
+}
+
 /// The error policy of every controller: log, and try again shortly.
 pub fn retry_later<K, C>(
     object: std::sync::Arc<K>,
