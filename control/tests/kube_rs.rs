@@ -302,6 +302,37 @@ async fn a_watcher_survives_a_server_restart() {
     server.stop().await;
 }
 
+/// Integers from a request never overflow: a watch asking for the
+/// largest timeout is served (for a day at most), and the server lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_asking_for_forever_is_served() {
+    let server = TestServer::start().await;
+    let client = client(&server);
+    let config_maps: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    config_maps
+        .create(&PostParams::default(), &config_map("seen", json!({})))
+        .await
+        .unwrap();
+    let request = http::Request::get(format!(
+        "/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds={}",
+        i64::MAX
+    ))
+    .body(Vec::new())
+    .unwrap();
+    let events = client.request_events::<ConfigMap>(request).await.unwrap();
+    let mut events = std::pin::pin!(events);
+    let first = tokio::time::timeout(EVENT_TIMEOUT, events.next())
+        .await
+        .expect("an event in time")
+        .expect("the watch is open")
+        .unwrap();
+    match first {
+        kube::api::WatchEvent::Added(map) => assert_eq!(map.metadata.name.as_deref(), Some("seen")),
+        other => panic!("expected the ConfigMap, got {other:?}"),
+    }
+    config_maps.get("seen").await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compacted_revisions_are_410_gone() {
     let server = TestServer::start().await;

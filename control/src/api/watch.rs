@@ -31,6 +31,18 @@ use crate::storage::{StorageError, Stored};
 /// How long a watch lasts when the client does not say: Kubernetes' minimum
 /// request timeout. Clients re-watch from their last resourceVersion.
 const WATCH_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1800);
+/// The longest a watch lasts whatever the client asks: a day. A client
+/// asking for longer re-watches then, as after any timeout.
+const WATCH_TIMEOUT_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// How long a watch asked to last `requested` seconds lasts: the default
+/// when it says nothing (or zero or less), never more than a day.
+fn watch_timeout(requested: Option<i64>) -> Duration {
+    match requested.and_then(|seconds| u64::try_from(seconds).ok()) {
+        None | Some(0) => WATCH_TIMEOUT_DEFAULT,
+        Some(seconds) => Duration::from_secs(seconds).min(WATCH_TIMEOUT_MAX),
+    }
+}
 
 pub async fn watch(
     state: &ApiState,
@@ -44,12 +56,7 @@ pub async fn watch(
     options.revision = 0;
     let allow_bookmarks = params.flag("allowWatchBookmarks")?;
     let send_initial = params.flag("sendInitialEvents")?;
-    let timeout = params
-        .integer("timeoutSeconds")?
-        .filter(|secs| *secs > 0)
-        .map_or(WATCH_TIMEOUT_DEFAULT, |secs| {
-            Duration::from_secs(secs as u64)
-        });
+    let timeout = watch_timeout(params.integer("timeoutSeconds")?);
     let requested = resource_version(params.get("resourceVersion"), "resourceVersion")?;
 
     let mut queued = VecDeque::new();
@@ -217,4 +224,21 @@ fn too_old(requested: i64, compacted: i64) -> Value {
         format!("too old resource version: ({compacted})")
     };
     ApiError::gone(message).to_status()
+}
+
+#[cfg(test)]
+mod timeout_tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_lasts_what_it_asks_within_a_day() {
+        assert_eq!(watch_timeout(None), WATCH_TIMEOUT_DEFAULT);
+        assert_eq!(watch_timeout(Some(0)), WATCH_TIMEOUT_DEFAULT);
+        assert_eq!(watch_timeout(Some(-5)), WATCH_TIMEOUT_DEFAULT);
+        assert_eq!(watch_timeout(Some(290)), Duration::from_secs(290));
+        // Whatever it asks, its deadline is a time that exists.
+        let longest = watch_timeout(Some(i64::MAX));
+        assert_eq!(longest, WATCH_TIMEOUT_MAX);
+        assert!(Instant::now().checked_add(longest).is_some());
+    }
 }
