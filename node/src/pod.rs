@@ -509,10 +509,12 @@ async fn run_process_until_stopped<H: ContainerHost>(
     prepared: &Prepared,
     spec: &SandboxSpec,
 ) -> Result<Exit> {
+    // A deadline too far to be a time is no deadline (the API allows at
+    // most 2^31 - 1 seconds; a node does not trust that).
     let deadline = pod
         .plan
         .active_deadline
-        .map(|deadline| Instant::now() + deadline);
+        .and_then(|deadline| Instant::now().checked_add(deadline));
     // A process's probes (tcpSocket, for one that listens) run while it
     // does; a failed liveness probe ends it like a service's.
     let (instance_stopped, stopped_receiver) = watch::channel(false);

@@ -220,6 +220,17 @@ fn pod_spec(spec: &Value, path: &str, errors: &mut Vec<FieldError>) {
             ));
         }
     }
+    // Kubernetes' range: a positive int32, so that a deadline is a time.
+    if let Some(deadline) = spec.get("activeDeadlineSeconds").filter(|v| !v.is_null())
+        && !deadline
+            .as_i64()
+            .is_some_and(|seconds| (1..=i64::from(i32::MAX)).contains(&seconds))
+    {
+        errors.push(FieldError::invalid(
+            format!("{path}.activeDeadlineSeconds"),
+            format!("Invalid value: {deadline}: must be between 1 and 2147483647, inclusive"),
+        ));
+    }
     let containers = spec["containers"].as_array();
     if containers.is_none_or(|c| c.is_empty()) {
         errors.push(FieldError::required(format!("{path}.containers")));
@@ -390,6 +401,35 @@ mod tests {
         assert!(label_key("Bad Key").is_err());
         assert!(label_value("").is_ok());
         assert!(label_value("-x").is_err());
+    }
+
+    #[test]
+    fn active_deadlines_are_positive_int32s() {
+        let registry = Registry::kubernetes();
+        let pods = registry.find("", "v1", "pods").expect("pods");
+        let pod = |deadline: Value| {
+            json!({"metadata": {"name": "p"}, "spec": {
+                "activeDeadlineSeconds": deadline,
+                "containers": [{"name": "c", "image": "hello:1.0"}]}})
+        };
+        for good in [json!(1), json!(2_147_483_647), Value::Null] {
+            assert!(validate(pods, &pod(good.clone())).is_empty(), "{good}");
+        }
+        for bad in [
+            json!(0),
+            json!(-1),
+            json!(2_147_483_648i64),
+            json!(i64::MAX),
+            json!("60"),
+        ] {
+            let errors = validate(pods, &pod(bad.clone()));
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.field == "spec.activeDeadlineSeconds"),
+                "{bad}: {errors:?}"
+            );
+        }
     }
 
     #[test]
