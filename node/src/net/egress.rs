@@ -82,16 +82,47 @@ impl AllowList {
         Self(entries)
     }
 
-    /// Whether `host` (a name or an address) is allowed.
+    /// Whether `host` (a name or an address) is allowed. An address is
+    /// read as its IPv4 form when it is an IPv4-mapped IPv6 one.
     pub fn allows(&self, host: &str) -> bool {
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let address = host.parse::<IpAddr>().ok();
+        let address = host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
         self.0.iter().any(|entry| match (entry, address) {
             (Allowed::Network(network), Some(ip)) => network.contains(&ip),
             (Allowed::Host(name), None) => name.eq_ignore_ascii_case(host),
             (Allowed::Suffix(suffix), None) => host.to_ascii_lowercase().ends_with(suffix.as_str()),
             _ => false,
         })
+    }
+
+    /// Whether an entry is `ip` alone (an address, or a `/32` or `/128`).
+    pub fn names_exactly(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|entry| match entry {
+            Allowed::Network(network) => {
+                network.prefix_len() == network.max_prefix_len()
+                    && network.addr().to_canonical() == ip.to_canonical()
+            }
+            _ => false,
+        })
+    }
+}
+
+/// Whether `ip` is an address of the host a guest runs on rather than of
+/// a destination outside: loopback (all of 127/8 and ::1), unspecified
+/// (0.0.0.0/8, ::), link-local (169.254/16, fe80::/10, where cloud
+/// metadata services answer), the limited broadcast, and IPv4-compatible
+/// IPv6 (::/96). IPv4-mapped IPv6 is read as its IPv4 form.
+pub fn host_only(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            v4.is_loopback() || v4.octets()[0] == 0 || v4.is_link_local() || v4.is_broadcast()
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_unicast_link_local()
+                || v6.segments()[..6] == [0; 6]
+        }
     }
 }
 

@@ -263,6 +263,12 @@ impl Policies {
     /// `host:port` outside the cluster: its namespace's allow-list names
     /// the host, or (for an address) an egress NetworkPolicy of the pod
     /// admits it. Outside is closed otherwise, policy or not.
+    ///
+    /// An address of the host itself, in any of its forms (loopback,
+    /// unspecified, link-local, IPv4-mapped IPv6 of those; see
+    /// [`super::egress::host_only`]), is reached only when a rule names
+    /// that very address: an allow-list entry or a `/32` (`/128`)
+    /// `ipBlock`. A wider range, "every peer" included, does not open it.
     pub fn egress_allows(
         &self,
         namespace: &str,
@@ -271,21 +277,24 @@ impl Policies {
         port: u16,
     ) -> bool {
         let state = self.read();
-        if state
-            .egress_allowed
-            .get(namespace)
-            .is_some_and(|allowed| allowed.allows(host))
-        {
-            return true;
-        }
+        let allowed = state.egress_allowed.get(namespace);
         let Ok(ip) = host
             .trim_start_matches('[')
             .trim_end_matches(']')
             .parse::<IpAddr>()
         else {
-            return false;
+            return allowed.is_some_and(|allowed| allowed.allows(host));
         };
-        let Some(pod) = source.and_then(|source| state.pods.get(&source).cloned()) else {
+        let ip = ip.to_canonical();
+        let pod = source.and_then(|source| state.pods.get(&source).cloned());
+        if super::egress::host_only(ip) {
+            return allowed.is_some_and(|allowed| allowed.names_exactly(ip))
+                || pod.is_some_and(|pod| state.names_exactly(&pod, ip, port));
+        }
+        if allowed.is_some_and(|allowed| allowed.allows(&ip.to_string())) {
+            return true;
+        }
+        let Some(pod) = pod else {
             return false;
         };
         let peer = Party {
@@ -329,6 +338,33 @@ struct Party<'a> {
 }
 
 impl State {
+    /// Whether an egress rule of `pod`'s policies names `ip` alone (an
+    /// `ipBlock` of one address) on `port`.
+    fn names_exactly(&self, pod: &PodIdentity, ip: IpAddr, port: u16) -> bool {
+        let alone = |peer: &Peer| match peer {
+            Peer::Block { cidr, .. } => {
+                cidr.prefix_len() == cidr.max_prefix_len() && cidr.addr().to_canonical() == ip
+            }
+            Peer::Pods { .. } => false,
+        };
+        self.policies
+            .values()
+            .filter(|policy| {
+                policy.namespace == pod.namespace
+                    && policy.pods.as_ref().is_some_and(|s| s.matches(&pod.labels))
+            })
+            .filter_map(|policy| policy.egress.as_ref())
+            .flatten()
+            .any(|rule| {
+                rule.peers.iter().any(alone)
+                    && (rule.ports.is_empty()
+                        || rule
+                            .ports
+                            .iter()
+                            .any(|candidate| port_matches(candidate, port, None)))
+            })
+    }
+
     /// Whether some egress policy selects `pod`.
     fn egress_isolated(&self, pod: &PodIdentity) -> bool {
         self.policies.values().any(|policy| {
@@ -613,6 +649,65 @@ mod tests {
         let outside = "{metadata: {name: o, namespace: beta}, spec: {podSelector: {},
             ingress: [{from: [{ipBlock: {cidr: 192.0.2.0/24}}], ports: [{port: 8000, endPort: 8080}]}]}}";
         assert_eq!(reach(&policies(&[outside]), 8080), [false, false, true]);
+    }
+
+    #[test]
+    fn the_host_is_reached_only_where_a_rule_names_its_very_address() {
+        let open_namespace = |allow: &str| {
+            let policies = policies(&[]);
+            let namespace: Namespace = serde_yaml::from_str(&format!(
+                "{{metadata: {{name: alpha, annotations: {{flotilla.dev/egress-allow: '{allow}'}}}}}}"
+            ))
+            .unwrap();
+            policies.upsert_namespace(&namespace);
+            policies
+        };
+        let from = Some("10.240.0.2".parse().unwrap());
+        let everywhere = open_namespace("0.0.0.0/0, ::/0");
+        for host in [
+            "127.0.0.1",
+            "127.0.0.2",
+            "[::1]",
+            "[::ffff:127.0.0.1]",
+            "::ffff:7f00:2",
+            "0.0.0.0",
+            "[::]",
+            "0.1.2.3",
+            "169.254.169.254",
+            "[::ffff:169.254.169.254]",
+            "[fe80::1]",
+            "[::127.0.0.1]",
+            "255.255.255.255",
+        ] {
+            assert!(!everywhere.egress_allows("alpha", from, host, 80), "{host}");
+        }
+        for host in ["203.0.113.5", "[::ffff:203.0.113.5]", "[2001:db8::1]"] {
+            assert!(everywhere.egress_allows("alpha", from, host, 80), "{host}");
+        }
+        // An entry naming the address itself opens it, in every form.
+        let metadata = open_namespace("0.0.0.0/0, 169.254.169.254");
+        assert!(metadata.egress_allows("alpha", from, "169.254.169.254", 80));
+        assert!(metadata.egress_allows("alpha", from, "[::ffff:169.254.169.254]", 80));
+        assert!(!metadata.egress_allows("alpha", from, "169.254.169.253", 80));
+        // Likewise a NetworkPolicy: every peer or 0.0.0.0/0 does not reach
+        // the host, a /32 of it does, on its ports.
+        let policy = |to: &str| {
+            format!(
+                "{{metadata: {{name: out, namespace: alpha}},
+                  spec: {{podSelector: {{}}, policyTypes: [Egress], egress: [{to}]}}}}"
+            )
+        };
+        let any_peer = policies(&[&policy("{}")]);
+        assert!(any_peer.egress_allows("alpha", from, "203.0.113.5", 80));
+        assert!(!any_peer.egress_allows("alpha", from, "127.0.0.2", 80));
+        let wide = policies(&[&policy("{to: [{ipBlock: {cidr: 0.0.0.0/0}}]}")]);
+        assert!(!wide.egress_allows("alpha", from, "127.0.0.2", 80));
+        let exact = policies(&[&policy(
+            "{to: [{ipBlock: {cidr: 127.0.0.2/32}}], ports: [{port: 8080}]}",
+        )]);
+        assert!(exact.egress_allows("alpha", from, "127.0.0.2", 8080));
+        assert!(!exact.egress_allows("alpha", from, "127.0.0.2", 80));
+        assert!(!exact.egress_allows("alpha", from, "127.0.0.3", 8080));
     }
 
     #[test]
