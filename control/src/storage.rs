@@ -109,6 +109,11 @@ impl Storage {
         }
     }
 
+    /// Whether the store member under this server can serve now.
+    pub fn health(&self) -> flotilla_raft_store::server::Health {
+        self.service.health()
+    }
+
     /// Has `table` told of every write this server commits under its
     /// prefixes, so what it holds is never older than what this server
     /// answered (a RoleBinding just created authorizes the next request).

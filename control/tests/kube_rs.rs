@@ -302,6 +302,69 @@ async fn a_watcher_survives_a_server_restart() {
     server.stop().await;
 }
 
+/// `/livez` and `/readyz` tell the truth about the store: a server whose
+/// member lost its quorum is live but not ready, as kube-apiserver is
+/// with etcd away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_while_the_store_has_no_quorum() {
+    use flotilla_control::{Server, ServerConfig};
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut configs: Vec<ServerConfig> = dirs
+        .iter()
+        .map(|dir| ServerConfig::loopback(dir.path(), Duration::from_millis(20)).unwrap())
+        .collect();
+    let members: Vec<_> = configs
+        .iter()
+        .enumerate()
+        .map(|(index, config)| flotilla_raft_store::member::PeerSpec {
+            id: index as u64 + 1,
+            address: config.store.listen,
+        })
+        .collect();
+    let ca = configs[0].ca.clone();
+    for (index, config) in configs.iter_mut().enumerate() {
+        config.store.id = index as u64 + 1;
+        config.store.initial_members = members.clone();
+        config.ca = ca.clone();
+    }
+    let mut servers: Vec<Server> =
+        futures::future::join_all(configs.into_iter().map(Server::start))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    let last = servers.pop().unwrap();
+    assert_eq!(check(&last, "/readyz").await.0, 200);
+    let mut leadership = last.member().replica().leadership();
+    for server in servers {
+        server.shutdown().await;
+    }
+    tokio::time::timeout(
+        EVENT_TIMEOUT,
+        leadership.wait_for(|now| now.leader_id.is_none()),
+    )
+    .await
+    .expect("the member noticed it lost its quorum")
+    .unwrap();
+    let (code, text) = check(&last, "/readyz").await;
+    assert_eq!(code, 500, "{text}");
+    assert!(text.contains("no leader"), "{text}");
+    assert_eq!(check(&last, "/livez").await.0, 200);
+    last.shutdown().await;
+}
+
+/// A health path of `server`: its status code and text.
+async fn check(server: &flotilla_control::Server, path: &str) -> (u16, String) {
+    let url = format!("http://{}", server.api_address());
+    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+    let request = http::Request::get(path).body(Vec::new()).unwrap();
+    match client.request_text(request).await {
+        Ok(text) => (200, text),
+        Err(kube::Error::Api(status)) => (status.code, status.message),
+        Err(other) => panic!("{path}: {other}"),
+    }
+}
+
 /// Integers from a request never overflow: a watch asking for the
 /// largest timeout is served (for a day at most), and the server lives on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,18 @@ use crate::transport::{
     CLIENT_FRAME_BYTES_MAX, PeerIdentity, PeerNetwork, read_message, write_message,
 };
 
+/// What a member can do now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// It knows a leader: reads and writes go through.
+    Serving,
+    /// It knows no leader (an election, or no quorum within reach): reads
+    /// and writes wait and may time out.
+    NoLeader,
+    /// Its replica has stopped: nothing it serves will change again.
+    Stopped,
+}
+
 /// Answers client-protocol calls for one member.
 pub struct Service {
     /// Who may make which calls over the client protocol.
@@ -56,6 +68,18 @@ impl Service {
             kv,
             network,
             address,
+        }
+    }
+
+    /// Whether this member can serve now: the API's `/readyz` and
+    /// `/livez` say what it says.
+    pub fn health(&self) -> Health {
+        if self.replica.is_stopped() {
+            Health::Stopped
+        } else if self.replica.leadership().borrow().leader_id.is_none() {
+            Health::NoLeader
+        } else {
+            Health::Serving
         }
     }
 

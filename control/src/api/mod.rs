@@ -336,6 +336,31 @@ fn verb_name(attributes: &Attributes) -> &'static str {
         .unwrap_or("unknown")
 }
 
+/// `/livez`, `/readyz` and `/healthz` as kube-apiserver answers them:
+/// `ok`, or 500 with the failed check. Live while the store member runs;
+/// ready (and healthy) while it also knows a leader, so that requests can
+/// be served.
+fn health(state: &ApiState, path: &str) -> Response {
+    use flotilla_raft_store::server::Health;
+    let check = path.trim_start_matches('/');
+    let failure = match (state.storage.health(), check) {
+        (Health::Serving, _) | (Health::NoLeader, "livez") => None,
+        (Health::NoLeader, _) => Some("the store member knows no leader (no quorum in reach)"),
+        (Health::Stopped, _) => Some("the store member has stopped"),
+    };
+    match failure {
+        None => "ok".into_response(),
+        Some(reason) => {
+            tracing::debug!(check, reason, "health check failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("[-]store failed: {reason}\n{check} check failed\n"),
+            )
+                .into_response()
+        }
+    }
+}
+
 /// Discovery, health, metrics, OpenAPI and the module registry.
 async fn non_resource(
     state: &ApiState,
@@ -348,7 +373,7 @@ async fn non_resource(
     let json = |value: Value| Ok(axum::Json(value).into_response());
     match path {
         "/version" | "/version/" => return ("get", "version", json(discovery::version())),
-        "/healthz" | "/readyz" | "/livez" => return ("get", "health", Ok("ok".into_response())),
+        "/healthz" | "/readyz" | "/livez" => return ("get", "health", Ok(health(state, path))),
         "/metrics" => return ("get", "metrics", Ok(state.metrics.render().into_response())),
         "/openapi/v2" => return ("get", "openapi", Ok(json_bytes(openapi::v2_document()))),
         "/openapi/v3" => return ("get", "openapi", json(openapi::v3_index(state.registry))),
