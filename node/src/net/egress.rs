@@ -10,7 +10,8 @@
 //! redirects are never followed here (a guest that follows one makes a new
 //! request, checked again). Only `127.0.0.1`, `::1` and `localhost` are the
 //! pod's own loopback; any other address, the host's other loopback
-//! addresses included, is outside.
+//! addresses included, is outside, and an address of the host itself
+//! ([`host_only`]) is reached only where a rule names that very address.
 
 use std::net::IpAddr;
 use std::time::Duration;
