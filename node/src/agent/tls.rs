@@ -165,7 +165,7 @@ impl KubeletTls {
     /// trusts only the cluster CA and presents this identity, renewals
     /// included, as kubelet's client does with its rotated certificate:
     /// once the certificate is replaced, requests go over new connections
-    /// ([`Rotating`]).
+    /// (`Rotating`).
     pub fn api_client(&self, server: &str) -> Result<kube::Client> {
         let url: http::Uri = server
             .parse()

@@ -266,7 +266,7 @@ impl Policies {
     ///
     /// An address of the host itself, in any of its forms (loopback,
     /// unspecified, link-local, IPv4-mapped IPv6 of those; see
-    /// [`super::egress::host_only`]), is reached only when a rule names
+    /// `egress::host_only`), is reached only when a rule names
     /// that very address: an allow-list entry or a `/32` (`/128`)
     /// `ipBlock`. A wider range, "every peer" included, does not open it.
     pub fn egress_allows(
