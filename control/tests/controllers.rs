@@ -207,7 +207,11 @@ where
         kube::runtime::watcher(api.clone(), kube::runtime::watcher::Config::default()).boxed();
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let items = api.list(&Default::default()).await.unwrap().items;
+        let items = tokio::time::timeout_at(deadline, api.list(&Default::default()))
+            .await
+            .unwrap_or_else(|_| panic!("no answer to a list while waiting for {what}"))
+            .unwrap()
+            .items;
         if done(&items) {
             return items;
         }
