@@ -307,26 +307,9 @@ async fn a_watcher_survives_a_server_restart() {
 /// with etcd away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_fails_while_the_store_has_no_quorum() {
-    use flotilla_control::{Server, ServerConfig};
+    use flotilla_control::Server;
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut configs: Vec<ServerConfig> = dirs
-        .iter()
-        .map(|dir| ServerConfig::loopback(dir.path(), Duration::from_millis(20)).unwrap())
-        .collect();
-    let members: Vec<_> = configs
-        .iter()
-        .enumerate()
-        .map(|(index, config)| flotilla_raft_store::member::PeerSpec {
-            id: index as u64 + 1,
-            address: config.store.listen,
-        })
-        .collect();
-    let ca = configs[0].ca.clone();
-    for (index, config) in configs.iter_mut().enumerate() {
-        config.store.id = index as u64 + 1;
-        config.store.initial_members = members.clone();
-        config.ca = ca.clone();
-    }
+    let configs = support::three_member_configs(&dirs);
     let mut servers: Vec<Server> =
         futures::future::join_all(configs.into_iter().map(Server::start))
             .await

@@ -11,8 +11,8 @@ mod support;
 
 use std::time::Duration;
 
+use flotilla_control::Server;
 use flotilla_control::registry::{self, ClientError, Digest};
-use flotilla_control::{Server, ServerConfig};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
@@ -300,26 +300,7 @@ async fn the_registry_needs_a_client_certificate_over_https() {
 #[tokio::test]
 async fn three_servers_serve_a_blob_after_one_stops() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut configs: Vec<ServerConfig> = dirs
-        .iter()
-        .map(|dir| ServerConfig::loopback(dir.path(), Duration::from_millis(20)).unwrap())
-        .collect();
-    // One cluster: the same members and the same CA for all three.
-    let members: Vec<_> = configs
-        .iter()
-        .enumerate()
-        .map(|(index, config)| flotilla_raft_store::member::PeerSpec {
-            id: index as u64 + 1,
-            address: config.store.listen,
-        })
-        .collect();
-    let (tls_dir, ca) = (configs[0].store.tls_dir.clone(), configs[0].ca.clone());
-    for (index, config) in configs.iter_mut().enumerate() {
-        config.store.id = index as u64 + 1;
-        config.store.initial_members = members.clone();
-        config.store.tls_dir = tls_dir.clone();
-        config.ca = ca.clone();
-    }
+    let configs = support::three_member_configs(&dirs);
     let mut servers: Vec<Option<Server>> =
         futures::future::join_all(configs.into_iter().map(Server::start))
             .await

@@ -293,3 +293,28 @@ fn pip_install(package: &str, version: &str, file: &str) -> PathBuf {
     );
     installed
 }
+
+/// Configurations of one three-member cluster on loopback, one per
+/// directory of `dirs`: the same members and the same CA for all.
+pub fn three_member_configs(dirs: &[tempfile::TempDir]) -> Vec<ServerConfig> {
+    let mut configs: Vec<ServerConfig> = dirs
+        .iter()
+        .map(|dir| ServerConfig::loopback(dir.path(), Duration::from_millis(20)).unwrap())
+        .collect();
+    let members: Vec<_> = configs
+        .iter()
+        .enumerate()
+        .map(|(index, config)| flotilla_raft_store::member::PeerSpec {
+            id: index as u64 + 1,
+            address: config.store.listen,
+        })
+        .collect();
+    let (tls_dir, ca) = (configs[0].store.tls_dir.clone(), configs[0].ca.clone());
+    for (index, config) in configs.iter_mut().enumerate() {
+        config.store.id = index as u64 + 1;
+        config.store.initial_members = members.clone();
+        config.store.tls_dir = tls_dir.clone();
+        config.ca = ca.clone();
+    }
+    configs
+}
