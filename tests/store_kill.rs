@@ -177,9 +177,9 @@ impl Acknowledged {
     }
 }
 
-/// Writes distinct keys forever, recording each acknowledged one.
+/// Writes distinct keys until aborted, recording each acknowledged one.
 async fn writer(client: Arc<Client>, writer_id: usize, acknowledged: Acknowledged) {
-    for sequence in 0_u64.. {
+    for sequence in 0..u64::MAX {
         let key = format!("w{writer_id:02}/{sequence:08}").into_bytes();
         let value = format!("value-{writer_id}-{sequence}").into_bytes();
         if client.put(key.clone(), value.clone()).await.is_ok() {

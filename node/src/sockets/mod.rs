@@ -157,7 +157,7 @@ impl SocketsCtx {
     /// Counts one more open socket, unless the instance is at its limit.
     fn claim(&self) -> Result<(), ErrorCode> {
         self.open
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
+            .try_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
                 (open < SOCKETS_PER_INSTANCE_MAX).then_some(open + 1)
             })
             .map(drop)
@@ -168,7 +168,7 @@ impl SocketsCtx {
     fn release(&self) {
         let _ = self
             .open
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
+            .try_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
                 open.checked_sub(1)
             });
     }

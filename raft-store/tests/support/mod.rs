@@ -156,8 +156,10 @@ impl Registers {
 
     fn decode(bytes: &[u8]) -> Option<Registers> {
         let mut words = bytes
-            .chunks_exact(8)
-            .map(|chunk| u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+            .as_chunks::<8>()
+            .0
+            .iter()
+            .map(|chunk| u64::from_le_bytes(*chunk));
         let applied = words.next()?;
         let value_count = words.next()?;
         let mut values = BTreeMap::new();
