@@ -380,6 +380,37 @@ async fn a_watch_asking_for_forever_is_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_bomb_is_answered_with_a_4xx_within_a_second() {
+    let server = TestServer::start().await;
+    let config_maps: Api<ConfigMap> = Api::default_namespaced(client(&server));
+    config_maps
+        .create(&PostParams::default(), &config_map("bomb", json!({})))
+        .await
+        .unwrap();
+    // Each copy doubles the object: forty would make a terabyte.
+    let mut operations = vec![json!({"op": "add", "path": "/metadata/annotations", "value": {}})];
+    for n in 0..40 {
+        operations.push(json!({"op": "copy", "from": "/data", "path": format!("/data/k{n}")}));
+        operations.push(json!({"op": "copy", "from": "/data", "path": "/metadata/annotations/a"}));
+    }
+    let patch: json_patch::Patch = serde_json::from_value(json!(operations)).unwrap();
+    let started = std::time::Instant::now();
+    let answer = config_maps
+        .patch("bomb", &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await;
+    let elapsed = started.elapsed();
+    match answer {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 413, "{status:?}"),
+        other => panic!("the bomb should have been refused: {other:?}"),
+    }
+    assert!(elapsed < Duration::from_secs(1), "answered in {elapsed:?}");
+    // Nothing was written, and the server still serves.
+    let stored = config_maps.get("bomb").await.unwrap();
+    assert_eq!(stored.data.unwrap().len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compacted_revisions_are_410_gone() {
     let server = TestServer::start().await;
     let config_maps: Api<ConfigMap> = Api::default_namespaced(client(&server));

@@ -303,6 +303,118 @@ datta:
     server.stop().await;
 }
 
+/// A pod that mounts the directory of the server's cluster CA.
+const CA_THIEF: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: thief
+spec:
+  volumes:
+  - name: ca
+    hostPath:
+      path: /var/lib/flotilla/ca
+  containers:
+  - name: app
+    image: app:1.0
+    volumeMounts:
+    - name: ca
+      mountPath: /ca
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_security_refuses_host_interfaces_naming_the_field() {
+    let server = TestServer::start().await;
+    server.ok(&["create", "namespace", "team-a"]);
+
+    // Unlabelled namespaces are baseline: the CA-key attempt is a 403
+    // naming the field, and nothing is written.
+    let error = server.fails(&["apply", "-n", "team-a", "-f", "-"], Some(CA_THIEF));
+    assert!(
+        error.contains(
+            "pods \"thief\" is forbidden: violates PodSecurity \"baseline:latest\": hostPath \
+             volumes (volume \"ca\" at spec.volumes[0].hostPath)"
+        ),
+        "{error}"
+    );
+    let pods = server.ok(&["get", "pods", "-n", "team-a", "-o", "name"]);
+    assert!(pods.trim().is_empty(), "nothing was written: {pods}");
+
+    // A template is admitted with a warning: its pods would be refused.
+    let deployment = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: web:1.0
+        ports:
+        - containerPort: 8080
+          hostPort: 80
+"#;
+    let output = server.kubectl_with_input(&["apply", "-n", "team-a", "-f", "-"], Some(deployment));
+    assert!(output.status.success(), "{output:?}");
+    let warning = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        warning.contains("its pods would violate PodSecurity \"baseline:latest\": hostPort"),
+        "{warning}"
+    );
+
+    // Levels are checked on the namespace; restricted refuses more.
+    let error = server.fails(
+        &[
+            "label",
+            "namespace",
+            "team-a",
+            "pod-security.kubernetes.io/enforce=strict",
+        ],
+        None,
+    );
+    assert!(
+        error.contains("Unsupported value: \"strict\"") && error.contains("\"restricted\""),
+        "{error}"
+    );
+    server.ok(&[
+        "label",
+        "namespace",
+        "team-a",
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+    let nfs = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: share
+spec:
+  volumes:
+  - name: share
+    nfs: {server: 10.0.0.1, path: /}
+  containers:
+  - name: app
+    image: app:1.0
+"#;
+    let error = server.fails(&["apply", "-n", "team-a", "-f", "-"], Some(nfs));
+    assert!(
+        error.contains("violates PodSecurity \"restricted:latest\": restricted volume types"),
+        "{error}"
+    );
+
+    // kube-system is privileged: what stops this pod there is only its
+    // image, which the registry does not hold.
+    let error = server.fails(&["apply", "-n", "kube-system", "-f", "-"], Some(CA_THIEF));
+    assert!(!error.contains("PodSecurity"), "{error}");
+    assert!(error.contains("app:1.0 is not in the registry"), "{error}");
+    server.stop().await;
+}
+
 fn config_map(name: &str) -> String {
     format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  mode: a\n")
 }

@@ -2,7 +2,8 @@
 //! clients as the CLI and the agents use it: pushes (re-push, re-tag,
 //! refusal of what is not Wasm), a blob of several chunks round-tripped
 //! byte-exact, pods pinned to digests at creation and refused when their
-//! image is not in the registry, client certificates on HTTPS, metrics,
+//! image is not in the registry, admitted again when a patch changes them,
+//! client certificates on HTTPS, metrics,
 //! and a blob still served by a three-member cluster after a member stops.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -14,8 +15,8 @@ use std::time::Duration;
 use flotilla_control::Server;
 use flotilla_control::registry::{self, ClientError, Digest};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::TestServer;
 
@@ -67,12 +68,23 @@ fn image_of(pod: &Pod) -> String {
 
 /// The 422 a pod with `image` gets; returns its message.
 async fn refused(pods: &Api<Pod>, image: &str) -> String {
+    refusal(pods, image, 422).await
+}
+
+/// The 403 a pod with `image` gets; returns its message.
+async fn forbidden(pods: &Api<Pod>, image: &str) -> String {
+    refusal(pods, image, 403).await
+}
+
+/// The refusal, with `code` and naming the image's field, that a pod with
+/// `image` gets; returns its message.
+async fn refusal(pods: &Api<Pod>, image: &str, code: u16) -> String {
     match pods
         .create(&PostParams::default(), &pod("refused", image))
         .await
     {
         Err(kube::Error::Api(status)) => {
-            assert_eq!(status.code, 422, "{image}: {status:?}");
+            assert_eq!(status.code, code, "{image}: {status:?}");
             assert!(
                 status.message.contains("spec.containers[0].image"),
                 "{image}: {}",
@@ -147,7 +159,25 @@ async fn pods_are_pinned_to_pushed_modules_and_unknown_images_refused() {
     let message = refused(&pods, &absent).await;
     assert!(message.contains("is not in the registry"), "{message}");
     refused(&pods, "app@sha256:abc").await;
-    let message = refused(&pods, "file:///srv/app.wasm").await;
+    // A file:// image is a host interface: baseline namespaces refuse it,
+    // and a privileged one still needs a server that allows it.
+    let message = forbidden(&pods, "file:///srv/app.wasm").await;
+    assert!(message.contains("file:// images"), "{message}");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let trusted: Namespace = serde_json::from_value(json!({"metadata": {
+        "name": "trusted",
+        "labels": {"pod-security.kubernetes.io/enforce": "privileged"},
+    }}))
+    .unwrap();
+    namespaces
+        .create(&PostParams::default(), &trusted)
+        .await
+        .unwrap();
+    let message = refused(
+        &Api::namespaced(client.clone(), "trusted"),
+        "file:///srv/app.wasm",
+    )
+    .await;
     assert!(message.contains("flotilla up"), "{message}");
 
     // Templates keep their tags; each pod made from one is pinned.
@@ -187,6 +217,63 @@ async fn pods_are_pinned_to_pushed_modules_and_unknown_images_refused() {
         Err(ClientError::NotFound { .. })
     ));
 
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_patch_that_changes_a_pod_is_admitted_again() {
+    let server = TestServer::start().await;
+    let client = server.server.as_ref().unwrap().client().await.unwrap();
+    registry::push(&client, component(100, 1), "app:1.0")
+        .await
+        .unwrap();
+    let second = registry::push(&client, component(200, 2), "app:2.0")
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.create(&PostParams::default(), &pod("app", "app:1.0"))
+        .await
+        .unwrap();
+    let with_image = |image: &str| {
+        Patch::Strategic(json!({"spec": {"containers": [{"name": "app", "image": image}]}}))
+    };
+    let params = PatchParams::default();
+
+    // A new image is pinned as at creation.
+    let patched = pods.patch("app", &params, &with_image("app:2.0")).await;
+    let pinned = format!("app:2.0@{}", second.digest);
+    assert_eq!(image_of(&patched.unwrap()), pinned);
+
+    // What creation refuses, a patch cannot bring in.
+    let refusals = [
+        (
+            with_image("file:///var/lib/flotilla/ca/ca.key"),
+            403,
+            "file:// images",
+        ),
+        (with_image("app:9"), 422, "app:9 is not in the registry"),
+        (
+            Patch::Strategic(
+                json!({"spec": {"volumes": [{"name": "ca", "hostPath": {"path": "/"}}]}}),
+            ),
+            422,
+            "pod updates may not change fields other than",
+        ),
+    ];
+    for (patch, code, message) in refusals {
+        match pods.patch("app", &params, &patch).await {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, code, "{status:?}");
+                assert!(status.message.contains(message), "{status:?}");
+            }
+            other => panic!("{patch:?} should have been refused: {other:?}"),
+        }
+    }
+    assert_eq!(image_of(&pods.get("app").await.unwrap()), pinned);
+
+    // Labels change without the spec being admitted again.
+    let labels = Patch::Merge(json!({"metadata": {"labels": {"tier": "web"}}}));
+    pods.patch("app", &params, &labels).await.unwrap();
     server.stop().await;
 }
 

@@ -138,13 +138,28 @@ impl IntoResponse for Reply {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body)).into_response();
         for warning in self.warnings {
-            let text = format!("299 - {:?}", warning.replace('"', "'"));
-            if let Ok(value) = HeaderValue::from_str(&text) {
+            if let Ok(value) = HeaderValue::from_bytes(warning_header(&warning).as_bytes()) {
                 response.headers_mut().append("warning", value);
             }
         }
         response
     }
+}
+
+/// A `Warning` header (RFC 7234) as kube-apiserver writes it: code 299,
+/// no agent, the text as a quoted string (quotes and backslashes escaped,
+/// control characters dropped), which client-go and kubectl unquote.
+fn warning_header(text: &str) -> String {
+    let mut header = String::with_capacity(text.len() + 10);
+    header.push_str("299 - \"");
+    for character in text.chars().filter(|c| !c.is_control()) {
+        if matches!(character, '"' | '\\') {
+            header.push('\\');
+        }
+        header.push(character);
+    }
+    header.push('"');
+    header
 }
 
 /// The API server's routes.

@@ -15,6 +15,7 @@ use super::status::{ApiError, FieldError};
 use super::{ApiState, Reply, defaults, services, validation};
 use crate::api::path::Target;
 use crate::auth::admission;
+use crate::auth::pod_security;
 use crate::fence::{FENCE_ANNOTATION, LeaseFence};
 use crate::resources::ResourceInfo;
 use crate::storage::{Fence, StorageError, Stored};
@@ -238,16 +239,15 @@ pub async fn create(
         new: &object,
     };
     admission::admit(&state.authorizer, &state.user, &write)?;
-    crate::registry::admit(state, info, &mut object).await?;
     if info.namespaced {
-        namespace_accepts_content(
-            state,
-            object["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("default"),
-        )
-        .await?;
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default");
+        let namespace = namespace_accepting_content(state, namespace).await?;
+        let policy = pod_security_policy(state, &namespace);
+        warnings.extend(pod_security::admit(info, &object, policy)?);
     }
+    crate::registry::admit(state, info, &mut object).await?;
     let metadata = &mut object["metadata"];
     metadata["uid"] = json!(uuid::Uuid::new_v4().to_string());
     metadata["creationTimestamp"] = json!(now());
@@ -350,9 +350,17 @@ fn reset_status_on_create(info: &ResourceInfo, object: &mut Value) {
     };
 }
 
-/// Content may be created only in a namespace that exists and is not being
-/// deleted.
-async fn namespace_accepts_content(state: &ApiState, namespace: &str) -> Result<(), ApiError> {
+/// The pod security policy of the Namespace object `namespace` on this
+/// server.
+fn pod_security_policy(state: &ApiState, namespace: &Value) -> pod_security::Policy {
+    pod_security::Policy {
+        file_images_allowed: state.modules.config.allow_file_images,
+        ..pod_security::Policy::of_namespace(namespace)
+    }
+}
+
+/// The Namespace object named `namespace`.
+async fn namespace_object(state: &ApiState, namespace: &str) -> Result<Value, ApiError> {
     let namespaces = state
         .registry
         .find("", "v1", "namespaces")
@@ -363,13 +371,19 @@ async fn namespace_accepts_content(state: &ApiState, namespace: &str) -> Result<
         .await
         .map_err(|error| ApiError::from_storage(error, namespaces, namespace))?
         .ok_or_else(|| ApiError::not_found(namespaces, namespace))?;
-    let object = decode(&stored)?;
+    decode(&stored)
+}
+
+/// The Namespace object `namespace`, which content may be created in only
+/// while it exists and is not being deleted.
+async fn namespace_accepting_content(state: &ApiState, namespace: &str) -> Result<Value, ApiError> {
+    let object = namespace_object(state, namespace).await?;
     if !object["metadata"]["deletionTimestamp"].is_null() {
         return Err(ApiError::forbidden(format!(
             "unable to create new content in namespace {namespace} because it is being terminated"
         )));
     }
-    Ok(())
+    Ok(object)
 }
 
 /// `POST pods/<name>/binding`: the scheduler's one write to a pod.
@@ -477,7 +491,7 @@ pub async fn update(
     let precondition = resource_version_of(&body)?;
     let dry_run = params.dry_run()?;
     let mut warnings = Vec::new();
-    let object = match target.subresource.as_deref() {
+    let written = match target.subresource.as_deref() {
         None => {
             let replacement = prepare(target, with_name(body, &name), params, &mut warnings)?;
             update_with(state, target, &name, precondition, dry_run, |current| {
@@ -496,13 +510,13 @@ pub async fn update(
         }
         Some("scale") if target.info.has_subresource("scale") => {
             let replicas = replicas_of_scale(&body)?;
-            let object = update_with(state, target, &name, precondition, dry_run, |current| {
+            let written = update_with(state, target, &name, precondition, dry_run, |current| {
                 let mut object = current.clone();
                 object["spec"]["replicas"] = json!(replicas);
                 Ok(object)
             })
             .await?;
-            return Ok(Reply::ok(scale_of(&object)));
+            return Ok(Reply::ok(scale_of(&written.object)));
         }
         Some("finalize") if target.info.kind == "Namespace" => {
             let finalizers = body["spec"]["finalizers"].clone();
@@ -515,7 +529,8 @@ pub async fn update(
         }
         Some(other) => return Err(no_subresource(target.info, other)),
     };
-    Ok(Reply::ok(object).with_warnings(warnings))
+    warnings.extend(written.warnings);
+    Ok(Reply::ok(written.object).with_warnings(warnings))
 }
 
 fn with_name(mut body: Value, name: &str) -> Value {
@@ -568,6 +583,12 @@ fn carry_over(info: &ResourceInfo, current: &Value, mut replacement: Value) -> V
     replacement
 }
 
+/// An object as an update left it, and the warnings its admission gave.
+pub struct Written {
+    pub object: Value,
+    pub warnings: Vec<String>,
+}
+
 /// Applies `change` to the stored object and writes the result, retrying
 /// on the fresh object when another writer got there first and the caller
 /// gave no `precondition`. Returns the object as written (or as found,
@@ -579,7 +600,7 @@ pub async fn update_with(
     precondition: Option<i64>,
     dry_run: bool,
     change: impl Fn(&Value) -> Result<Value, ApiError>,
-) -> Result<Value, ApiError> {
+) -> Result<Written, ApiError> {
     update_fenced_with(state, target, name, precondition, None, dry_run, change).await
 }
 
@@ -593,7 +614,7 @@ async fn update_fenced_with(
     fence: Option<&LeaseFence>,
     dry_run: bool,
     change: impl Fn(&Value) -> Result<Value, ApiError>,
-) -> Result<Value, ApiError> {
+) -> Result<Written, ApiError> {
     let info = target.info;
     let key = stored_key(target, name);
     for _ in 0..WRITE_ATTEMPTS_MAX {
@@ -612,7 +633,10 @@ async fn update_fenced_with(
             services::keep(state, &current, &mut next)
                 .map_err(|errors| ApiError::invalid(info, name, errors))?;
         }
-        let errors = validation::validate(info, &next);
+        let mut errors = validation::validate(info, &next);
+        if target.subresource.is_none() {
+            errors.extend(validation::validate_update(info, &current, &next));
+        }
         if !errors.is_empty() {
             return Err(ApiError::invalid(info, name, errors));
         }
@@ -623,9 +647,21 @@ async fn update_fenced_with(
             new: &next,
         };
         admission::admit(&state.authorizer, &state.user, &write)?;
+        // A changed pod spec is admitted as a new one is: images pinned,
+        // the namespace's pod security enforced.
+        let mut warnings = Vec::new();
+        if target.subresource.is_none() && pod_security::spec_changed(info.kind, &current, &next) {
+            let namespace = next["metadata"]["namespace"].as_str().unwrap_or("default");
+            let policy = pod_security_policy(state, &namespace_object(state, namespace).await?);
+            warnings = pod_security::admit(info, &next, policy)?;
+            crate::registry::admit(state, info, &mut next).await?;
+        }
         let allocation = services::reassign(state, info, &current, &mut next).await?;
         if next == current || dry_run {
-            return Ok(next);
+            return Ok(Written {
+                object: next,
+                warnings,
+            });
         }
         // An object marked for deletion goes once its last finalizer does.
         let finished = !next["metadata"]["deletionTimestamp"].is_null()
@@ -657,7 +693,10 @@ async fn update_fenced_with(
         match outcome {
             Ok(revision) => {
                 next["metadata"]["resourceVersion"] = json!(revision.to_string());
-                return Ok(next);
+                return Ok(Written {
+                    object: next,
+                    warnings,
+                });
             }
             Err(StorageError::Conflict { .. }) if precondition.is_none() => continue,
             // A node port picked for this write was taken meanwhile: pick
@@ -701,13 +740,13 @@ pub async fn patch(
     let info = target.info;
     let subresource = target.subresource.as_deref();
     let warnings = std::sync::Mutex::new(Vec::new());
-    let object = update_with(state, target, &name, precondition, dry_run, |current| {
+    let written = update_with(state, target, &name, precondition, dry_run, |current| {
         let view = match subresource {
             Some("scale") if info.has_subresource("scale") => scale_of(current),
             None | Some("status") => current.clone(),
             Some(other) => return Err(no_subresource(info, other)),
         };
-        let patched = patch.apply(&view)?;
+        let patched = off_the_workers(|| patch.apply(&view))?;
         match subresource {
             Some("scale") => {
                 let mut object = current.clone();
@@ -735,10 +774,23 @@ pub async fn patch(
         }
     })
     .await?;
-    let warnings = warnings.into_inner().unwrap_or_default();
+    let mut warnings = warnings.into_inner().unwrap_or_default();
+    warnings.extend(written.warnings);
     match subresource {
-        Some("scale") => Ok(Reply::ok(scale_of(&object))),
-        _ => Ok(Reply::ok(object).with_warnings(warnings)),
+        Some("scale") => Ok(Reply::ok(scale_of(&written.object))),
+        _ => Ok(Reply::ok(written.object).with_warnings(warnings)),
+    }
+}
+
+/// Runs `work`, CPU-bound and bounded, without holding up the other tasks
+/// of this async worker: on a multi-threaded runtime they move to another
+/// worker meanwhile. (A single-threaded runtime, as in tests, has no other
+/// worker to move them to.)
+fn off_the_workers<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|handle| handle.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 

@@ -202,6 +202,15 @@ impl ApiError {
         )
     }
 
+    /// 413 with `message` saying what is too large.
+    pub fn entity_too_large(message: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            message,
+        )
+    }
+
     pub fn too_large(limit: usize) -> Self {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -115,9 +115,77 @@ pub fn validate(info: &ResourceInfo, object: &Value) -> Vec<FieldError> {
         ),
         "Service" => service(object, &mut errors),
         "ConfigMap" | "Secret" => data_keys(object, &mut errors),
+        "Namespace" => errors.extend(crate::auth::pod_security::validate_namespace_labels(object)),
         _ => {}
     }
     errors
+}
+
+/// What an update from `old` to `new` may not change, beyond what
+/// [`validate`] checks of `new` alone: a pod's spec, but for the fields
+/// Kubernetes lets change on a running pod.
+pub fn validate_update(info: &ResourceInfo, old: &Value, new: &Value) -> Vec<FieldError> {
+    if info.kind != "Pod" || pod_spec_change_allowed(&old["spec"], &new["spec"]) {
+        return Vec::new();
+    }
+    vec![FieldError::forbidden(
+        "spec",
+        "pod updates may not change fields other than `spec.containers[*].image`, \
+         `spec.initContainers[*].image`, `spec.activeDeadlineSeconds` (set or shortened), \
+         `spec.tolerations` (only additions to existing tolerations) or \
+         `spec.terminationGracePeriodSeconds` (set to 1 when it was negative)",
+    )]
+}
+
+/// Whether `new` differs from `old` only where a running pod may change:
+/// `new` with those fields put back as they were equals `old`.
+fn pod_spec_change_allowed(old: &Value, new: &Value) -> bool {
+    let mut rewound = new.clone();
+    for list in ["containers", "initContainers"] {
+        // `get_mut`, not indexing: indexing would add the list as null.
+        let (Some(before), Some(after)) = (
+            old[list].as_array(),
+            rewound.get_mut(list).and_then(Value::as_array_mut),
+        ) else {
+            continue;
+        };
+        if before.len() == after.len() {
+            for (was, now) in before.iter().zip(after.iter_mut()) {
+                now["image"] = was["image"].clone();
+            }
+        }
+    }
+    let deadline = |spec: &Value| spec["activeDeadlineSeconds"].as_i64();
+    if let Some(now) = deadline(&rewound)
+        && deadline(old).is_none_or(|was| now <= was)
+    {
+        put_back(&mut rewound, old, "activeDeadlineSeconds");
+    }
+    if let (Some(was), Some(now)) = (
+        old["tolerations"].as_array(),
+        rewound["tolerations"].as_array(),
+    ) && now.starts_with(was)
+    {
+        put_back(&mut rewound, old, "tolerations");
+    } else if old["tolerations"].is_null() && rewound["tolerations"].is_array() {
+        put_back(&mut rewound, old, "tolerations");
+    }
+    let grace = |spec: &Value| spec["terminationGracePeriodSeconds"].as_i64();
+    if grace(old).is_some_and(|was| was < 0) && grace(&rewound) == Some(1) {
+        put_back(&mut rewound, old, "terminationGracePeriodSeconds");
+    }
+    rewound == *old
+}
+
+/// Sets `spec[field]` to what `old` has there, or removes it.
+fn put_back(spec: &mut Value, old: &Value, field: &str) {
+    match (old.get(field), spec.as_object_mut()) {
+        (Some(value), _) => spec[field] = value.clone(),
+        (None, Some(object)) => {
+            object.remove(field);
+        }
+        (None, None) => {}
+    }
 }
 
 fn metadata(info: &ResourceInfo, object: &Value, errors: &mut Vec<FieldError>) {
@@ -500,5 +568,46 @@ mod tests {
         );
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].field, "spec.template.metadata.labels");
+    }
+
+    #[test]
+    fn a_running_pod_changes_only_where_kubernetes_lets_it() {
+        let registry = Registry::kubernetes();
+        let pods = registry.find("", "v1", "pods").expect("pods");
+        let old = json!({"spec": {
+            "containers": [{"name": "app", "image": "hello:1"}],
+            "activeDeadlineSeconds": 60,
+            "tolerations": [{"key": "a", "operator": "Exists"}],
+        }});
+        let changed = |edit: fn(&mut Value)| {
+            let mut new = old.clone();
+            edit(&mut new["spec"]);
+            validate_update(pods, &old, &new)
+        };
+        let allowed: [fn(&mut Value); 3] = [
+            |spec| spec["containers"][0]["image"] = json!("hello:2"),
+            |spec| spec["activeDeadlineSeconds"] = json!(30),
+            |spec| {
+                if let Some(tolerations) = spec["tolerations"].as_array_mut() {
+                    tolerations.push(json!({"key": "b", "operator": "Exists"}));
+                }
+            },
+        ];
+        for (index, edit) in allowed.into_iter().enumerate() {
+            assert_eq!(changed(edit), [], "allowed edit {index}");
+        }
+        let refused: [fn(&mut Value); 4] = [
+            |spec| spec["activeDeadlineSeconds"] = json!(120),
+            |spec| spec["tolerations"] = json!([]),
+            |spec| spec["containers"][0]["name"] = json!("other"),
+            |spec| spec["volumes"] = json!([{"name": "ca", "hostPath": {"path": "/"}}]),
+        ];
+        for edit in refused {
+            let errors = changed(edit);
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].field, "spec");
+        }
+        let configmaps = registry.find("", "v1", "configmaps").expect("configmaps");
+        assert_eq!(validate_update(configmaps, &old, &json!({})), []);
     }
 }

@@ -14,6 +14,8 @@
 //! - `reviews`: SelfSubjectReview and the access reviews behind
 //!   `kubectl auth whoami` and `kubectl auth can-i`.
 //! - `tokens`: bound ServiceAccount tokens (signed JWTs) and their checks.
+//! - `pod_security`: Pod Security Admission from namespace labels, with
+//!   checks for what a Wasm sandbox can be given of its host.
 //!
 //! Authorization never reads the store on a request: the indexes are
 //! followed in the background and updated synchronously by this server's
@@ -25,6 +27,7 @@ pub mod bootstrap;
 pub mod feed;
 pub mod impersonation;
 pub mod node;
+pub mod pod_security;
 pub mod policy;
 pub mod rbac;
 pub mod reviews;

@@ -1,7 +1,8 @@
-//! Images at admission: a Pod being created gets each container's image
-//! pinned to the digest its tag points at now (`name:tag` becomes
-//! `name:tag@sha256:<hex>`; the name and tag stay for people to read), so
-//! the pod runs exactly those bytes however the tag moves later. A name,
+//! Images at admission: a Pod being created, or whose spec an update
+//! changes, gets each container's image pinned to the digest its tag
+//! points at now (`name:tag` becomes `name:tag@sha256:<hex>`; the name and
+//! tag stay for people to read), so the pod runs exactly those bytes
+//! however the tag moves later, and a patch cannot swap them. A name,
 //! tag or digest the registry does not hold is a 422 naming the field.
 //!
 //! Pod templates (Deployments, Jobs, …) keep their tags: each pod made from
@@ -33,11 +34,8 @@ pub async fn admit(
     info: &ResourceInfo,
     object: &mut Value,
 ) -> Result<(), ApiError> {
-    let spec_pointer = match info.kind {
-        "Pod" => "/spec",
-        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" => "/spec/template/spec",
-        "CronJob" => "/spec/jobTemplate/spec/template/spec",
-        _ => return Ok(()),
+    let Some(spec_pointer) = crate::auth::pod_security::pod_spec_pointer(info.kind) else {
+        return Ok(());
     };
     let pin = info.kind == "Pod";
     let name = object["metadata"]["name"]
