@@ -7,21 +7,18 @@
 //! writes carries an `admin` certificate.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 pub use flotilla_pki::Credentials;
 use flotilla_pki::{ClusterCa, certificate_info};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::UserInfo;
@@ -32,8 +29,10 @@ pub const SERVER_NAME: &str = flotilla_pki::names::API_SERVER;
 pub const ADMIN_NAME: &str = flotilla_pki::names::ADMIN;
 /// Open connections at once; more wait in the kernel's accept queue.
 const CONNECTIONS_MAX: usize = 4096;
-/// A client that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections one client address may hold before it authenticates (a
+/// client certificate, or a request with a valid token): enough for a
+/// load balancer's health checks, too few to take the server's slots.
+pub const UNAUTHENTICATED_PER_ADDRESS_MAX: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -200,75 +199,38 @@ fn peer_of(connection: &rustls::ServerConnection) -> Peer {
 
 /// Serves `router` on `listener` until `stop` fires or the task is
 /// dropped: over TLS with client certificates when `credentials` are
-/// given, else plain HTTP (the caller allows that on loopback only). Every
-/// connection task belongs to this one, so stopping the server ends open
-/// connections (watches included) and frees what they hold.
+/// given (each request carrying its connection's [`Peer`]), else plain
+/// HTTP (the caller allows that on loopback only). Every connection task
+/// belongs to this one, so stopping the server ends open connections
+/// (watches included) and frees what they hold. Connections are bounded in
+/// number and time as `flotilla_serve` bounds them; over TLS one address
+/// holds at most [`UNAUTHENTICATED_PER_ADDRESS_MAX`] that have not
+/// authenticated.
 pub async fn serve(
     listener: TcpListener,
     credentials: Option<&Credentials>,
     router: Router,
-    mut stop: oneshot::Receiver<()>,
+    stop: oneshot::Receiver<()>,
 ) -> Result<(), TlsError> {
     let acceptor = match credentials {
         Some(credentials) => Some(TlsAcceptor::from(Arc::new(server_config(credentials)?))),
         None => None,
     };
-    let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        // Reap finished connections so the set stays as large as the open ones.
-        while connections.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            _ = &mut stop => return Ok(()),
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return Ok(()),
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = &mut stop => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accepting an API connection failed");
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        connections.spawn(async move {
-            let _permit = permit;
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let Some(acceptor) = acceptor else {
-                let service = TowerToHyperService::new(router);
-                if let Err(error) = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(%peer, %error, "API connection ended with an error");
-                }
-                return;
-            };
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "TLS handshake refused");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let peer_info = peer_of(tls.get_ref().1);
-            let service = TowerToHyperService::new(router.layer(axum::Extension(peer_info)));
-            if let Err(error) = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%peer, %error, "API connection ended with an error");
-            }
-        });
-    }
+    let limits = flotilla_serve::Limits {
+        connections_max: CONNECTIONS_MAX,
+        // Plain HTTP is served on loopback only, to the machine's admins.
+        unauthenticated_per_address: acceptor.as_ref().map(|_| UNAUTHENTICATED_PER_ADDRESS_MAX),
+        ..flotilla_serve::Limits::default()
+    };
+    let make_service = move |accepted: &flotilla_serve::Accepted<'_>| match accepted.tls {
+        Some(session) => {
+            TowerToHyperService::new(router.clone().layer(axum::Extension(peer_of(session))))
+        }
+        None => TowerToHyperService::new(router.clone()),
+    };
+    let stop = async {
+        let _ = stop.await;
+    };
+    flotilla_serve::serve(listener, acceptor, limits, make_service, stop).await;
+    Ok(())
 }

@@ -515,6 +515,39 @@ async fn https_with_client_certificates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_works_while_5000_idle_connections_wait() {
+    let server = TestServer::start_https().await;
+    let api = server.server.as_ref().unwrap().api_address();
+    // Another machine (another loopback address) opens connections and
+    // says nothing: it holds a few slots; the rest are closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..5000 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, 2], 0)))
+            .unwrap();
+        idle.push(socket.connect(api).await.unwrap());
+    }
+    let namespaces = server.ok(&["get", "namespaces", "-o", "name", "--request-timeout=10s"]);
+    assert!(namespaces.contains("namespace/default"), "{namespaces}");
+    // Those beyond the cap were closed: reading them ends at once.
+    let mut closed = 0;
+    for stream in idle.iter_mut().rev().take(100) {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(stream, &mut byte),
+        )
+        .await;
+        if matches!(read, Ok(Ok(0)) | Ok(Err(_))) {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 100, "the connections past the cap were not closed");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_commands_send_protobuf_and_it_is_understood() {
     let server = TestServer::start().await;
     server.ok(&["create", "namespace", "tools"]);

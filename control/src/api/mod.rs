@@ -170,6 +170,7 @@ pub fn router(state: ApiState) -> Router {
 async fn handle(
     State(mut state): State<ApiState>,
     peer: Option<Extension<Peer>>,
+    ticket: Option<Extension<flotilla_serve::Ticket>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -189,6 +190,13 @@ async fn handle(
             ("unknown", "", Err(ApiError::unauthorized()))
         }
         Ok(user) => {
+            // A valid credential: the connection no longer counts against
+            // its address's unauthenticated ones.
+            if user.name != crate::auth::user::ANONYMOUS
+                && let Some(Extension(ticket)) = &ticket
+            {
+                ticket.authenticated();
+            }
             state.user = Arc::new(user);
             route(&state, peer, &method, &uri, &headers, body)
                 .instrument(span.clone())
