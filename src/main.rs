@@ -144,6 +144,13 @@ struct ServerArgs {
     /// without a new token. At least 10m.
     #[arg(long, default_value = "365d", value_parser = certificate_validity)]
     cluster_signing_duration: std::time::Duration,
+    /// An EncryptionConfiguration (apiserver.config.k8s.io/v1), as
+    /// kube-apiserver's flag of this name: the resources it names (Secrets)
+    /// are stored encrypted with its first provider (aesgcm, secretbox or
+    /// identity) and read with any of them. Every server of a cluster must
+    /// be given the same keys.
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
     /// The UDP address of this member's store endpoint (QUIC).
     #[arg(long, default_value = "127.0.0.1:7001")]
     store_listen: SocketAddr,
@@ -521,6 +528,13 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         service_cidr: args.service_cidr,
         node_port_range: args.service_node_port_range,
         node_certificate_validity: args.cluster_signing_duration,
+        encryption: match &args.encryption_provider_config {
+            Some(path) => Some(std::sync::Arc::new(
+                flotilla_control::encryption::Encryption::load(path)
+                    .context("--encryption-provider-config")?,
+            )),
+            None => None,
+        },
         ..flotilla_control::ServerOptions::default()
     };
     let server = flotilla_control::Server::start_with(

@@ -16,6 +16,7 @@
 pub mod api;
 pub mod auth;
 pub mod controllers;
+pub mod encryption;
 pub mod fence;
 pub mod join;
 pub mod registry;

@@ -167,6 +167,9 @@ pub struct ServerOptions {
     /// (kube-controller-manager's `--cluster-signing-duration`), by default
     /// a year. Agents renew theirs at 70–90 % of it.
     pub node_certificate_validity: Duration,
+    /// What is encrypted at rest (kube-apiserver's
+    /// `--encryption-provider-config`); none: nothing is.
+    pub encryption: Option<Arc<crate::encryption::Encryption>>,
 }
 
 impl Default for ServerOptions {
@@ -176,6 +179,7 @@ impl Default for ServerOptions {
             service_cidr: crate::api::services::SERVICE_CIDR_DEFAULT,
             node_port_range: crate::api::nodeports::NODE_PORT_RANGE_DEFAULT,
             node_certificate_validity: flotilla_pki::CERTIFICATE_VALIDITY_DEFAULT,
+            encryption: None,
         }
     }
 }
@@ -261,7 +265,9 @@ impl Server {
             membership: vec![crate::join::AUTHORITY_NAME.to_string()],
         };
         let member = Member::start(store).await?;
-        let mut state = ApiState::new(Storage::new(member.service().clone(), member.kv().clone()));
+        let storage = Storage::new(member.service().clone(), member.kv().clone())
+            .with_encryption(options.encryption.clone());
+        let mut state = ApiState::new(storage);
         let tokens = std::sync::Arc::new(Tokens {
             signer: Signer::ensure(&tls_dir)?,
             accounts: Accounts::new(),

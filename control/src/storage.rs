@@ -6,12 +6,17 @@
 //! every write is a transaction that compares `mod_revision`, which is how
 //! optimistic concurrency reaches the store unchanged.
 //!
+//! Values of the resources an encryption configuration names are sealed
+//! on their way in and opened on their way out (`crate::encryption`), so
+//! the store, its log and its snapshots hold them only encrypted.
+//!
 //! This module knows keys, bytes and revisions. It does not know what the
 //! bytes mean: that is the API layer's business.
 
 use std::sync::Arc;
 
 use flotilla_raft_store::Error as StoreError;
+use flotilla_raft_store::kv::proto::WatchResponse;
 use flotilla_raft_store::kv::proto::{
     CompactionRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest, PutRequest,
     RangeRequest, RequestOp, TxnRequest, TxnResponse, WatchCreateRequest, compare, request_op,
@@ -21,6 +26,7 @@ use flotilla_raft_store::kv::{KvStore, Watcher, prefix_end};
 use flotilla_raft_store::server::Service;
 
 use crate::auth::feed::Table;
+use crate::encryption::{Encryption, EncryptionError};
 
 /// What the API layer can get wrong or run into. Each maps to one HTTP
 /// status with Kubernetes' reason.
@@ -46,16 +52,21 @@ pub enum StorageError {
     Claimed { key: Vec<u8> },
     #[error("the store failed: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Encryption(#[from] EncryptionError),
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
 /// One stored object: its JSON and the revision that last wrote it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stored {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
     pub mod_revision: i64,
+    /// Stored under another encryption provider or key than the one that
+    /// writes now: writing it again, unchanged, re-encrypts it.
+    pub stale: bool,
 }
 
 /// A page of a list.
@@ -94,6 +105,12 @@ pub struct Storage {
     /// In-memory tables told of this server's writes as they commit
     /// (`Storage::observe`), before the write is answered.
     observers: Arc<std::sync::RwLock<Vec<Arc<dyn Table>>>>,
+    /// What is encrypted at rest, and how; none: nothing is.
+    encryption: Option<Arc<Encryption>>,
+    /// Whether lists and watches leave out values that cannot be
+    /// decrypted (logged) rather than fail: for in-memory tables, to which
+    /// such an object is as good as absent.
+    skip_unreadable: bool,
 }
 
 /// The value a write is about to store, kept for the observers whose
@@ -106,7 +123,62 @@ impl Storage {
             service,
             kv,
             observers: Arc::default(),
+            encryption: None,
+            skip_unreadable: false,
         }
+    }
+
+    /// This storage, its lists and watches leaving out (and logging) what
+    /// cannot be decrypted instead of failing: for the in-memory tables
+    /// (`auth::feed`), so that one Secret under a removed key does not stop
+    /// the server.
+    pub fn skipping_unreadable(&self) -> Storage {
+        Storage {
+            skip_unreadable: true,
+            ..self.clone()
+        }
+    }
+
+    /// This storage, encrypting at rest as `encryption` says.
+    pub fn with_encryption(mut self, encryption: Option<Arc<Encryption>>) -> Self {
+        self.encryption = encryption;
+        self
+    }
+
+    /// `value` as it is to be stored at `key`.
+    fn seal(&self, key: &[u8], value: Vec<u8>) -> Result<Vec<u8>> {
+        match &self.encryption {
+            Some(encryption) => Ok(encryption.seal(key, value)?),
+            None => Ok(value),
+        }
+    }
+
+    /// Whether `opened` is a value, logging why not.
+    fn readable(&self, opened: &Result<Stored>) -> bool {
+        match opened {
+            Err(error) => {
+                tracing::error!(%error, "left out of a list");
+                false
+            }
+            Ok(_) => true,
+        }
+    }
+
+    /// A key-value the store holds, as the API sees it.
+    fn open(&self, kv: flotilla_raft_store::kv::proto::KeyValue) -> Result<Stored> {
+        let (value, stale) = match &self.encryption {
+            Some(encryption) => {
+                let opened = encryption.open(&kv.key, kv.value)?;
+                (opened.value, opened.stale)
+            }
+            None => (kv.value, false),
+        };
+        Ok(Stored {
+            key: kv.key,
+            value,
+            mod_revision: kv.mod_revision,
+            stale,
+        })
     }
 
     /// Whether the store member under this server can serve now.
@@ -161,11 +233,12 @@ impl Storage {
                 ..Default::default()
             })
             .await?;
-        Ok(response.kvs.into_iter().next().map(|kv| Stored {
-            key: kv.key,
-            value: kv.value,
-            mod_revision: kv.mod_revision,
-        }))
+        response
+            .kvs
+            .into_iter()
+            .next()
+            .map(|kv| self.open(kv))
+            .transpose()
     }
 
     /// Keys under `prefix` from `start` (inclusive; the prefix itself when
@@ -202,12 +275,9 @@ impl Storage {
             items: response
                 .kvs
                 .into_iter()
-                .map(|kv| Stored {
-                    key: kv.key,
-                    value: kv.value,
-                    mod_revision: kv.mod_revision,
-                })
-                .collect(),
+                .map(|kv| self.open(kv))
+                .filter(|opened| !self.skip_unreadable || self.readable(opened))
+                .collect::<Result<_>>()?,
             revision,
             remaining: (response.count - returned).max(0),
         })
@@ -217,6 +287,7 @@ impl Storage {
     /// revision.
     pub async fn create(&self, key: &[u8], value: Vec<u8>) -> Result<i64> {
         let kept = self.keep(key, &value);
+        let value = self.seal(key, value)?;
         let response = self
             .txn(
                 compare_mod_revision(key, 0),
@@ -242,6 +313,7 @@ impl Storage {
         claims: &[Claim],
     ) -> Result<i64> {
         let kept = self.keep(key, &value);
+        let value = self.seal(key, value)?;
         let keys = std::iter::once(key).chain(claims.iter().map(|claim| claim.key.as_slice()));
         let compare = keys
             .clone()
@@ -297,6 +369,7 @@ impl Storage {
         releases: &[Vec<u8>],
     ) -> Result<i64> {
         let kept = self.keep(key, &value);
+        let value = self.seal(key, value)?;
         let mut ops = vec![put(key, value)];
         ops.extend(
             claims
@@ -330,6 +403,7 @@ impl Storage {
             claims: &[],
         };
         let kept = self.keep(key, &value);
+        let value = self.seal(key, value)?;
         let revision = self
             .guarded(key, expected, guards, vec![put(key, value)])
             .await?;
@@ -415,9 +489,10 @@ impl Storage {
 
     /// Changes under `prefix` after `after` (a revision the caller has
     /// seen; 0 means from now).
-    pub fn watch(&self, prefix: &[u8], after: i64) -> Result<Watcher> {
+    pub fn watch(&self, prefix: &[u8], after: i64) -> Result<Watch> {
         let start_revision = if after == 0 { 0 } else { after + 1 };
-        self.kv
+        let watcher = self
+            .kv
             .watch(&WatchCreateRequest {
                 key: prefix.to_vec(),
                 range_end: prefix_end(prefix),
@@ -426,7 +501,12 @@ impl Storage {
                 progress_notify: true,
                 ..Default::default()
             })
-            .map_err(|error| self.compacted(error, start_revision))
+            .map_err(|error| self.compacted(error, start_revision))?;
+        Ok(Watch {
+            watcher,
+            encryption: self.encryption.clone(),
+            skip_unreadable: self.skip_unreadable,
+        })
     }
 
     /// Forgets history before `revision`: reads and watches below it get
@@ -499,6 +579,51 @@ struct Guards<'a> {
 /// The error of a claiming write that failed with its object as expected:
 /// the first claim whose key `found` (their revisions, in order) says is
 /// held.
+/// A store watch whose values read as the API sees them (decrypted).
+pub struct Watch {
+    watcher: Watcher,
+    encryption: Option<Arc<Encryption>>,
+    skip_unreadable: bool,
+}
+
+impl Watch {
+    /// The next batch of events or progress; `None` once the watch ended.
+    /// A value that cannot be decrypted ends the watch, cancelled with the
+    /// reason, as a list of it would fail; or, when the storage skips
+    /// what is unreadable, its event is left out.
+    pub async fn next(&mut self) -> Option<WatchResponse> {
+        let mut batch = self.watcher.next().await?;
+        let Some(encryption) = &self.encryption else {
+            return Some(batch);
+        };
+        let open = |event: &mut flotilla_raft_store::kv::proto::Event| {
+            let kvs = [event.kv.as_mut(), event.prev_kv.as_mut()];
+            kvs.into_iter().flatten().try_for_each(|kv| {
+                let opened = encryption.open(&kv.key, std::mem::take(&mut kv.value))?;
+                kv.value = opened.value;
+                Ok::<_, EncryptionError>(())
+            })
+        };
+        let mut failure = None;
+        batch.events.retain_mut(|event| match open(event) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(%error, "a watched value cannot be decrypted");
+                failure.get_or_insert(error);
+                false
+            }
+        });
+        if let Some(error) = failure
+            && !self.skip_unreadable
+        {
+            batch.events.clear();
+            batch.canceled = true;
+            batch.cancel_reason = error.to_string();
+        }
+        Some(batch)
+    }
+}
+
 fn held_claim(claims: &[Claim], found: impl Iterator<Item = Option<i64>>) -> StorageError {
     match claims
         .iter()

@@ -410,6 +410,131 @@ async fn a_patch_bomb_is_answered_with_a_4xx_within_a_second() {
     server.stop().await;
 }
 
+/// Options whose encryption configuration has `providers` for Secrets.
+fn encrypting(providers: &str) -> flotilla_control::ServerOptions {
+    let text = format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n\
+         resources:\n- resources: [secrets]\n  providers:\n{providers}"
+    );
+    let encryption = flotilla_control::encryption::Encryption::parse(&text).unwrap();
+    flotilla_control::ServerOptions {
+        encryption: Some(std::sync::Arc::new(encryption)),
+        ..Default::default()
+    }
+}
+
+fn provider(kind: &str, name: &str, byte: u8) -> String {
+    use base64::Engine as _;
+    let secret = base64::engine::general_purpose::STANDARD.encode([byte; 32]);
+    format!("  - {kind}:\n      keys:\n      - name: {name}\n        secret: {secret}\n")
+}
+
+/// Every file under `dir`.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+/// Every file under `dir` that holds `needle`.
+fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|path| {
+            std::fs::read(path)
+                .unwrap()
+                .windows(needle.len())
+                .any(|window| window == needle)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_encrypted_at_rest_and_keys_rotate() {
+    use k8s_openapi::api::core::v1::Secret;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config =
+        flotilla_control::ServerConfig::loopback(dir.path(), Duration::from_millis(20)).unwrap();
+    let start = |config: &flotilla_control::ServerConfig, providers: String| {
+        let config = config.clone();
+        async move {
+            flotilla_control::Server::start_with(config, encrypting(&providers))
+                .await
+                .unwrap()
+        }
+    };
+    let server = start(&config, provider("aesgcm", "first", 1)).await;
+    config.api_listen = server.api_address();
+    let secret = |name: &str, value: &str| -> Secret {
+        serde_json::from_value(json!({"metadata": {"name": name}, "stringData": {"token": value}}))
+            .unwrap()
+    };
+    let secrets: Api<Secret> = Api::default_namespaced(server.client().await.unwrap());
+    let create = PostParams::default();
+    secrets
+        .create(&create, &secret("kept", "needle-kept-4242"))
+        .await
+        .unwrap();
+    secrets
+        .create(&create, &secret("old", "needle-old-4242"))
+        .await
+        .unwrap();
+    let config_maps: Api<ConfigMap> = Api::default_namespaced(server.client().await.unwrap());
+    let mut plain = config_map("plain", json!({}));
+    plain.data = Some([("note".to_owned(), "needle-plain-4242".to_owned())].into());
+    config_maps.create(&create, &plain).await.unwrap();
+    server.shutdown().await;
+
+    // No Secret in the clear anywhere: neither its bytes nor their base64.
+    // (The ConfigMap, not encrypted, shows the search finds what is there.)
+    assert!(!files_holding(dir.path(), b"needle-plain-4242").is_empty());
+    for needle in ["needle-kept-4242", "bmVlZGxlLWtlcHQtNDI0Mg=="] {
+        let found = files_holding(dir.path(), needle.as_bytes());
+        assert!(found.is_empty(), "{needle} in the clear in {found:?}");
+    }
+    // And the store's files are the server's user's alone.
+    for path in files_under(&dir.path().join("store")) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+    }
+
+    // Rotation: the new key first, the old one still read; an unchanged
+    // replace rewrites with the new key.
+    let both = provider("secretbox", "second", 2) + &provider("aesgcm", "first", 1);
+    let server = start(&config, both).await;
+    let secrets: Api<Secret> = Api::default_namespaced(server.client().await.unwrap());
+    let kept = secrets.get("kept").await.unwrap();
+    let token = kept.data.as_ref().unwrap()["token"].0.clone();
+    assert_eq!(token, b"needle-kept-4242");
+    secrets.replace("kept", &create, &kept).await.unwrap();
+    server.shutdown().await;
+
+    // Without the old key: what was rewritten reads, what was not says why.
+    let server = start(&config, provider("secretbox", "second", 2)).await;
+    let secrets: Api<Secret> = Api::default_namespaced(server.client().await.unwrap());
+    let kept = secrets.get("kept").await.unwrap();
+    assert_eq!(kept.data.unwrap()["token"].0, b"needle-kept-4242");
+    match secrets.get("old").await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 500, "{status:?}");
+            assert!(status.message.contains("does not name"), "{status:?}");
+        }
+        other => panic!("the old key's Secret should not read: {other:?}"),
+    }
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compacted_revisions_are_410_gone() {
     let server = TestServer::start().await;

@@ -657,7 +657,9 @@ async fn update_fenced_with(
             crate::registry::admit(state, info, &mut next).await?;
         }
         let allocation = services::reassign(state, info, &current, &mut next).await?;
-        if next == current || dry_run {
+        // An unchanged object stored under an old encryption key is written
+        // anyway: rewriting objects is how keys rotate.
+        if (next == current && !stored.stale) || dry_run {
             return Ok(Written {
                 object: next,
                 warnings,

@@ -290,6 +290,7 @@ impl ApiError {
                 "too old resource version: {requested} ({compacted})"
             )),
             StorageError::Store(store) => ApiError::from_store(store),
+            StorageError::Encryption(error) => ApiError::internal(error.to_string()),
         }
     }
 

@@ -14,7 +14,6 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use flotilla_raft_store::kv::Watcher;
 use flotilla_raft_store::kv::proto::{Event, EventType, WatchResponse};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -26,7 +25,7 @@ use super::request::{Params, resource_version};
 use super::status::ApiError;
 use crate::api::path::Target;
 use crate::resources::ResourceInfo;
-use crate::storage::{StorageError, Stored};
+use crate::storage::{StorageError, Stored, Watch};
 
 /// How long a watch lasts when the client does not say: Kubernetes' minimum
 /// request timeout. Clients re-watch from their last resourceVersion.
@@ -123,7 +122,7 @@ struct WatchStream {
     options: ListOptions,
     allow_bookmarks: bool,
     queued: VecDeque<Bytes>,
-    watcher: Option<Watcher>,
+    watcher: Option<Watch>,
     deadline: Instant,
 }
 
@@ -175,6 +174,7 @@ impl WatchStream {
                 key: prev.key.clone(),
                 value: prev.value.clone(),
                 mod_revision: prev.mod_revision,
+                stale: false,
             })
             .ok()
         });
@@ -190,6 +190,7 @@ impl WatchStream {
             key: kv.key.clone(),
             value: kv.value.clone(),
             mod_revision: kv.mod_revision,
+            stale: false,
         })
         .ok()?;
         let is = self.options.matches(&object);

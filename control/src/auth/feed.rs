@@ -11,10 +11,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_raft_store::kv::Watcher;
 use flotilla_raft_store::kv::proto::{EventType, WatchResponse};
 
-use crate::storage::{Storage, StorageError};
+use crate::storage::{Storage, StorageError, Watch};
 
 /// Pause before relisting after the watch was lost; bounded so a store
 /// that keeps failing is retried at a steady pace, not in a busy loop.
@@ -33,7 +32,9 @@ pub trait Table: Send + Sync + 'static {
 }
 
 /// Lists every prefix at one revision into `table`; returns the revision.
+/// What cannot be decrypted is left out: to a table it is absent.
 pub async fn load(storage: &Storage, table: &dyn Table) -> Result<i64, StorageError> {
+    let storage = storage.skipping_unreadable();
     let mut items = Vec::new();
     let mut revision = 0;
     for prefix in table.prefixes() {
@@ -79,7 +80,8 @@ fn watch_all(
     storage: &Storage,
     table: &dyn Table,
     revision: i64,
-) -> Result<Vec<Watcher>, StorageError> {
+) -> Result<Vec<Watch>, StorageError> {
+    let storage = storage.skipping_unreadable();
     table
         .prefixes()
         .iter()
@@ -88,7 +90,7 @@ fn watch_all(
 }
 
 /// Applies events until a watch ends or is cancelled.
-async fn run(watchers: Vec<Watcher>, table: &dyn Table) {
+async fn run(watchers: Vec<Watch>, table: &dyn Table) {
     let streams = watchers
         .into_iter()
         .zip(table.prefixes())

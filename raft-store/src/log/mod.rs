@@ -29,6 +29,7 @@ mod snapshot_file;
 mod state;
 
 use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -55,6 +56,9 @@ const ENTRIES_RECORD_BYTES_TARGET: usize = 8 * 1024 * 1024;
 
 /// The lock file that keeps two processes from writing one log.
 const LOCK_FILE: &str = "LOCK";
+/// The log's directory and files: the server's user's alone.
+const PRIVATE_DIR_MODE: u32 = 0o700;
+const PRIVATE_FILE_MODE: u32 = 0o600;
 
 /// How a [`DiskLog`] is laid out; the defaults suit production.
 #[derive(Debug, Clone)]
@@ -134,7 +138,12 @@ impl DiskLog {
         let dir = dir.as_ref().to_path_buf();
         let span = tracing::info_span!("disk_log_open", dir = %dir.display());
         let _enter = span.enter();
-        std::fs::create_dir_all(&dir)
+        // The log holds the cluster's objects (Secrets encrypted or not):
+        // only the server's user may read it.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(PRIVATE_DIR_MODE)
+            .create(&dir)
             .map_err(|e| Error::io(format!("creating log directory {}", dir.display()), e))?;
         let lock = lock_dir(&dir)?;
         let (mut state, mut sealed) = replay_segments(&dir)?;
@@ -334,6 +343,7 @@ fn lock_dir(dir: &Path) -> Result<File> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(PRIVATE_FILE_MODE)
         .open(&path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     file.try_lock().map_err(|e| {

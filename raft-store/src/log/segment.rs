@@ -7,6 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use crate::Error;
@@ -71,6 +72,7 @@ impl ActiveSegment {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(super::PRIVATE_FILE_MODE)
             .open(&path)
             .map_err(|e| Error::io(format!("creating segment {}", path.display()), e))?;
         sync_dir(dir)?;

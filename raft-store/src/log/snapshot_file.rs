@@ -7,8 +7,8 @@
 //! either the old snapshot or the new one, never half of one. This module
 //! knows nothing of log entries.
 
-use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use protobuf::Message as _;
@@ -46,7 +46,13 @@ pub(crate) fn write(dir: &Path, snapshot: &Snapshot) -> crate::Result<u64> {
     }
     let temp = dir.join(SNAPSHOT_TEMP_FILE);
     let context = || format!("writing snapshot {}", temp.display());
-    let mut file = File::create(&temp).map_err(|e| Error::io(context(), e))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(super::PRIVATE_FILE_MODE)
+        .open(&temp)
+        .map_err(|e| Error::io(context(), e))?;
     file.write_all(MAGIC)
         .and_then(|()| file.write_all(&crc32fast::hash(&body).to_le_bytes()))
         .and_then(|()| file.write_all(&body))
