@@ -14,6 +14,7 @@
 //! store only through `storage`.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod controllers;
 pub mod encryption;

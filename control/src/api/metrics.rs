@@ -1,10 +1,10 @@
 //! Prometheus metrics of the API server: requests by verb, resource and
-//! code, and a latency histogram per verb and resource, in the text format
-//! `/metrics` serves.
+//! code, a latency histogram per verb and resource, and what became of
+//! audit events, in the text format `/metrics` serves.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +25,40 @@ struct Histogram {
 pub struct Metrics {
     inner: Mutex<Inner>,
     watches_open: AtomicI64,
+    /// Audit events by [`AuditOutcome`], in its order.
+    audit: [AtomicU64; 4],
 }
+
+/// What became of one audit event (`crate::audit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditOutcome {
+    /// Queued for the log's writer.
+    Queued,
+    /// Dropped: the writer's queue was full.
+    QueueFull,
+    /// Dropped: too large even without its objects.
+    TooLarge,
+    /// Queued but not written: the log failed.
+    WriteFailed,
+}
+
+impl AuditOutcome {
+    /// The `reason` label of a lost event.
+    fn reason(self) -> &'static str {
+        match self {
+            AuditOutcome::Queued => "",
+            AuditOutcome::QueueFull => "queue_full",
+            AuditOutcome::TooLarge => "too_large",
+            AuditOutcome::WriteFailed => "write_failed",
+        }
+    }
+}
+
+const AUDIT_LOSSES: [AuditOutcome; 3] = [
+    AuditOutcome::QueueFull,
+    AuditOutcome::TooLarge,
+    AuditOutcome::WriteFailed,
+];
 
 /// Counts one open watch while it lives.
 pub struct WatchGuard(Arc<Metrics>);
@@ -76,9 +109,40 @@ impl Metrics {
         histogram.total += 1;
     }
 
+    /// Counts one audit event's outcome.
+    pub fn audit(&self, outcome: AuditOutcome) {
+        self.audit[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render_audit(&self, out: &mut String) {
+        let count = |outcome: AuditOutcome| self.audit[outcome as usize].load(Ordering::Relaxed);
+        out.push_str(
+            "# HELP flotilla_apiserver_audit_event_total Audit events queued for the audit log.\n",
+        );
+        out.push_str("# TYPE flotilla_apiserver_audit_event_total counter\n");
+        let _ = writeln!(
+            out,
+            "flotilla_apiserver_audit_event_total {}",
+            count(AuditOutcome::Queued)
+        );
+        out.push_str(
+            "# HELP flotilla_apiserver_audit_dropped_total Audit events lost, by reason.\n",
+        );
+        out.push_str("# TYPE flotilla_apiserver_audit_dropped_total counter\n");
+        for outcome in AUDIT_LOSSES {
+            let _ = writeln!(
+                out,
+                "flotilla_apiserver_audit_dropped_total{{reason=\"{}\"}} {}",
+                outcome.reason(),
+                count(outcome)
+            );
+        }
+    }
+
     pub fn render(&self) -> String {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
+        self.render_audit(&mut out);
         out.push_str("# HELP flotilla_apiserver_watches Open watch streams.\n");
         out.push_str("# TYPE flotilla_apiserver_watches gauge\n");
         let _ = writeln!(
