@@ -52,6 +52,8 @@ pub enum ServerError {
     Join(#[from] crate::join::JoinError),
     #[error("cannot issue ServiceAccount tokens: {0}")]
     Tokens(#[from] crate::auth::tokens::TokenError),
+    #[error("cannot audit: {0}")]
+    Audit(#[from] crate::audit::AuditError),
     #[error(
         "the service CIDR {0} must be a /{min} to a /{max}",
         min = crate::api::services::SERVICE_CIDR_PREFIX_MIN,
@@ -170,6 +172,9 @@ pub struct ServerOptions {
     /// What is encrypted at rest (kube-apiserver's
     /// `--encryption-provider-config`); none: nothing is.
     pub encryption: Option<Arc<crate::encryption::Encryption>>,
+    /// Kubernetes auditing (`--audit-policy-file`, `--audit-log-*`): none
+    /// records nothing, as kube-apiserver without a policy.
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 impl Default for ServerOptions {
@@ -180,6 +185,7 @@ impl Default for ServerOptions {
             node_port_range: crate::api::nodeports::NODE_PORT_RANGE_DEFAULT,
             node_certificate_validity: flotilla_pki::CERTIFICATE_VALIDITY_DEFAULT,
             encryption: None,
+            audit: None,
         }
     }
 }
@@ -208,6 +214,7 @@ pub struct Server {
     compactor: JoinHandle<()>,
     /// Keep the authorization indexes current.
     feeds: Vec<JoinHandle<()>>,
+    audit: Option<Arc<crate::audit::Auditor>>,
 }
 
 /// The user this server's own admin client is, as kube-apiserver's.
@@ -264,6 +271,13 @@ impl Server {
             clients: vec![crate::join::AUTHORITY_NAME.to_string()],
             membership: vec![crate::join::AUTHORITY_NAME.to_string()],
         };
+        // Before the store starts: an audit log that cannot be written
+        // stops the server here, with nothing to undo.
+        let metrics = Arc::new(crate::api::metrics::Metrics::default());
+        let audit = options
+            .audit
+            .map(|config| crate::audit::Auditor::start(config, metrics.clone()))
+            .transpose()?;
         let member = Member::start(store).await?;
         let storage = Storage::new(member.service().clone(), member.kv().clone())
             .with_encryption(options.encryption.clone());
@@ -285,6 +299,8 @@ impl Server {
         state.modules = std::sync::Arc::new(ModuleRegistry::new(options.registry));
         state.service_cidr = options.service_cidr;
         state.node_port_range = options.node_port_range;
+        state.metrics = metrics;
+        state.audit = audit.clone();
         bootstrap(&state).await?;
         let mut feeds = state.authorizer.start(&state.storage).await?;
         state.storage.observe(tokens.accounts.clone());
@@ -313,6 +329,7 @@ impl Server {
             serving,
             compactor,
             feeds,
+            audit,
         })
     }
 
@@ -322,6 +339,14 @@ impl Server {
 
     pub fn member(&self) -> &Member {
         &self.member
+    }
+
+    /// Waits until every audit event of the requests answered so far is
+    /// written to the audit log and flushed; at once without auditing.
+    pub async fn flush_audit(&self) {
+        if let Some(audit) = &self.audit {
+            audit.flush().await;
+        }
     }
 
     /// A kube-rs client of this server's own API with every permission
@@ -419,6 +444,10 @@ impl Server {
         let _ = self.compactor.await;
         for feed in self.feeds {
             feed.abort();
+        }
+        // The last requests' events reach the log before the process ends.
+        if let Some(audit) = &self.audit {
+            audit.flush().await;
         }
         self.member.shutdown().await;
     }

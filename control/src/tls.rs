@@ -222,11 +222,18 @@ pub async fn serve(
         unauthenticated_per_address: acceptor.as_ref().map(|_| UNAUTHENTICATED_PER_ADDRESS_MAX),
         ..flotilla_serve::Limits::default()
     };
-    let make_service = move |accepted: &flotilla_serve::Accepted<'_>| match accepted.tls {
-        Some(session) => {
-            TowerToHyperService::new(router.clone().layer(axum::Extension(peer_of(session))))
+    let make_service = move |accepted: &flotilla_serve::Accepted<'_>| {
+        // Each request knows the address it came from (the audit's
+        // `sourceIPs`), as axum's `ConnectInfo` carries it.
+        let router = router
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(accepted.client)));
+        match accepted.tls {
+            Some(session) => {
+                TowerToHyperService::new(router.layer(axum::Extension(peer_of(session))))
+            }
+            None => TowerToHyperService::new(router),
         }
-        None => TowerToHyperService::new(router.clone()),
     };
     let stop = async {
         let _ = stop.await;

@@ -39,13 +39,13 @@ pub mod validation;
 pub mod watch;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Extension;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -54,6 +54,7 @@ use tracing::Instrument;
 use self::path::{Route, Target};
 use self::request::{Params, REQUEST_BODY_MAX, decode_body, wants_table};
 use self::status::ApiError;
+use crate::audit::{self, Auditor};
 use crate::auth::{Attributes, Authorizer, UserInfo};
 use crate::resources::{Registry, registry};
 use crate::storage::Storage;
@@ -83,6 +84,9 @@ pub struct ApiState {
     /// Issues and checks ServiceAccount tokens; none: bearer tokens are
     /// refused.
     pub tokens: Option<Arc<crate::auth::tokens::Tokens>>,
+    /// Records requests as its policy says (`crate::audit`); none: no
+    /// audit, as kube-apiserver without `--audit-policy-file`.
+    pub audit: Option<Arc<Auditor>>,
 }
 
 impl ApiState {
@@ -99,6 +103,7 @@ impl ApiState {
             authorizer: Authorizer::new(),
             user: Arc::new(UserInfo::loopback_admin()),
             tokens: None,
+            audit: None,
         }
     }
 }
@@ -167,24 +172,75 @@ pub fn router(state: ApiState) -> Router {
     Router::new().fallback(handle).with_state(state)
 }
 
+/// What the accept loop tells of a request's connection (`crate::tls`):
+/// the peer its TLS client certificate names, its place among its
+/// address's unauthenticated connections, and the client's address.
+struct Connection {
+    peer: Option<Peer>,
+    ticket: Option<flotilla_serve::Ticket>,
+    remote: Option<SocketAddr>,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Connection {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let extensions = &parts.extensions;
+        Ok(Connection {
+            peer: extensions.get::<Peer>().cloned(),
+            ticket: extensions.get::<flotilla_serve::Ticket>().cloned(),
+            remote: extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(address)| *address),
+        })
+    }
+}
+
 async fn handle(
     State(mut state): State<ApiState>,
-    peer: Option<Extension<Peer>>,
-    ticket: Option<Extension<flotilla_serve::Ticket>>,
+    connection: Connection,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let peer = peer.as_ref().map(|Extension(peer)| peer);
-    let user = authenticate(&state, peer, uri.path(), &headers);
+    let received = k8s_openapi::jiff::Timestamp::now();
+    let audit_id = audit::audit_id(&headers);
+    let peer = connection.peer.as_ref();
+    let request = RequestInfo::read(state.registry, &method, &uri);
+    let requester = authenticate(&state, peer, uri.path(), &headers);
+    let mut entry = match &state.audit {
+        Some(auditor) => auditor.begin(audit::Received {
+            audit_id: audit_id.to_str().unwrap_or_default(),
+            at: received,
+            uri: &uri,
+            headers: &headers,
+            remote: connection.remote.map(|address| address.ip()),
+            attributes: &request.attributes,
+            requester: requester.as_ref().ok(),
+        }),
+        None => audit::Entry::off(),
+    };
+    let user = requester.and_then(|requester| {
+        crate::auth::impersonation::resolve(&state.authorizer, requester, &headers)
+    });
     let span = tracing::info_span!(
         "api",
         %method,
         path = uri.path(),
-        user = user.as_ref().map_or("", |user| user.name.as_str())
+        user = user.as_ref().map_or("", |user| user.name.as_str()),
+        audit_id = audit_id.to_str().unwrap_or_default(),
     );
+    if let Ok(user) = &user
+        && crate::auth::impersonation::requested(&headers)
+    {
+        entry.impersonated(user);
+    }
+    let long_running = audit::long_running(&request.attributes);
     let (verb, resource, response) = match user {
         Ok(user) if user.name == crate::auth::user::ANONYMOUS && !anonymous_may(uri.path()) => {
             ("unknown", "", Err(ApiError::unauthorized()))
@@ -193,22 +249,33 @@ async fn handle(
             // A valid credential: the connection no longer counts against
             // its address's unauthenticated ones.
             if user.name != crate::auth::user::ANONYMOUS
-                && let Some(Extension(ticket)) = &ticket
+                && let Some(ticket) = &connection.ticket
             {
                 ticket.authenticated();
             }
             state.user = Arc::new(user);
-            route(&state, peer, &method, &uri, &headers, body)
-                .instrument(span.clone())
-                .await
+            route(
+                &state, peer, &method, &uri, &headers, body, request, &mut entry,
+            )
+            .instrument(span.clone())
+            .await
         }
         Err(error) => ("unknown", "", Err(error)),
     };
-    let _entered = span.enter();
     let response = response.unwrap_or_else(|error| {
+        let _entered = span.enter();
         tracing::debug!(%error, "request failed");
+        entry.failed(&error);
         error.into_response()
     });
+    let mut response = entry
+        .finish(response, long_running)
+        .instrument(span.clone())
+        .await;
+    response
+        .headers_mut()
+        .insert(audit::AUDIT_ID_HEADER, audit_id);
+    let _entered = span.enter();
     state.metrics.observe(
         verb,
         resource,
@@ -242,9 +309,9 @@ fn is_join(path: &str) -> bool {
 
 /// Who the request is from: the user of its client certificate, else of
 /// its ServiceAccount token, else anonymous; or, over plain HTTP (served on
-/// loopback only) without a token, the machine's own trusted users. Then
-/// whom it impersonates. A join's bearer token is its bootstrap token,
-/// which only the join checks.
+/// loopback only) without a token, the machine's own trusted users. (Whom
+/// it impersonates is resolved after.) A join's bearer token is its
+/// bootstrap token, which only the join checks.
 fn authenticate(
     state: &ApiState,
     peer: Option<&Peer>,
@@ -279,7 +346,7 @@ fn authenticate(
         (None, None) => UserInfo::loopback_admin(),
         (Some(Peer { user: None, .. }), None) => UserInfo::anonymous(),
     };
-    crate::auth::impersonation::resolve(&state.authorizer, requester, headers)
+    Ok(requester)
 }
 
 /// A JSON document encoded ahead of time.
@@ -291,7 +358,72 @@ fn json_bytes(body: bytes::Bytes) -> Response {
         .into_response()
 }
 
+/// What a request names, read from its method and URI alone, before it is
+/// authenticated, as kube-apiserver's RequestInfo: the audit policy decides
+/// on its attributes, and so does the authorizer.
+struct RequestInfo {
+    attributes: Attributes,
+    kind: RequestKind,
+}
+
+enum RequestKind {
+    /// A node renewing its certificate.
+    Renewal,
+    /// A join, authenticated and authorized by its bootstrap token.
+    Join,
+    /// An object, a collection or a subresource.
+    Object {
+        target: Target<'static>,
+        params: Params,
+    },
+    /// An object's path with a query that does not parse.
+    MalformedQuery {
+        resource: &'static str,
+        error: ApiError,
+    },
+    /// Discovery, health, metrics, OpenAPI, the module registry; none: a
+    /// path the API does not know.
+    NonResource(Option<Route<'static>>),
+}
+
+impl RequestInfo {
+    fn read(registry: &'static Registry, method: &Method, uri: &Uri) -> RequestInfo {
+        let path = uri.path();
+        let non_resource = |kind| RequestInfo {
+            attributes: Attributes::non_resource(method, path),
+            kind,
+        };
+        if path == crate::join::RENEWAL_PATH {
+            return non_resource(RequestKind::Renewal);
+        }
+        if is_join(path) {
+            return non_resource(RequestKind::Join);
+        }
+        let target = match path::parse(registry, path) {
+            Ok(Route::Object(target)) => target,
+            other => return non_resource(RequestKind::NonResource(other.ok())),
+        };
+        match Query::<BTreeMap<String, String>>::try_from_uri(uri) {
+            Ok(Query(params)) => {
+                let params = Params(params);
+                RequestInfo {
+                    attributes: Attributes::resource(method, &target, &params),
+                    kind: RequestKind::Object { target, params },
+                }
+            }
+            Err(error) => RequestInfo {
+                attributes: Attributes::resource(method, &target, &Params::default()),
+                kind: RequestKind::MalformedQuery {
+                    resource: target.info.plural,
+                    error: ApiError::bad_request(format!("malformed query: {error}")),
+                },
+            },
+        }
+    }
+}
+
 /// The request's verb and resource (for metrics) and its answer.
+#[allow(clippy::too_many_arguments, reason = "the request's parts, each once")]
 async fn route(
     state: &ApiState,
     peer: Option<&Peer>,
@@ -299,55 +431,49 @@ async fn route(
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
+    request: RequestInfo,
+    audit: &mut audit::Entry,
 ) -> (&'static str, &'static str, Result<Response, ApiError>) {
     let path = uri.path();
-    if path == crate::join::RENEWAL_PATH {
-        let attributes = Attributes::non_resource(method, path);
-        if let Err(error) = state.authorizer.check(&state.user, &attributes) {
-            return ("create", "certificates", Err(error));
+    let RequestInfo { attributes, kind } = request;
+    match kind {
+        RequestKind::Renewal => {
+            let outcome = match authorize(state, &attributes, audit) {
+                Ok(()) => join::renew(state, method, peer).await,
+                Err(error) => Err(error),
+            };
+            ("create", "certificates", outcome)
         }
-        return (
-            "create",
-            "certificates",
-            join::renew(state, method, peer).await,
-        );
-    }
-    if is_join(path) {
-        // Authenticated and authorized by the bootstrap token it presents.
-        return (
+        RequestKind::Join => (
             "create",
             "join",
             join::route(state, method, path, headers, body).await,
-        );
-    }
-    let parsed = path::parse(state.registry, path);
-    let target = match parsed {
-        Ok(Route::Object(target)) => target,
-        other => {
-            let attributes = Attributes::non_resource(method, path);
-            if let Err(error) = state.authorizer.check(&state.user, &attributes) {
-                return ("unknown", "", Err(error));
+        ),
+        RequestKind::NonResource(parsed) => match authorize(state, &attributes, audit) {
+            Ok(()) => non_resource(state, method, path, headers, body, parsed).await,
+            Err(error) => ("unknown", "", Err(error)),
+        },
+        RequestKind::MalformedQuery { resource, error } => ("unknown", resource, Err(error)),
+        RequestKind::Object { target, params } => {
+            let resource = target.info.plural;
+            if let Err(error) = authorize(state, &attributes, audit) {
+                return (verb_name(&attributes), resource, Err(error));
             }
-            return non_resource(state, method, path, headers, body, other.ok()).await;
+            let (verb, outcome) = verb(state, method, headers, &target, &params, body, audit).await;
+            (verb, resource, outcome)
         }
-    };
-    let resource = target.info.plural;
-    let params = match Query::<BTreeMap<String, String>>::try_from_uri(uri) {
-        Ok(Query(params)) => Params(params),
-        Err(error) => {
-            return (
-                "unknown",
-                resource,
-                Err(ApiError::bad_request(format!("malformed query: {error}"))),
-            );
-        }
-    };
-    let attributes = Attributes::resource(method, &target, &params);
-    if let Err(error) = state.authorizer.check(&state.user, &attributes) {
-        return (verb_name(&attributes), resource, Err(error));
     }
-    let (verb, outcome) = verb(state, method, headers, &target, &params, body).await;
-    (verb, resource, outcome)
+}
+
+/// The authorizer's decision on the request, noted in its audit record.
+fn authorize(
+    state: &ApiState,
+    attributes: &Attributes,
+    audit: &mut audit::Entry,
+) -> Result<(), ApiError> {
+    let decision = state.authorizer.check(&state.user, attributes);
+    audit.authorized(decision.is_ok());
+    decision
 }
 
 /// The verb a refused request is counted under in the metrics.
@@ -429,6 +555,8 @@ async fn non_resource(
     }
 }
 
+/// Serves an object request by its method; hands the decoded body to
+/// `audit`, which keeps it if its level says so.
 async fn verb(
     state: &ApiState,
     method: &Method,
@@ -436,6 +564,7 @@ async fn verb(
     target: &Target<'static>,
     params: &Params,
     body: Body,
+    audit: &mut audit::Entry,
 ) -> (&'static str, Result<Response, ApiError>) {
     let collection = target.name.is_none();
     let read_body = || async {
@@ -453,6 +582,7 @@ async fn verb(
         let outcome = async {
             let bytes = read_body().await?;
             let object = decode_body(headers, &bytes)?;
+            audit.request_object(&object, bytes.len());
             crate::auth::reviews::create(&state.authorizer, &state.user, target, object)
         };
         return ("create", reply(outcome.await));
@@ -464,6 +594,7 @@ async fn verb(
         let outcome = async {
             let bytes = read_body().await?;
             let object = decode_body(headers, &bytes)?;
+            audit.request_object(&object, bytes.len());
             tokens::request(state, target, object).await
         };
         return ("create", reply(outcome.await));
@@ -482,6 +613,7 @@ async fn verb(
             let outcome = async {
                 let bytes = read_body().await?;
                 let object = decode_body(headers, &bytes)?;
+                audit.request_object(&object, bytes.len());
                 objects::create(state, target, params, object).await
             };
             ("create", reply(outcome.await))
@@ -490,6 +622,7 @@ async fn verb(
             let outcome = async {
                 let bytes = read_body().await?;
                 let object = decode_body(headers, &bytes)?;
+                audit.request_object(&object, bytes.len());
                 objects::update(state, target, params, object).await
             };
             ("update", reply(outcome.await))
@@ -498,6 +631,7 @@ async fn verb(
             let outcome = async {
                 let bytes = read_body().await?;
                 let media = request::content_type(headers);
+                audit.request_patch(&media, &bytes);
                 objects::patch(state, target, params, &media, &bytes).await
             };
             ("patch", reply(outcome.await))
@@ -509,7 +643,9 @@ async fn verb(
                 let options = if bytes.iter().all(u8::is_ascii_whitespace) {
                     json!({})
                 } else {
-                    decode_body(headers, &bytes)?
+                    let options = decode_body(headers, &bytes)?;
+                    audit.request_object(&options, bytes.len());
+                    options
                 };
                 if collection {
                     list::delete_collection(state, target, params, &options).await

@@ -17,6 +17,11 @@ const EXTRA_PREFIX: &str = "impersonate-extra-";
 /// than this is not one a person types on a command line.
 const VALUES_MAX: usize = 64;
 
+/// Whether a request asks to act as another user.
+pub fn requested(headers: &HeaderMap) -> bool {
+    headers.contains_key(USER_HEADER)
+}
+
 /// The user a request acts as: `requester`, or whom it impersonates.
 pub fn resolve(
     authorizer: &Authorizer,
