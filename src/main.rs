@@ -177,6 +177,63 @@ struct ServerArgs {
     /// (kube-controller-manager's --node-cidr-mask-size).
     #[arg(long, default_value_t = flotilla_control::controllers::ipam::NODE_MASK_DEFAULT)]
     node_cidr_mask_size: u8,
+    #[command(flatten)]
+    audit: AuditArgs,
+}
+
+/// Kubernetes auditing, as kube-apiserver's flags of the same names.
+#[derive(Args, Debug, Clone)]
+struct AuditArgs {
+    /// An audit.k8s.io/v1 Policy (YAML or JSON): which requests are
+    /// recorded, and how much of each. Without one nothing is recorded.
+    #[arg(long, value_name = "FILE", requires = "audit_log_path")]
+    audit_policy_file: Option<PathBuf>,
+    /// Where audit events are written, one JSON line each; `-` is
+    /// standard output.
+    #[arg(long, value_name = "PATH")]
+    audit_log_path: Option<PathBuf>,
+    /// The size in megabytes an audit log file may reach before it is
+    /// rotated.
+    #[arg(long, value_name = "MB", default_value_t = flotilla_control::audit::log::MAX_SIZE_MB_DEFAULT)]
+    audit_log_maxsize: u64,
+    /// How many rotated audit log files are kept; 0 keeps them all (as
+    /// kube-apiserver's default does: here the default is bounded).
+    #[arg(long, value_name = "N", default_value_t = flotilla_control::audit::log::MAX_BACKUPS_DEFAULT)]
+    audit_log_maxbackup: usize,
+    /// How many days rotated audit log files are kept; 0 keeps them
+    /// however old.
+    #[arg(long, value_name = "DAYS", default_value_t = 0)]
+    audit_log_maxage: u64,
+}
+
+impl AuditArgs {
+    /// The server's audit configuration; none without a policy, as in
+    /// Kubernetes. A policy that does not load is an error here, at start.
+    fn config(&self) -> Result<Option<flotilla_control::audit::AuditConfig>> {
+        use flotilla_control::audit::log::{LogConfig, Target};
+        let (Some(policy_file), Some(path)) = (&self.audit_policy_file, &self.audit_log_path)
+        else {
+            if self.audit_log_path.is_some() {
+                tracing::warn!("--audit-log-path without --audit-policy-file: nothing is audited");
+            }
+            return Ok(None);
+        };
+        let policy = flotilla_control::audit::Policy::load(policy_file)?;
+        let target = if path.as_os_str() == "-" {
+            Target::Stdout
+        } else {
+            Target::File(path.clone())
+        };
+        Ok(Some(flotilla_control::audit::AuditConfig {
+            policy,
+            log: LogConfig {
+                target,
+                max_size_mb: self.audit_log_maxsize,
+                max_backups: self.audit_log_maxbackup,
+                max_age_days: self.audit_log_maxage,
+            },
+        }))
+    }
 }
 
 /// Kubernetes' control-plane timings (kube-controller-manager's flags of
@@ -451,6 +508,8 @@ async fn run_store(args: StoreArgs) -> Result<()> {
 }
 
 async fn run_server(args: ServerArgs) -> Result<()> {
+    // First: a policy that does not load stops the server before it joins.
+    let audit = args.audit.config()?;
     let tls_dir = args.data_dir.join("ca");
     let store_dir = args.data_dir.join("store");
     let joining = match (&args.join, store_dir.exists()) {
@@ -535,6 +594,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
             )),
             None => None,
         },
+        audit,
         ..flotilla_control::ServerOptions::default()
     };
     let server = flotilla_control::Server::start_with(
@@ -856,4 +916,80 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
         .context("waiting for Ctrl-C")?;
     agent.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_control::audit::log::{LogConfig, Target};
+
+    /// The audit flags of `flotilla server ARGS…`.
+    fn audit_args(args: &[&str]) -> Result<AuditArgs, clap::Error> {
+        let command = ["flotilla", "server"].iter().chain(args);
+        match Cli::try_parse_from(command)?.command {
+            Command::Server(server) => Ok(server.audit),
+            other => panic!("not a server: {other:?}"),
+        }
+    }
+
+    /// A policy file in `dir` whose rules are `rules` (YAML).
+    fn policy_file(dir: &tempfile::TempDir, rules: &str) -> String {
+        let path = dir.path().join("policy.yaml");
+        let text = format!("apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n{rules}");
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn audit_flags_make_the_audit_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = &policy_file(&dir, "- level: Metadata\n");
+        let log = dir.path().join("audit.log");
+        let args = audit_args(&[
+            "--audit-policy-file",
+            policy,
+            "--audit-log-path",
+            log.to_str().unwrap(),
+            "--audit-log-maxsize",
+            "5",
+            "--audit-log-maxbackup",
+            "2",
+            "--audit-log-maxage",
+            "7",
+        ])
+        .unwrap();
+        let config = args.config().unwrap().unwrap();
+        assert_eq!(
+            config.log,
+            LogConfig {
+                target: Target::File(log),
+                max_size_mb: 5,
+                max_backups: 2,
+                max_age_days: 7,
+            }
+        );
+        let stdout = audit_args(&["--audit-policy-file", policy, "--audit-log-path", "-"]);
+        let config = stdout.unwrap().config().unwrap().unwrap();
+        assert_eq!(config.log.target, Target::Stdout);
+        assert_eq!(
+            config.log.max_backups,
+            flotilla_control::audit::log::MAX_BACKUPS_DEFAULT
+        );
+
+        // No policy, no audit; a policy needs somewhere to write.
+        assert!(audit_args(&[]).unwrap().config().unwrap().is_none());
+        assert!(audit_args(&["--audit-policy-file", policy]).is_err());
+    }
+
+    #[test]
+    fn a_bad_policy_stops_the_server_naming_file_rule_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules =
+            "- level: None\n- level: Metadata\n  namespaces: [a]\n  nonResourceURLs: [/healthz]\n";
+        let policy = &policy_file(&dir, rules);
+        let args = audit_args(&["--audit-policy-file", policy, "--audit-log-path", "-"]).unwrap();
+        let error = args.config().unwrap_err().to_string();
+        assert!(error.contains(policy), "{error}");
+        assert!(error.contains("rules[1].nonResourceURLs"), "{error}");
+    }
 }
