@@ -5,8 +5,9 @@
 //! When the file would grow past its maximum it is renamed to
 //! `<name>-<UTC time>.<ext>` (`audit-2026-03-01T12-00-00.000.log`) and a new
 //! one is started; then backups beyond the count to keep, or older than
-//! the age to keep, are removed, oldest first. Files are created 0600: the
-//! log records who did what, and at the Request levels what they sent.
+//! the age to keep, are removed, oldest first. Files are created 0600 and
+//! missing directories 0700: the log records who did what, and at the
+//! Request levels what they sent.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -126,6 +127,7 @@ impl RotatingFile {
         max_backups: usize,
         max_age: Option<Duration>,
     ) -> io::Result<RotatingFile> {
+        create_parent(path)?;
         let file = open_append(path)?;
         let size_bytes = file.metadata()?.len();
         Ok(RotatingFile {
@@ -248,6 +250,19 @@ impl RotatingFile {
     }
 }
 
+/// Creates the directories `path` is in that are missing, 0700 as
+/// kube-apiserver creates them; existing ones are left as they are.
+fn create_parent(path: &Path) -> io::Result<()> {
+    let Some(parent) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(parent)
+}
+
 /// Opens `path` for appending, creating it readable by its owner only.
 fn open_append(path: &Path) -> io::Result<File> {
     let mut options = OpenOptions::new();
@@ -349,6 +364,16 @@ mod tests {
                 "other.log",
             ]
         );
+    }
+
+    #[test]
+    fn missing_directories_are_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("var/log/audit.log");
+        let mut log = RotatingFile::open(&path, 100, 1, None).unwrap();
+        log.write_line(b"{}\n", at(0)).unwrap();
+        log.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
     }
 
     #[test]

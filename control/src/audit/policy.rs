@@ -226,10 +226,13 @@ impl Policy {
     /// Parses and checks a policy document.
     pub fn parse(text: &str) -> Result<Policy, Problem> {
         let document: Document = serde_yaml::from_str(text).map_err(|error| {
-            let field = error.location().map_or("the document".into(), |at| {
-                format!("line {} column {}", at.line(), at.column())
-            });
-            Problem::new(field, error.to_string())
+            // serde_yaml puts the path first (`rules[0].level: unknown
+            // variant …`) and the line and column last.
+            let text = error.to_string();
+            match text.split_once(": ") {
+                Some((path, message)) if !path.contains(' ') => Problem::new(path, message),
+                _ => Problem::new("the document", text),
+            }
         })?;
         if document.api_version != API_VERSION {
             return Err(Problem::new(
@@ -695,17 +698,21 @@ rules:
         let version = "apiVersion: audit.k8s.io/v1beta1\nkind: Policy\nrules: [{level: None}]\n";
         assert_eq!(problem(version).field, "apiVersion");
 
-        // What serde refuses is placed by line and names the field.
+        // What serde refuses names the field and its line.
         let level = format!("{head}rules:\n- level: Everything\n");
         let refused = problem(&level);
-        assert_eq!(refused.field, "line 4 column 10", "{refused}");
-        assert!(refused.message.contains("rules[0].level"), "{refused}");
+        assert_eq!(refused.field, "rules[0].level", "{refused}");
+        assert!(refused.message.contains("at line 4 column 10"), "{refused}");
         let typo = format!("{head}rules:\n- level: None\n  verb: [get]\n");
         let refused = problem(&typo);
+        assert_eq!(refused.field, "rules[0]", "{refused}");
         assert!(
             refused.message.contains("unknown field `verb`"),
             "{refused}"
         );
+        let refused = problem("kind: Policy\n");
+        assert_eq!(refused.field, "the document", "{refused}");
+        assert!(refused.message.contains("apiVersion"), "{refused}");
     }
 
     #[test]
