@@ -28,10 +28,15 @@ rules:
 "#;
 
 /// A server on loopback that audits by `POLICY` into `audit.log` in its
-/// data directory.
+/// data directory, over plain HTTP (every caller is the administrator).
 async fn audited_server() -> (tempfile::TempDir, Server) {
     let dir = tempfile::tempdir().unwrap();
     let config = ServerConfig::loopback(dir.path(), Duration::from_millis(20)).unwrap();
+    let server = start_audited(&dir, config).await;
+    (dir, server)
+}
+
+async fn start_audited(dir: &tempfile::TempDir, config: ServerConfig) -> Server {
     let options = ServerOptions {
         audit: Some(AuditConfig {
             policy: Policy::parse(POLICY).unwrap(),
@@ -39,8 +44,7 @@ async fn audited_server() -> (tempfile::TempDir, Server) {
         }),
         ..ServerOptions::default()
     };
-    let server = Server::start_with(config, options).await.unwrap();
-    (dir, server)
+    Server::start_with(config, options).await.unwrap()
 }
 
 /// The events in the log once every answered request's are written.
@@ -55,7 +59,10 @@ async fn events(server: &Server, dir: &tempfile::TempDir) -> Vec<Value> {
 /// Sends `request` with the server's own client; returns the code, the
 /// `Audit-Id` header and the body.
 async fn send(server: &Server, request: http::Request<Vec<u8>>) -> (u16, String, Value) {
-    let client = server.client().await.unwrap();
+    send_with(&server.client().await.unwrap(), request).await
+}
+
+async fn send_with(client: &kube::Client, request: http::Request<Vec<u8>>) -> (u16, String, Value) {
     let response = client
         .send(request.map(kube::client::Body::from))
         .await
@@ -190,5 +197,81 @@ async fn refusals_impersonation_and_unmatched_requests() {
         "{text}"
     );
     assert!(text.contains("flotilla_apiserver_audit_dropped_total{reason=\"queue_full\"} 0"));
+    server.shutdown().await;
+}
+
+/// A client of an HTTPS server that trusts its CA and presents `user`
+/// (kubeconfig YAML: `{}` for no credential at all).
+async fn client_as(server: &Server, config: &ServerConfig, user: &str) -> kube::Client {
+    use base64::Engine as _;
+    let ca = base64::engine::general_purpose::STANDARD.encode(config.ca_pem().unwrap());
+    let document = format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster:
+    server: https://{}
+    certificate-authority-data: {ca}
+contexts:
+- name: c
+  context: {{cluster: c, user: u}}
+current-context: c
+users:
+- name: u
+  user: {user}
+",
+        server.api_address()
+    );
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&document).unwrap();
+    let options = kube::config::KubeConfigOptions::default();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_refused_for_their_credential_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig::loopback(dir.path(), Duration::from_millis(20))
+        .unwrap()
+        .with_https(&[])
+        .unwrap();
+    let server = start_audited(&dir, config.clone()).await;
+    let get = || {
+        http::Request::get("/api/v1/namespaces/default/configmaps/settings")
+            .body(Vec::new())
+            .unwrap()
+    };
+    // No certificate: anonymous, refused.
+    let anonymous = client_as(&server, &config, "{}").await;
+    let (code, anonymous_id, _) = send_with(&anonymous, get()).await;
+    assert_eq!(code, 401);
+    // A token that is no ServiceAccount's: no user at all.
+    let forged = client_as(&server, &config, "{token: not-a-token}").await;
+    let (code, forged_id, _) = send_with(&forged, get()).await;
+    assert_eq!(code, 401);
+
+    let events = events(&server, &dir).await;
+    assert_eq!(events.len(), 2, "{events:#?}");
+    let unauthorized = json!({
+        "metadata": {},
+        "status": "Failure",
+        "message": "Unauthorized",
+        "reason": "Unauthorized",
+        "code": 401,
+    });
+    assert_eq!(events[0]["auditID"], anonymous_id);
+    assert_eq!(
+        events[0]["user"],
+        json!({"username": "system:anonymous", "groups": ["system:unauthenticated"]})
+    );
+    assert_eq!(events[0]["responseStatus"], unauthorized);
+    assert_eq!(events[0]["sourceIPs"], json!(["127.0.0.1"]));
+    assert_eq!(events[1]["auditID"], forged_id);
+    assert_eq!(events[1]["user"], json!({}));
+    assert_eq!(events[1]["responseStatus"], unauthorized);
+    assert_eq!(events[1]["objectRef"]["name"], "settings");
     server.shutdown().await;
 }
