@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::fmt::strtime;
 
 /// kube-apiserver's (lumberjack's) size when none is given: 100 MB.
 pub const MAX_SIZE_MB_DEFAULT: u64 = 100;
@@ -25,6 +26,10 @@ const BYTES_PER_MB: u64 = 1024 * 1024;
 const SECONDS_PER_DAY: u64 = 24 * 60 * 60;
 /// lumberjack's backup time format, `2006-01-02T15-04-05.000` in Go's.
 const BACKUP_TIME_FORMAT: &str = "%Y-%m-%dT%H-%M-%S%.3f";
+/// Milliseconds tried after a rotation's own for a backup name that is not
+/// taken: rotations come at most one per line written, far fewer than
+/// this in a millisecond.
+const BACKUP_NAME_ATTEMPTS_MAX: usize = 1_000;
 /// Backups found in the log's directory and considered for removal at
 /// once: a directory with more files than this is not swept whole in one
 /// rotation, only in several.
@@ -160,16 +165,7 @@ impl RotatingFile {
     /// the backups no longer kept.
     fn rotate(&mut self, now: SystemTime) -> io::Result<()> {
         self.file.flush()?;
-        let mut time = Timestamp::try_from(now).unwrap_or(Timestamp::UNIX_EPOCH);
-        // Two rotations in one millisecond would give one name; the second
-        // takes the next free millisecond rather than replace the first.
-        let mut backup = self.backup_path(time);
-        while backup.exists() {
-            time = time
-                .checked_add(Duration::from_millis(1))
-                .map_err(io::Error::other)?;
-            backup = self.backup_path(time);
-        }
+        let backup = self.free_backup_path(now)?;
         std::fs::rename(&self.path, &backup)?;
         self.file = BufWriter::new(open_append(&self.path)?);
         self.size_bytes = 0;
@@ -177,11 +173,28 @@ impl RotatingFile {
         self.remove_old_backups(now)
     }
 
-    fn backup_path(&self, time: Timestamp) -> PathBuf {
+    /// The backup name for a rotation at `now`. Two rotations in one
+    /// millisecond would get one name: the second takes the next free
+    /// millisecond rather than replace the first.
+    fn free_backup_path(&self, now: SystemTime) -> io::Result<PathBuf> {
         let (stem, extension) = self.name_parts();
-        let stamp = time.strftime(BACKUP_TIME_FORMAT);
-        self.path
-            .with_file_name(format!("{stem}-{stamp}{extension}"))
+        let mut time = Timestamp::try_from(now).unwrap_or(Timestamp::UNIX_EPOCH);
+        for _ in 0..BACKUP_NAME_ATTEMPTS_MAX {
+            let stamp = strtime::format(BACKUP_TIME_FORMAT, time).map_err(io::Error::other)?;
+            let backup = self
+                .path
+                .with_file_name(format!("{stem}-{stamp}{extension}"));
+            if !backup.exists() {
+                return Ok(backup);
+            }
+            time = time
+                .checked_add(Duration::from_millis(1))
+                .map_err(io::Error::other)?;
+        }
+        Err(io::Error::other(format!(
+            "no free backup name for {} within {BACKUP_NAME_ATTEMPTS_MAX} ms of now",
+            self.path.display()
+        )))
     }
 
     /// The file name before and from its extension's dot: `audit` and
@@ -215,7 +228,7 @@ impl RotatingFile {
                 .strip_prefix(&prefix)
                 .and_then(|rest| rest.strip_suffix(&extension));
             let time = stamp.and_then(|stamp| {
-                k8s_openapi::jiff::fmt::strtime::parse(BACKUP_TIME_FORMAT, stamp)
+                strtime::parse(BACKUP_TIME_FORMAT, stamp)
                     .and_then(|parsed| parsed.to_datetime())
                     .and_then(|time| time.to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC))
                     .ok()
