@@ -3,7 +3,8 @@
 //! (`controllers`) that act on what it stores, and the module `registry`
 //! (Wasm modules by digest, replicated in the same store). Every request is
 //! authenticated and authorized by `auth` (certificates and ServiceAccount
-//! tokens; RBAC and the Node authorizer) before anything else runs.
+//! tokens; RBAC and the Node authorizer) before anything else runs, and
+//! recorded by `audit` when an `audit.k8s.io/v1` Policy asks for it.
 //!
 //! Objects are the `k8s-openapi` types, handled as JSON and checked against
 //! their types; they are stored under `/registry/<resource>/<namespace>/<name>`
