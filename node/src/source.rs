@@ -137,14 +137,32 @@ impl ModuleSource for LocalSource {
     }
 }
 
-fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
-    let length = std::fs::metadata(path)?.len();
-    if length > MODULE_BYTES_MAX {
-        return Err(std::io::Error::other(format!(
-            "module is {length} bytes, more than the {MODULE_BYTES_MAX} allowed"
-        )));
+/// The bytes of the regular file at `path`, at most [`MODULE_BYTES_MAX`]
+/// of them whatever its metadata says: a device (`/dev/zero`), a FIFO or
+/// a file that grows while read is refused, never read to exhaustion.
+pub fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(std::io::Error::other(
+            "not a regular file (a module is read from a file, never a device or a pipe)",
+        ));
     }
-    std::fs::read(path)
+    let too_large = || {
+        std::io::Error::other(format!(
+            "the module is larger than the {MODULE_BYTES_MAX} bytes allowed"
+        ))
+    };
+    if metadata.len() > MODULE_BYTES_MAX {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.take(MODULE_BYTES_MAX + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MODULE_BYTES_MAX {
+        return Err(too_large());
+    }
+    Ok(bytes)
 }
 
 /// Fetches `image` from `source` and checks its digest when it pins one.
@@ -167,6 +185,18 @@ pub fn fetch_verified(source: &dyn ModuleSource, image: &ImageRef) -> Result<(Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn devices_and_pipes_are_not_read() {
+        for path in ["/dev/zero", "/dev/urandom"] {
+            let error = read_bounded(Path::new(path)).unwrap_err();
+            assert!(error.to_string().contains("not a regular file"), "{error}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let module = dir.path().join("m.wasm");
+        std::fs::write(&module, b"\0asm").unwrap();
+        assert_eq!(read_bounded(&module).unwrap(), b"\0asm");
+    }
 
     #[test]
     fn parses_the_image_forms() {

@@ -148,14 +148,29 @@ pub async fn push_file(
         path: path.to_owned(),
         source,
     };
-    let size = tokio::fs::metadata(path).await.map_err(read_error)?.len();
-    if size > MODULE_BYTES_MAX {
-        return Err(ClientError::TooLarge {
-            size,
-            limit: MODULE_BYTES_MAX,
-        });
+    use tokio::io::AsyncReadExt as _;
+    let file = tokio::fs::File::open(path).await.map_err(read_error)?;
+    let metadata = file.metadata().await.map_err(read_error)?;
+    if !metadata.is_file() {
+        let why = std::io::Error::other("not a regular file (a device or a pipe?)");
+        return Err(read_error(why));
     }
-    let module = tokio::fs::read(path).await.map_err(read_error)?;
+    let too_large = |size| ClientError::TooLarge {
+        size,
+        limit: MODULE_BYTES_MAX,
+    };
+    if metadata.len() > MODULE_BYTES_MAX {
+        return Err(too_large(metadata.len()));
+    }
+    // At most one byte past the limit, whatever the metadata said.
+    let mut module = Vec::with_capacity(metadata.len() as usize);
+    file.take(MODULE_BYTES_MAX + 1)
+        .read_to_end(&mut module)
+        .await
+        .map_err(read_error)?;
+    if module.len() as u64 > MODULE_BYTES_MAX {
+        return Err(too_large(module.len() as u64));
+    }
     push(client, module, reference).await
 }
 

@@ -78,11 +78,10 @@ impl RegistrySource {
     /// The cached blob, if it is there and still hashes to its name.
     fn cached(&self, digest: &str) -> Option<Vec<u8>> {
         let path = self.blob_dir.join(digest);
-        let length = std::fs::metadata(&path).ok()?.len();
-        let bytes = (length <= MODULE_BYTES_MAX)
-            .then(|| std::fs::read(&path).ok())
-            .flatten()
-            .unwrap_or_default();
+        if !path.exists() {
+            return None;
+        }
+        let bytes = crate::source::read_bounded(&path).unwrap_or_default();
         if hex::encode(Sha256::digest(&bytes)) == digest {
             return Some(bytes);
         }
