@@ -11,7 +11,8 @@
 use k8s_openapi::api::{
     apps::v1 as apps, authentication::v1 as authentication, authorization::v1 as authorization,
     autoscaling::v2 as autoscaling, batch::v1 as batch, coordination::v1 as coordination,
-    core::v1 as core, discovery::v1 as discovery, networking::v1 as networking, rbac::v1 as rbac,
+    core::v1 as core, discovery::v1 as discovery, networking::v1 as networking,
+    policy::v1 as policy, rbac::v1 as rbac,
 };
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope, Resource as K8sResource};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
@@ -129,7 +130,7 @@ pub struct Registry {
 impl Registry {
     pub fn kubernetes() -> Self {
         let resources = vec![
-            namespaced::<core::Pod>(&["po"], &["all"], &["status", "binding", "log"]),
+            namespaced::<core::Pod>(&["po"], &["all"], &["status", "binding", "log", "eviction"]),
             namespaced::<core::Service>(&["svc"], &["all"], &["status"]),
             namespaced::<core::Endpoints>(&["ep"], &[], &[]),
             namespaced::<core::ConfigMap>(&["cm"], &[], &[]),
@@ -147,6 +148,7 @@ impl Registry {
             namespaced::<coordination::Lease>(&[], &[], &[]),
             namespaced::<discovery::EndpointSlice>(&[], &[], &[]),
             namespaced::<networking::NetworkPolicy>(&["netpol"], &[], &[]),
+            namespaced::<policy::PodDisruptionBudget>(&["pdb"], &[], &["status"]),
             namespaced::<networking::Ingress>(&["ing"], &[], &["status"]),
             namespaced::<autoscaling::HorizontalPodAutoscaler>(&["hpa"], &["all"], &["status"]),
             namespaced::<rbac::Role>(&[], &[], &[]),

@@ -1780,3 +1780,116 @@ async fn a_load_balancer_lists_the_ready_nodes() {
     drop(controllers);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evictions_respect_a_disruption_budget() {
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use kube::api::EvictParams;
+    let (server, client, controllers) = with_controllers().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    // Two running, ready replicas on a node (no agent: the test is it).
+    for name in ["web-a", "web-b"] {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": "web"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "web", "image": "hello:1.0"}]},
+        }))
+        .unwrap();
+        let mut created = pods.create(&PostParams::default(), &pod).await.unwrap();
+        created.status = Some(
+            serde_json::from_value(json!({
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True"}],
+            }))
+            .unwrap(),
+        );
+        pods.replace_status(name, &PostParams::default(), &created)
+            .await
+            .unwrap();
+    }
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), "default");
+    let budget: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}},
+    }))
+    .unwrap();
+    budgets
+        .create(&PostParams::default(), &budget)
+        .await
+        .unwrap();
+    wait_until(&budgets, "the budget to allow one disruption", |budgets| {
+        budgets.iter().any(|b| {
+            b.status.as_ref().is_some_and(|s| {
+                (s.current_healthy, s.desired_healthy, s.disruptions_allowed)
+                    == (Some(2), Some(1), Some(1))
+            })
+        })
+    })
+    .await;
+
+    // One eviction spends the one disruption; the next is refused (429,
+    // which kubectl drain retries, as kube-rs would: not here) and the pod
+    // stays.
+    let document = std::fs::read_to_string(&server.kubeconfig).unwrap();
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&document).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    config.default_retry = false;
+    let pods: Api<Pod> = Api::namespaced(kube::Client::try_from(config).unwrap(), "default");
+    pods.evict("web-a", &EvictParams::default()).await.unwrap();
+    let marked = pods.get("web-a").await.unwrap();
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    match pods.evict("web-b", &EvictParams::default()).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 429, "{status:?}");
+            assert!(
+                status
+                    .message
+                    .contains("would violate the pod's disruption budget"),
+                "{status:?}"
+            );
+        }
+        other => panic!("the second eviction should have been refused: {other:?}"),
+    }
+    let kept = pods.get("web-b").await.unwrap();
+    assert!(kept.metadata.deletion_timestamp.is_none());
+    let spent = budgets.get("web").await.unwrap().status.unwrap();
+    assert_eq!(spent.disruptions_allowed, Some(0));
+
+    // kubectl drain cordons the node and stops at the budget.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    nodes
+        .create(&PostParams::default(), &fake_node("n1", "4", json!({})))
+        .await
+        .unwrap();
+    let output = server.kubectl(&["drain", "n1", "--force", "--timeout=2s"]);
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        error.contains("Cannot evict pod as it would violate the pod's disruption budget"),
+        "{error}"
+    );
+    let cordoned = nodes.get("n1").await.unwrap().spec.unwrap();
+    assert_eq!(cordoned.unschedulable, Some(true));
+    assert!(
+        pods.get("web-b")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_none()
+    );
+
+    // A pod no budget selects is evicted at once.
+    let lone: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "lone"},
+        "spec": {"containers": [{"name": "c", "image": "hello:1.0"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &lone).await.unwrap();
+    pods.evict("lone", &EvictParams::default()).await.unwrap();
+    assert!(pods.get_opt("lone").await.unwrap().is_none());
+    drop(controllers);
+    server.stop().await;
+}

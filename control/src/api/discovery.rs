@@ -107,6 +107,8 @@ fn subresource_document(info: &ResourceInfo, subresource: &str) -> Value {
         "scale" => json!({"kind": "Scale", "group": "autoscaling", "version": "v1",
                           "verbs": ["get", "patch", "update"]}),
         "binding" => json!({"kind": "Binding", "verbs": ["create"]}),
+        "eviction" => json!({"kind": "Eviction", "group": "policy", "version": "v1",
+                             "verbs": ["create"]}),
         "log" => json!({"kind": info.kind, "verbs": ["get"]}),
         "finalize" => json!({"kind": info.kind, "verbs": ["update"]}),
         "token" => json!({"kind": "TokenRequest", "group": "authentication.k8s.io",

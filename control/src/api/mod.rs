@@ -18,6 +18,7 @@
 pub mod clock;
 pub mod defaults;
 pub mod discovery;
+pub mod eviction;
 pub mod join;
 pub mod list;
 pub mod logs;

@@ -62,7 +62,8 @@ pub fn decode(stored: &Stored) -> Result<Value, ApiError> {
     Ok(object)
 }
 
-fn encode(object: &Value) -> Result<Vec<u8>, ApiError> {
+/// An object as it is stored: without its `resourceVersion`.
+pub(crate) fn encode(object: &Value) -> Result<Vec<u8>, ApiError> {
     let mut object = object.clone();
     if let Some(metadata) = object["metadata"].as_object_mut() {
         metadata.remove("resourceVersion");
@@ -81,7 +82,12 @@ fn stored_key(target: &Target<'_>, name: &str) -> Vec<u8> {
     key(target.info, target.namespace.as_deref(), name)
 }
 
-async fn read(state: &ApiState, target: &Target<'_>, name: &str) -> Result<Stored, ApiError> {
+/// The stored object `name` of `target`'s collection, or a 404.
+pub(crate) async fn read_object(
+    state: &ApiState,
+    target: &Target<'_>,
+    name: &str,
+) -> Result<Stored, ApiError> {
     state
         .storage
         .get(&stored_key(target, name))
@@ -92,7 +98,7 @@ async fn read(state: &ApiState, target: &Target<'_>, name: &str) -> Result<Store
 
 pub async fn get(state: &ApiState, target: &Target<'_>) -> Result<Reply, ApiError> {
     let name = target_name(target)?;
-    let object = decode(&read(state, target, name).await?)?;
+    let object = decode(&read_object(state, target, name).await?)?;
     match target.subresource.as_deref() {
         None | Some("status") => Ok(Reply::ok(object)),
         Some("scale") if target.info.has_subresource("scale") => Ok(Reply::ok(scale_of(&object))),
@@ -201,6 +207,9 @@ pub async fn create(
         (None, None) => {}
         (Some(name), Some("binding")) if target.info.kind == "Pod" => {
             return bind(state, target, name, params, body).await;
+        }
+        (Some(name), Some("eviction")) if target.info.kind == "Pod" => {
+            return super::eviction::evict(state, target, name, params, body).await;
         }
         _ => {
             return Err(ApiError::method_not_allowed(
@@ -618,7 +627,7 @@ async fn update_fenced_with(
     let info = target.info;
     let key = stored_key(target, name);
     for _ in 0..WRITE_ATTEMPTS_MAX {
-        let stored = read(state, target, name).await?;
+        let stored = read_object(state, target, name).await?;
         if precondition.is_some_and(|expected| expected != stored.mod_revision) {
             return Err(ApiError::conflict(info, name));
         }
@@ -932,7 +941,7 @@ pub async fn delete(
     let propagation = Propagation::of(info, &name, params, options)?;
     let key = stored_key(target, &name);
     for _ in 0..WRITE_ATTEMPTS_MAX {
-        let stored = read(state, target, &name).await?;
+        let stored = read_object(state, target, &name).await?;
         let current = decode(&stored)?;
         check_preconditions(info, &name, &current, &options["preconditions"])?;
         admission::admit_delete(&state.user, info, &current)?;

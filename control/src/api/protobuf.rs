@@ -16,6 +16,7 @@ use k8s_pb::api::authentication::v1 as authentication;
 use k8s_pb::api::authorization::v1 as authorization;
 use k8s_pb::api::batch::v1 as batch;
 use k8s_pb::api::core::v1 as core;
+use k8s_pb::api::policy::v1 as policy;
 use k8s_pb::api::rbac::v1 as rbac;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
@@ -83,6 +84,8 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
             )
         }
         ("authentication.k8s.io/v1", "TokenRequest") => token_request(message(&raw)?)?,
+        ("policy/v1", "Eviction") => eviction(message(&raw)?)?,
+        ("v1" | "meta.k8s.io/v1", "DeleteOptions") => delete_options(message(&raw)?)?,
         ("authentication.k8s.io/v1", "SelfSubjectReview") => self_subject_review(message(&raw)?)?,
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => {
             self_subject_access_review(message(&raw)?)?
@@ -242,6 +245,60 @@ fn bytes_map(map: BTreeMap<String, Vec<u8>>) -> Value {
 
 /// `kubectl create token NAME [--audience A] [--duration D]
 /// [--bound-object-kind Pod --bound-object-name P]`.
+/// `kubectl drain`'s request to evict a pod.
+fn eviction(mut object: policy::Eviction) -> Result<Value, ApiError> {
+    let kind = "Eviction";
+    let mut out = Map::new();
+    out.insert("metadata".into(), metadata(object.metadata.take(), kind)?);
+    if let Some(options) = object.delete_options.take() {
+        out.insert("deleteOptions".into(), delete_options(options)?);
+    }
+    nothing_else(&object, kind, "fields")?;
+    Ok(Value::Object(out))
+}
+
+fn delete_options(mut options: meta::DeleteOptions) -> Result<Value, ApiError> {
+    let kind = "DeleteOptions";
+    let mut out = Map::new();
+    put(
+        &mut out,
+        "gracePeriodSeconds",
+        json!(options.grace_period_seconds.take()),
+    );
+    if let Some(mut preconditions) = options.preconditions.take() {
+        let mut converted = Map::new();
+        put(&mut converted, "uid", json!(preconditions.uid.take()));
+        put(
+            &mut converted,
+            "resourceVersion",
+            json!(preconditions.resource_version.take()),
+        );
+        out.insert("preconditions".into(), Value::Object(converted));
+    }
+    put(
+        &mut out,
+        "orphanDependents",
+        json!(options.orphan_dependents.take()),
+    );
+    put(
+        &mut out,
+        "propagationPolicy",
+        json!(options.propagation_policy.take()),
+    );
+    put(
+        &mut out,
+        "dryRun",
+        json!(std::mem::take(&mut options.dry_run)),
+    );
+    // Kubernetes' escape hatch for objects the store cannot decode: there
+    // is no such thing to ignore here.
+    options
+        .ignore_store_read_error_with_cluster_breaking_potential
+        .take();
+    nothing_else(&options, kind, "fields")?;
+    Ok(Value::Object(out))
+}
+
 fn token_request(mut object: authentication::TokenRequest) -> Result<Value, ApiError> {
     let kind = "TokenRequest";
     let mut out = Map::new();

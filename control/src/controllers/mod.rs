@@ -1,7 +1,8 @@
 //! The control loops of `flotilla server`: the scheduler, the garbage
 //! collector, the node lifecycle, node IPAM, Endpoints and LoadBalancer
-//! status controllers, and the Deployment, ReplicaSet, DaemonSet,
-//! StatefulSet, Job, CronJob and ServiceAccount controllers.
+//! status controllers, the disruption controller (PodDisruptionBudgets'
+//! status), and the Deployment, ReplicaSet, DaemonSet, StatefulSet, Job,
+//! CronJob and ServiceAccount controllers.
 //!
 //! They run on one member at a time, the holder of a Lease (`election`),
 //! and only through the Kubernetes API, as kube-controller-manager does:
@@ -13,6 +14,7 @@ pub mod aggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod election;
 pub mod endpoints;
 pub mod events;
@@ -59,6 +61,7 @@ pub mod identity {
     pub const CRONJOB: &str = "cronjob-controller";
     pub const DAEMONSET: &str = "daemon-set-controller";
     pub const DEPLOYMENT: &str = "deployment-controller";
+    pub const DISRUPTION: &str = "disruption-controller";
     pub const ENDPOINT: &str = "endpoint-controller";
     pub const JOB: &str = "job-controller";
     pub const SERVICE: &str = "service-controller";
@@ -73,6 +76,7 @@ pub mod identity {
         CRONJOB,
         DAEMONSET,
         DEPLOYMENT,
+        DISRUPTION,
         ENDPOINT,
         JOB,
         SERVICE,
@@ -443,6 +447,7 @@ async fn run_loops(
         cronjob::run(clients.of(CRONJOB)),
         daemonset::run(clients.of(DAEMONSET)),
         deployment::run(clients.of(DEPLOYMENT)),
+        disruption::run(clients.of(DISRUPTION)),
         endpoints::run(clients.of(ENDPOINT)),
         job::run(clients.of(JOB), timings.job_backoff),
         loadbalancer::run(clients.of(SERVICE)),

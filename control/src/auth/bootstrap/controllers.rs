@@ -63,6 +63,8 @@ pub const NODE_CONTROLLER: Component = controller!("node-controller");
 pub const CRONJOB_CONTROLLER: Component = controller!("cronjob-controller");
 pub const DAEMONSET_CONTROLLER: Component = controller!("daemon-set-controller");
 pub const DEPLOYMENT_CONTROLLER: Component = controller!("deployment-controller");
+/// `controllers::disruption`: PodDisruptionBudgets' status.
+pub const DISRUPTION_CONTROLLER: Component = controller!("disruption-controller");
 /// `controllers::endpoints`: Endpoints and EndpointSlices both.
 pub const ENDPOINT_CONTROLLER: Component = controller!("endpoint-controller");
 pub const JOB_CONTROLLER: Component = controller!("job-controller");
@@ -92,6 +94,7 @@ pub const COMPONENTS: &[Component] = &[
     CRONJOB_CONTROLLER,
     DAEMONSET_CONTROLLER,
     DEPLOYMENT_CONTROLLER,
+    DISRUPTION_CONTROLLER,
     ENDPOINT_CONTROLLER,
     JOB_CONTROLLER,
     SERVICE_CONTROLLER,
@@ -111,6 +114,7 @@ pub(super) fn table() -> Vec<(Component, Vec<PolicyRule>)> {
         (CRONJOB_CONTROLLER, cronjob_controller()),
         (DAEMONSET_CONTROLLER, daemonset_controller()),
         (DEPLOYMENT_CONTROLLER, deployment_controller()),
+        (DISRUPTION_CONTROLLER, disruption_controller()),
         (ENDPOINT_CONTROLLER, endpoint_controller()),
         (JOB_CONTROLLER, job_controller()),
         (SERVICE_CONTROLLER, service_controller()),
@@ -206,6 +210,17 @@ fn deployment_controller() -> Vec<PolicyRule> {
 
 /// `endpoints.rs` follows Services and pods and writes each Service's
 /// Endpoints and EndpointSlice (read, then create or replace).
+/// `disruption.rs` follows budgets and pods and writes the budgets'
+/// status.
+fn disruption_controller() -> Vec<PolicyRule> {
+    vec![
+        rule(&[POLICY], &["poddisruptionbudgets"], &["list", "watch"]),
+        rule(&[POLICY], &["poddisruptionbudgets/status"], &["update"]),
+        rule(&[CORE], &["pods"], &["list", "watch"]),
+        events_rule(),
+    ]
+}
+
 fn endpoint_controller() -> Vec<PolicyRule> {
     vec![
         rule(&[CORE], &["services", "pods"], &["list", "watch"]),
