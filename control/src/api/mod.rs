@@ -4,6 +4,7 @@
 //! - `path`: Kubernetes' URL grammar.
 //! - `discovery`: `/version`, `/api`, `/apis`, resource lists.
 //! - `objects`: get, create, update, patch, delete on one object.
+//! - `eviction`: `pods/<name>/eviction`, as PodDisruptionBudgets allow.
 //! - `list`, `watch`: collections, paging, streams.
 //! - `logs`: `pods/<name>/log`, proxied to the pod's node.
 //! - `patch`, `defaults`, `validation`, `selector`, `table`: the pieces.
