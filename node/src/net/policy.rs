@@ -11,6 +11,12 @@
 //! port name; none listed: every port). A caller outside the cluster (a
 //! NodePort or Ingress client) matches only `ipBlock` peers.
 //!
+//! A namespace labelled [`ISOLATION_LABEL`]`: namespace` is closed to pods
+//! of other namespaces: their requests to its pods are denied unless one
+//! of its NetworkPolicies allows them, as if each namespace had a
+//! default-deny policy for the others. Callers outside the cluster and
+//! pods of the same namespace are left to its policies, if any.
+//!
 //! This module knows policies, pods' labels and namespaces' labels; the
 //! agent feeds them, the router asks.
 
@@ -63,6 +69,11 @@ pub struct Denied {
     pub namespace: String,
     pub pod: String,
 }
+
+/// The namespace label that closes a namespace to the pods of others.
+pub const ISOLATION_LABEL: &str = "flotilla.dev/network-isolation";
+/// Its one value.
+const ISOLATION_NAMESPACE: &str = "namespace";
 
 /// An unparseable selector selects nothing (the API server validates
 /// selectors, so this is a corrupt object, not a user's mistake).
@@ -428,7 +439,10 @@ impl State {
                 return Ok(());
             }
         }
-        if isolated {
+        let from_another_namespace = direction == Direction::Ingress
+            && peer.pod.is_some_and(|from| from.namespace != pod.namespace)
+            && self.isolates(&pod.namespace);
+        if isolated || from_another_namespace {
             return Err(Denied {
                 direction,
                 namespace: pod.namespace.clone(),
@@ -436,6 +450,14 @@ impl State {
             });
         }
         Ok(())
+    }
+
+    /// Whether `namespace` is closed to other namespaces' pods.
+    fn isolates(&self, namespace: &str) -> bool {
+        self.namespaces
+            .get(namespace)
+            .and_then(|labels| labels.get(ISOLATION_LABEL))
+            .is_some_and(|value| value == ISOLATION_NAMESPACE)
     }
 
     fn peer_matches(&self, peer: &Peer, policy_namespace: &str, party: &Party<'_>) -> bool {
@@ -649,6 +671,29 @@ mod tests {
         let outside = "{metadata: {name: o, namespace: beta}, spec: {podSelector: {},
             ingress: [{from: [{ipBlock: {cidr: 192.0.2.0/24}}], ports: [{port: 8000, endPort: 8080}]}]}}";
         assert_eq!(reach(&policies(&[outside]), 8080), [false, false, true]);
+    }
+
+    #[test]
+    fn an_isolated_namespace_is_closed_to_other_namespaces_pods_only() {
+        let isolated = |yamls: &[&str]| {
+            let policies = policies(yamls);
+            let beta: Namespace = serde_yaml::from_str(
+                "{metadata: {name: beta, labels: {team: b, flotilla.dev/network-isolation: namespace}}}",
+            )
+            .unwrap();
+            policies.upsert_namespace(&beta);
+            policies
+        };
+        // alpha/front is refused; beta/front and the outside are not.
+        assert_eq!(reach(&isolated(&[]), 8080), [false, true, true]);
+        // A policy of beta's may let alpha in again.
+        let from_team_a =
+            "{metadata: {name: a, namespace: beta}, spec: {podSelector: {matchLabels: {app: back}},
+            ingress: [{from: [{namespaceSelector: {matchLabels: {team: a}}}]}]}}";
+        assert_eq!(reach(&isolated(&[from_team_a]), 8080), [true, false, false]);
+        // The label opens nothing a policy closes.
+        let deny_all = "{metadata: {name: deny, namespace: beta}, spec: {podSelector: {}}}";
+        assert_eq!(reach(&isolated(&[deny_all]), 8080), [false, false, false]);
     }
 
     #[test]
