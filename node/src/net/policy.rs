@@ -126,6 +126,9 @@ struct State {
     namespaces: HashMap<String, BTreeMap<String, String>>,
     /// Namespaces' egress allow-lists (their `flotilla.dev/egress-allow`).
     egress_allowed: HashMap<String, super::egress::AllowList>,
+    /// The cluster's nodes' addresses (their InternalIPs), by node name:
+    /// the host side of every node, closed to egress as loopback is.
+    node_addresses: HashMap<String, IpAddr>,
 }
 
 /// The cluster's NetworkPolicies and what they select on. Cheap to clone;
@@ -265,6 +268,22 @@ impl Policies {
         self.read().namespaces.keys().cloned().collect()
     }
 
+    /// Records node `name`'s address (none: it has not told one).
+    pub fn upsert_node_address(&self, name: &str, address: Option<IpAddr>) {
+        let mut state = self.write();
+        match address {
+            Some(address) => state
+                .node_addresses
+                .insert(name.to_owned(), address.to_canonical()),
+            None => state.node_addresses.remove(name),
+        };
+    }
+
+    /// Forgets node `name`'s address.
+    pub fn remove_node_address(&self, name: &str) {
+        self.write().node_addresses.remove(name);
+    }
+
     /// The pod at `ip`, if the cluster has one.
     pub fn pod_at(&self, ip: IpAddr) -> Option<Arc<PodIdentity>> {
         self.read().pods.get(&ip).cloned()
@@ -277,9 +296,10 @@ impl Policies {
     ///
     /// An address of the host itself, in any of its forms (loopback,
     /// unspecified, link-local, IPv4-mapped IPv6 of those; see
-    /// `egress::host_only`), is reached only when a rule names
-    /// that very address: an allow-list entry or a `/32` (`/128`)
-    /// `ipBlock`. A wider range, "every peer" included, does not open it.
+    /// `egress::host_only`), or a node's InternalIP, is reached only when
+    /// a rule names that very address: an allow-list entry or a `/32`
+    /// (`/128`) `ipBlock`. A wider range, "every peer" included, does not
+    /// open it.
     pub fn egress_allows(
         &self,
         namespace: &str,
@@ -298,7 +318,8 @@ impl Policies {
         };
         let ip = ip.to_canonical();
         let pod = source.and_then(|source| state.pods.get(&source).cloned());
-        if super::egress::host_only(ip) {
+        let a_node = state.node_addresses.values().any(|node| *node == ip);
+        if super::egress::host_only(ip) || a_node {
             return allowed.is_some_and(|allowed| allowed.names_exactly(ip))
                 || pod.is_some_and(|pod| state.names_exactly(&pod, ip, port));
         }
@@ -753,6 +774,16 @@ mod tests {
         assert!(exact.egress_allows("alpha", from, "127.0.0.2", 8080));
         assert!(!exact.egress_allows("alpha", from, "127.0.0.2", 80));
         assert!(!exact.egress_allows("alpha", from, "127.0.0.3", 8080));
+        // A node's InternalIP is the host too, in any form, until it goes.
+        let nodes = open_namespace("0.0.0.0/0, 10.0.0.9");
+        nodes.upsert_node_address("n1", Some("10.0.0.5".parse().unwrap()));
+        nodes.upsert_node_address("n2", Some("10.0.0.9".parse().unwrap()));
+        assert!(!nodes.egress_allows("alpha", from, "10.0.0.5", 80));
+        assert!(!nodes.egress_allows("alpha", from, "[::ffff:10.0.0.5]", 80));
+        assert!(nodes.egress_allows("alpha", from, "10.0.0.9", 80), "named");
+        assert!(nodes.egress_allows("alpha", from, "10.0.0.6", 80));
+        nodes.remove_node_address("n1");
+        assert!(nodes.egress_allows("alpha", from, "10.0.0.5", 80));
     }
 
     #[test]

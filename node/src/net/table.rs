@@ -372,11 +372,13 @@ impl RoutingTable {
             return;
         };
         let route = node_route(node, name.clone());
+        self.policies.upsert_node_address(&name, route.internal_ip);
         self.write().nodes.insert(name, route);
     }
 
     /// Forgets a Node.
     pub fn remove_node(&self, name: &str) {
+        self.policies.remove_node_address(name);
         self.write().nodes.remove(name);
     }
 
