@@ -798,3 +798,46 @@ async fn service_account_tokens_authenticate_while_valid_and_bound() {
         401
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_who_may_update_a_namespace_opens_its_egress() {
+    let (server, _controllers) = cluster().await;
+    // carol may create namespaces, not update them.
+    server.ok(&[
+        "create",
+        "clusterrole",
+        "namespace-creator",
+        "--verb=create,get",
+        "--resource=namespaces",
+    ]);
+    server.ok(&[
+        "create",
+        "clusterrolebinding",
+        "carol-creates",
+        "--clusterrole=namespace-creator",
+        "--user=carol",
+    ]);
+    let carol = server.user_kubeconfig("carol", None);
+    let open = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  annotations:\n    \
+             flotilla.dev/egress-allow: \"0.0.0.0/0\"\n"
+        )
+    };
+    let refused = server.kubectl_as_with_input(&carol, &["create", "-f", "-"], &open("wide"));
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("setting the flotilla.dev/egress-allow annotation needs permission to update the Namespace"),
+        "{}",
+        stderr(&refused)
+    );
+    let plain = server.kubectl_as(&carol, &["create", "namespace", "closed"]);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    // Whoever may update it may open it.
+    server.ok(&[
+        "annotate",
+        "namespace",
+        "closed",
+        "flotilla.dev/egress-allow=api.example.com",
+    ]);
+}

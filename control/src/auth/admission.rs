@@ -1,7 +1,9 @@
 //! The admission checks that depend on who writes: NodeRestriction (a node
-//! changes only its own Node and Lease and the pods bound to it) and RBAC's
+//! changes only its own Node and Lease and the pods bound to it), RBAC's
 //! escalation prevention (no one grants or binds permissions they do not
-//! hold, unless allowed to `escalate` or `bind`).
+//! hold, unless allowed to `escalate` or `bind`), and the egress
+//! allow-list of a Namespace, which only those who may update the
+//! Namespace set (creating one is not enough).
 
 use k8s_openapi::api::rbac::v1::{PolicyRule, RoleRef};
 use serde_json::Value;
@@ -19,6 +21,9 @@ const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 const NODE_RESTRICTION_LABEL_DOMAIN: &str = "node-restriction.kubernetes.io";
 /// Where node Leases live; a node may hold only its own.
 const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+/// The Namespace annotation that opens egress for its pods, as the nodes
+/// read it (`flotilla_node::net::EGRESS_ALLOW_ANNOTATION`).
+const EGRESS_ALLOW_ANNOTATION: &str = "flotilla.dev/egress-allow";
 
 /// A write about to happen: `old` is the stored object (none on create).
 pub struct Write<'a> {
@@ -36,7 +41,40 @@ pub fn admit(authorizer: &Authorizer, user: &UserInfo, write: &Write<'_>) -> Res
     if write.info.group == RBAC_GROUP && write.subresource.is_none() && !user.is_superuser() {
         no_escalation(authorizer, user, write)?;
     }
+    if write.info.kind == "Namespace" && !user.is_superuser() {
+        egress_allow_setter(authorizer, user, write)?;
+    }
     Ok(())
+}
+
+/// A Namespace's egress allow-list opens the network to its pods: whoever
+/// sets or changes it must be allowed to update that Namespace, so that
+/// the right to create namespaces does not carry the right to open them.
+fn egress_allow_setter(
+    authorizer: &Authorizer,
+    user: &UserInfo,
+    write: &Write<'_>,
+) -> Result<(), ApiError> {
+    let allow_list =
+        |object: &Value| object["metadata"]["annotations"][EGRESS_ALLOW_ANNOTATION].clone();
+    let before = write.old.map(allow_list).unwrap_or(Value::Null);
+    let after = allow_list(write.new);
+    let name = name_of(write.new);
+    if after == before
+        || after.is_null()
+        || may(authorizer, user, "", "update", "namespaces", "", name)
+    {
+        return Ok(());
+    }
+    Err(refuse(
+        write.info,
+        name,
+        format!(
+            "setting the {EGRESS_ALLOW_ANNOTATION} annotation needs permission to update the \
+             Namespace, which User \"{}\" does not have",
+            user.name
+        ),
+    ))
 }
 
 /// Checks a deletion by `user` of `current`.
@@ -184,7 +222,18 @@ fn no_escalation(
                 rules_of(old) == rules_of(write.new)
                     && old["aggregationRule"] == write.new["aggregationRule"]
             });
-            if unchanged || may(authorizer, user, "escalate", info.plural, namespace, name) {
+            let escalate = "escalate";
+            if unchanged
+                || may(
+                    authorizer,
+                    user,
+                    RBAC_GROUP,
+                    escalate,
+                    info.plural,
+                    namespace,
+                    name,
+                )
+            {
                 return Ok(());
             }
             let held = authorizer.rbac.rules_for(user, namespace);
@@ -213,7 +262,9 @@ fn no_escalation(
             } else {
                 "roles"
             };
-            if may(authorizer, user, "bind", plural, namespace, &role.name) {
+            if may(
+                authorizer, user, RBAC_GROUP, "bind", plural, namespace, &role.name,
+            ) {
                 return Ok(());
             }
             let Some(wanted) = authorizer
@@ -306,6 +357,7 @@ pub(crate) fn full_authority() -> Vec<PolicyRule> {
 fn may(
     authorizer: &Authorizer,
     user: &UserInfo,
+    group: &str,
     verb: &str,
     plural: &str,
     namespace: &str,
@@ -313,7 +365,7 @@ fn may(
 ) -> bool {
     let request = Attributes::Resource(ResourceAttributes {
         verb: verb.to_string(),
-        group: RBAC_GROUP.to_string(),
+        group: group.to_string(),
         version: "v1".to_string(),
         resource: plural.to_string(),
         namespace: namespace.to_string(),
