@@ -566,11 +566,23 @@ mod tests {
             store.put("a", "v");
         }
         let last: i64 = 101 + 3000;
+        // The newest revision the watcher has seen: the writer stays less
+        // than half a live queue ahead of it, as a slower writer would, so
+        // that a loaded machine tests the catch-up, not the (tested
+        // elsewhere) cancellation of a watcher that falls a queue behind.
+        let seen_up_to = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let lead_max = (WATCHER_QUEUE_RESPONSES_MAX / 2) as i64;
         let writer = {
             let store = store.clone();
+            let seen_up_to = seen_up_to.clone();
             std::thread::spawn(move || {
                 while store.store.current_revision() < last {
-                    store.put("a", "v");
+                    let seen = seen_up_to.load(std::sync::atomic::Ordering::Acquire);
+                    if store.store.current_revision() - seen.max(101) < lead_max {
+                        store.put("a", "v");
+                    } else {
+                        std::thread::yield_now();
+                    }
                 }
             })
         };
@@ -584,6 +596,9 @@ mod tests {
                         .into_iter()
                         .map(|(revision, _)| revision),
                 );
+                if let Some(newest) = seen.last() {
+                    seen_up_to.store(*newest, std::sync::atomic::Ordering::Release);
+                }
             }
             seen
         });
