@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -22,9 +21,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 
 use super::replicaset::ready_since;
 use super::{Error, selector};
@@ -34,26 +31,7 @@ use super::{Error, selector};
 const DISRUPTED_FOR: Duration = Duration::from_secs(120);
 
 pub async fn run(client: kube::Client) {
-    let budgets = Api::<PodDisruptionBudget>::all(client.clone());
-    let pods = Api::<Pod>::all(client.clone());
-    let controller = Controller::new(budgets, watcher::Config::default());
-    let store = controller.store();
-    controller
-        .watches(pods, watcher::Config::default(), move |pod: Pod| {
-            let namespace = pod.namespace();
-            store
-                .state()
-                .iter()
-                .filter(|budget| budget.namespace() == namespace)
-                .map(|budget| ObjectRef::from_obj(budget.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .run(reconcile, super::retry_later, Arc::new(client))
-        .for_each(|outcome| async move {
-            if let Err(error) = outcome {
-                tracing::debug!(%error, "disruption reconcile failed");
-            }
-        })
+    super::run_over_namespace_pods::<PodDisruptionBudget, _, _>(client, "disruption", reconcile)
         .await;
 }
 

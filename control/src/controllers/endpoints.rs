@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
 };
@@ -19,9 +18,7 @@ use k8s_openapi::api::discovery::v1::{self as discovery, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
 use super::replicaset::ready_since;
@@ -34,27 +31,7 @@ pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 
 pub async fn run(client: kube::Client) {
-    let services = Api::<Service>::all(client.clone());
-    let pods = Api::<Pod>::all(client.clone());
-    let controller = Controller::new(services, watcher::Config::default());
-    let store = controller.store();
-    controller
-        .watches(pods, watcher::Config::default(), move |pod: Pod| {
-            let namespace = pod.namespace();
-            store
-                .state()
-                .iter()
-                .filter(|service| service.namespace() == namespace)
-                .map(|service| ObjectRef::from_obj(service.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .run(reconcile, super::retry_later, Arc::new(client))
-        .for_each(|outcome| async move {
-            if let Err(error) = outcome {
-                tracing::debug!(%error, "endpoints reconcile failed");
-            }
-        })
-        .await;
+    super::run_over_namespace_pods::<Service, _, _>(client, "endpoints", reconcile).await;
 }
 
 /// One pod's place behind a Service.

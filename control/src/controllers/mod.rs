@@ -266,6 +266,54 @@ pub fn reflector_settled<K>(
     )
 }
 
+/// Runs `reconcile` over every `K`, waking each `K` of a namespace when
+/// any pod of that namespace changes: how the controllers whose objects
+/// select pods (Endpoints, disruption budgets) see a pod relabelled into
+/// or out of a selector. `what` names the loop in its logs.
+pub async fn run_over_namespace_pods<K, F, R>(
+    client: kube::Client,
+    what: &'static str,
+    reconcile: F,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    F: FnMut(std::sync::Arc<K>, std::sync::Arc<kube::Client>) -> R,
+    R: std::future::Future<Output = Result<kube::runtime::controller::Action, Error>>
+        + Send
+        + 'static,
+{
+    use futures::StreamExt;
+    use kube::ResourceExt;
+    use kube::runtime::reflector::ObjectRef;
+    let objects = kube::Api::<K>::all(client.clone());
+    let pods = kube::Api::<k8s_openapi::api::core::v1::Pod>::all(client.clone());
+    let config = kube::runtime::watcher::Config::default();
+    let controller = kube::runtime::Controller::new(objects, config.clone());
+    let store = controller.store();
+    controller
+        .watches(pods, config, move |pod| {
+            let namespace = pod.namespace();
+            store
+                .state()
+                .iter()
+                .filter(|object| object.namespace() == namespace)
+                .map(|object| ObjectRef::from_obj(object.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .run(reconcile, retry_later, std::sync::Arc::new(client))
+        .for_each(|outcome| async move {
+            if let Err(error) = outcome {
+                tracing::debug!(%error, "{what} reconcile failed");
+            }
+        })
+        .await;
+}
+
 /// The error policy of every controller: log, and try again shortly.
 pub fn retry_later<K, C>(
     object: std::sync::Arc<K>,
